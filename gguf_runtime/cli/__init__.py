@@ -1,0 +1,6 @@
+"""The `gguf-runtime` command. Each subcommand lives in its own module and registers on `main`."""
+
+from __future__ import annotations
+
+from ._app import main  # noqa: F401
+from . import pull  # noqa: F401  (registers subcommands)
