@@ -126,6 +126,9 @@ class GGUFFile:
             self._mm: mmap.mmap | None = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         try:
             parsed = _Parser(self._mm, self.file_size).parse()
+        except GGUFError as e:
+            self.close()
+            raise GGUFError(f"{self.path}: {e}") from None
         except BaseException:
             self.close()
             raise
