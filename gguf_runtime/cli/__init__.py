@@ -4,3 +4,4 @@ from __future__ import annotations
 
 from ._app import main  # noqa: F401
 from . import pull  # noqa: F401  (registers subcommands)
+from . import info  # noqa: F401
