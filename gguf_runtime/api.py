@@ -1,0 +1,209 @@
+"""The Python API, in vLLM's shape: `LLM(model=...).generate(prompts, SamplingParams(...))`."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from .catalog import resolve_model
+from .chat_template import ChatTemplate
+from .config import ModelConfig
+from .generate import Generation, GenerationStats, generate
+from .gguf_file import GGUFFile
+from .model import Model
+from .quants import set_threads
+from .sampling import SampledToken, Sampler, SamplingParams
+from .session import ContextLengthError, Session
+from .tokenizer import Tokenizer
+
+# vLLM constructor arguments that mean nothing on one CPU: accepted at their vLLM default, refused otherwise.
+_VLLM_DEFAULTS: dict[str, Any] = {
+    "tensor_parallel_size": 1, "pipeline_parallel_size": 1, "quantization": None, "dtype": "auto",
+    "gpu_memory_utilization": 0.9, "trust_remote_code": False, "enforce_eager": False, "tokenizer": None,
+    "tokenizer_mode": "auto", "swap_space": 4, "cpu_offload_gb": 0, "enable_prefix_caching": None,
+    "kv_cache_dtype": "auto", "max_num_seqs": None, "revision": None, "download_dir": None,
+}
+
+
+@dataclass
+class CompletionOutput:
+    index: int
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None
+    stop_reason: int | str | None = None
+    cumulative_logprob: float | None = None
+    logprobs: list[dict[int, float]] | None = None  # per generated token: {token_id: logprob}, top-N + chosen
+    metrics: GenerationStats = field(default_factory=GenerationStats)
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    outputs: list[CompletionOutput]
+    finished: bool = True
+    metrics: GenerationStats = field(default_factory=GenerationStats)  # of the first output: its prefill
+
+
+class LLM:
+    """A GGUF model loaded for generation. `model` is a path or a catalog name (e.g. "smollm2-135m")."""
+
+    def __init__(self, model: str | os.PathLike | None = None, n_ctx: int = 2048, n_threads: int | None = None,
+                 n_batch: int = 256, seed: int | None = None, max_model_len: int | None = None, **kwargs):
+        self._check_vllm_kwargs(kwargs)
+        if max_model_len is not None:
+            n_ctx = max_model_len
+        path = resolve_model(model)
+        if not path.is_file():
+            raise FileNotFoundError(f"model file not found: {path}" + (
+                "" if model is None or os.sep in str(model) else
+                f" (fetch catalog models with `gguf-runtime pull NAME`)"))
+        if n_threads is not None:
+            set_threads(n_threads)
+        t0 = time.perf_counter()
+        self.path: Path = path
+        self.gguf = GGUFFile(path)
+        self.tokenizer = Tokenizer.from_metadata(self.gguf.metadata)
+        self.config = ModelConfig.from_metadata(self.gguf.metadata, self.tokenizer.n_vocab)
+        self.model = Model(self.gguf, self.config)
+        self.n_ctx = int(n_ctx)
+        self.session = Session(self.model, self.n_ctx, n_batch=n_batch)
+        self.seed = seed
+        self._template: ChatTemplate | None = None
+        self._requests = 0
+        self.load_seconds = time.perf_counter() - t0
+
+    @staticmethod
+    def _check_vllm_kwargs(kwargs: dict[str, Any]) -> None:
+        for name, value in kwargs.items():
+            if name not in _VLLM_DEFAULTS:
+                raise TypeError(f"LLM() got an unexpected argument {name!r}; supported: model, n_ctx "
+                                f"(= max_model_len), n_threads, n_batch, seed")
+            if value != _VLLM_DEFAULTS[name] and not (name == "quantization" and value == "gguf"):
+                raise ValueError(f"LLM({name}={value!r}) is not supported: gguf-runtime runs one GGUF model on "
+                                 f"the CPU in one process ({name} must stay {_VLLM_DEFAULTS[name]!r})")
+
+    # ---- tokens ----------------------------------------------------------------------------------------------
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        return self.tokenizer.encode(text, add_special=add_special, parse_special=parse_special)
+
+    def detokenize(self, ids: Sequence[int], skip_special: bool = False) -> str:
+        return self.tokenizer.decode(ids, skip_special=skip_special)
+
+    def _prompt_ids(self, prompt: str | Sequence[int] | dict) -> tuple[str | None, list[int]]:
+        """A string is tokenized like llama.cpp's completion (special tokens parsed, BOS per metadata);
+        token ids are used as is; vLLM's {"prompt": ...} / {"prompt_token_ids": [...]} dicts also work."""
+        if isinstance(prompt, dict):
+            if "prompt_token_ids" in prompt:
+                prompt = prompt["prompt_token_ids"]
+            elif "prompt" in prompt:
+                prompt = prompt["prompt"]
+            else:
+                raise ValueError("a prompt dict needs a 'prompt' or 'prompt_token_ids' key")
+        if isinstance(prompt, str):
+            ids = self.tokenize(prompt, add_special=True, parse_special=True)
+            text: str | None = prompt
+        else:
+            ids = [int(t) for t in prompt]
+            text = None
+            bad = [t for t in ids if not 0 <= t < self.tokenizer.n_vocab]
+            if bad:
+                raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary [0, {self.tokenizer.n_vocab})")
+        if not ids:
+            raise ValueError("the prompt is empty (no tokens); give some text or token ids")
+        if len(ids) >= self.n_ctx:
+            raise ContextLengthError(f"prompt is {len(ids)} tokens but the context holds {self.n_ctx} "
+                                     f"(raise n_ctx or shorten the prompt)")
+        return text, ids
+
+    # ---- generation ------------------------------------------------------------------------------------------
+
+    def _params(self, params: SamplingParams | None) -> SamplingParams:
+        params = params or SamplingParams()
+        if params.seed is None and self.seed is not None:
+            params = dataclasses.replace(params, seed=self.seed)
+        return params
+
+    def _run(self, ids: list[int], params: SamplingParams, stream: int, n_keep: int = 0) -> Iterator[str]:
+        return generate(self.session, self.tokenizer, ids, params, Sampler(params, stream=stream), n_keep=n_keep)
+
+    def generate(self, prompts: str | Sequence[int] | Sequence[str | Sequence[int] | dict] | dict,
+                 sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 use_tqdm: bool = False) -> list[RequestOutput]:
+        """Generate for each prompt (a string, a list of token ids, or a list of those)."""
+        single = isinstance(prompts, (str, dict)) or (
+            isinstance(prompts, Sequence) and len(prompts) > 0 and isinstance(prompts[0], (int, np.integer)))
+        batch = [prompts] if single else list(prompts)
+        params_list = (list(sampling_params) if isinstance(sampling_params, Sequence)
+                       else [sampling_params] * len(batch))
+        if len(params_list) != len(batch):
+            raise ValueError(f"{len(params_list)} sampling params for {len(batch)} prompts")
+        outputs = []
+        for prompt, params in zip(batch, params_list):
+            params = self._params(params)
+            text, ids = self._prompt_ids(prompt)
+            completions = [self._completion(i, _drain(self._run(ids, params, stream=i))) for i in range(params.n)]
+            outputs.append(RequestOutput(str(self._requests), text, ids, completions,
+                                         metrics=completions[0].metrics))
+            self._requests += 1
+        return outputs
+
+    def stream(self, prompt: str | Sequence[int] | dict, sampling_params: SamplingParams | None = None) -> Iterator[str]:
+        """Yield text deltas as they are generated (UTF-8 safe, stop strings never leak)."""
+        params = self._params(sampling_params)
+        _, ids = self._prompt_ids(prompt)
+        yield from self._run(ids, params, stream=0)
+
+    def chat(self, messages: list[dict] | list[list[dict]], sampling_params: SamplingParams | None = None,
+             add_generation_prompt: bool = True) -> list[RequestOutput]:
+        """Render messages with the model's chat template (sandboxed), then generate."""
+        conversations = messages if messages and isinstance(messages[0], list) else [messages]
+        return self.generate([self.render_chat(c, add_generation_prompt) for c in conversations], sampling_params)
+
+    @property
+    def chat_template(self) -> ChatTemplate:
+        if self._template is None:
+            self._template = ChatTemplate.from_metadata(self.gguf.metadata, self.tokenizer.token_text)
+        return self._template
+
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt)
+
+    def _completion(self, index: int, gen: Generation) -> CompletionOutput:
+        logprobs = cumulative = None
+        if gen.logprobs is not None:
+            logprobs = [_logprob_dict(s) for s in gen.logprobs]
+            cumulative = float(sum(s.logprob for s in gen.logprobs))
+        return CompletionOutput(index, gen.text, gen.token_ids, gen.finish_reason, gen.stop_reason,
+                                cumulative, logprobs, gen.stats)
+
+    # ---- raw model access ------------------------------------------------------------------------------------
+
+    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
+        """float32 logits (n_tokens, n_vocab) for every position, evaluated in a fresh context."""
+        _, ids = self._prompt_ids(list(token_ids))
+        self.session.reset()
+        return self.session.eval_prompt(ids, all_logits=True)
+
+
+def _drain(gen: Iterator[str]) -> Generation:
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def _logprob_dict(s: SampledToken) -> dict[int, float]:
+    out = dict(s.top_logprobs or ())
+    out[s.token_id] = s.logprob
+    return out
