@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Record llama.cpp's logits, greedy continuations and perplexity as forward-pass parity fixtures.
+
+Runs under an interpreter with llama-cpp-python (`make fixtures-env`), never under the runtime's. Token ids
+come from llama.cpp's own tokenizer, so these fixtures test the forward pass independently of ours.
+
+    .fixtures-venv/bin/python scripts/fixtures_forward.py [MODEL ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from gguf_runtime.catalog import model_path  # noqa: E402  (stdlib only)
+from gguf_runtime.perplexity import perplexity as ppl_of  # noqa: E402  (numpy only)
+
+OUT = ROOT / "tests" / "fixtures" / "forward"
+MODELS = ("smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
+TOP_N = 20
+N_GREEDY = 64
+PPL_CTX = 256
+PPL_CHUNKS = 4
+
+PROMPTS = {
+    "prose": "The history of the printing press begins in the fifteenth century, when",
+    "code": "def quicksort(items):\n    \"\"\"Sort a list using the quicksort algorithm.\"\"\"\n",
+    "chat": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+            "What is the capital of France? Answer in one word.<|im_end|>\n<|im_start|>assistant\n",
+    "list": "Three reasons to learn a second language:\n1.",
+}
+
+
+def record(name: str, threads: int) -> dict:
+    from llama_cpp import Llama
+
+    path = model_path(name)
+    llm = Llama(str(path), n_ctx=512, n_batch=512, n_threads=threads, logits_all=True, verbose=False)
+    out: dict = {"model": name, "file": path.name, "top_n": TOP_N, "prompts": {}}
+    for key, text in PROMPTS.items():
+        ids = llm.tokenize(text.encode(), add_bos=True, special=True)
+        llm.reset()
+        llm.eval(ids)
+        scores = np.array(llm.scores[: len(ids)], dtype=np.float32)  # (T, V)
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :TOP_N]
+        greedy = []
+        last = scores[-1]
+        for _ in range(N_GREEDY):
+            t = int(np.argmax(last))
+            greedy.append(t)
+            llm.eval([t])
+            last = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+        out["prompts"][key] = {
+            "text": text,
+            "ids": ids,
+            "top_ids": top.tolist(),
+            "top_logits": np.take_along_axis(scores, top, axis=1).round(4).tolist(),
+            "greedy": greedy,
+        }
+    out["perplexity"] = perplexity(llm, name)
+    return out
+
+
+def perplexity(llm, name: str) -> dict:
+    """llama.cpp's logits scored by the runtime's own llama-perplexity implementation (numpy only)."""
+    text = (ROOT / "tests" / "fixtures" / "ppl_text.txt").read_text()
+    tokens = llm.tokenize(text.encode(), add_bos=True, special=False)
+
+    def logits_of(chunk: list[int]) -> np.ndarray:
+        llm.reset()
+        llm.eval(chunk)
+        return np.array(llm.scores[:len(chunk)], dtype=np.float32)
+
+    r = ppl_of(tokens, PPL_CTX, logits_of, llm.token_bos() if llm._model.add_bos_token() else None, PPL_CHUNKS)
+    return {"n_ctx": PPL_CTX, "chunks": r.chunks, "ppl": r.ppl, "tokens": tokens[:r.chunks * PPL_CTX]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("models", nargs="*", default=list(MODELS))
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    OUT.mkdir(parents=True, exist_ok=True)
+    for name in args.models:
+        data = record(name, args.threads)
+        (OUT / f"{name}.json").write_text(json.dumps(data, separators=(",", ":")))
+        print(f"{name}: ppl {data['perplexity']['ppl']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
