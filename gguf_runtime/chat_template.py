@@ -1,0 +1,200 @@
+"""Render a GGUF model's chat template (``tokenizer.chat_template``, Jinja) in a sandbox.
+
+Templates come from model files, i.e. from strangers, so they run in jinja2's `ImmutableSandboxedEnvironment`
+with no loader: no attribute starting with ``_``, no mutation of lists/dicts passed in, no file access (the
+llama-cpp-python CVE-2024-34359 class of bug was rendering GGUF templates with a plain `Environment`). Unsafe
+attribute access fails at once instead of rendering as an empty string, and ``*`` / ``**`` refuse to build huge
+strings or numbers. The environment otherwise matches transformers' ``apply_chat_template``: trim_blocks,
+lstrip_blocks, the loopcontrols extension, ``raise_exception``, ``strftime_now``, a ``tojson`` that does not
+escape HTML, ``{% generation %}`` accepted, and ``bos_token`` / ``eos_token`` / ``tools=None`` /
+``documents=None`` in the context.
+
+A model without a template gets llama.cpp's ChatML fallback (what llama-server uses in that case).
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError
+from jinja2.ext import Extension
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+TEMPLATE_KEY = "tokenizer.chat_template"
+
+# llama.cpp's fallback (common/chat.cpp CHATML_TEMPLATE_SRC) for models whose GGUF carries no template.
+CHATML_TEMPLATE = (
+    "{%- for message in messages -%}\n"
+    "    {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' -}}\n"
+    "{%- endfor -%}\n"
+    "{%- if add_generation_prompt -%}\n"
+    "    {{- '<|im_start|>assistant\\n' -}}\n"
+    "{%- endif -%}"
+)
+
+MAX_SEQUENCE_REPEAT = 1_000_000  # longest string/list a template may build with `*`
+MAX_POWER_EXPONENT = 1_000  # largest integer exponent a template may use with `**`
+
+
+class ChatTemplateError(ValueError):
+    """The template could not be compiled or rendered, or the messages are malformed. One-line message."""
+
+
+class _RaisedByTemplate(TemplateError):
+    """A template's own ``raise_exception(message)``."""
+
+
+class _GenerationTag(Extension):
+    """transformers' ``{% generation %}...{% endgeneration %}`` marks assistant text for training masks;
+    rendering just keeps the body."""
+
+    tags = {"generation"}
+
+    def parse(self, parser):
+        next(parser.stream)
+        return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    intercepted_binops = frozenset({"*", "**"})
+
+    def unsafe_undefined(self, obj: Any, attribute: str):
+        # The stock sandbox returns an Undefined that prints as "": fail loudly instead.
+        raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe")
+
+    def call_binop(self, context, op: str, left: Any, right: Any) -> Any:
+        if op == "*":
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(times, int) \
+                        and len(seq) * times > MAX_SEQUENCE_REPEAT:
+                    raise SecurityError(f"'*' would build a sequence longer than {MAX_SEQUENCE_REPEAT}")
+            return operator.mul(left, right)
+        if isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > MAX_POWER_EXPONENT:
+            raise SecurityError(f"'**' with an exponent above {MAX_POWER_EXPONENT}")
+        return operator.pow(left, right)
+
+
+def _raise_exception(message: str):
+    raise _RaisedByTemplate(message)
+
+
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None,
+            sort_keys: bool = False) -> str:
+    # Jinja's own tojson escapes <, >, &, ' for HTML; chat templates want plain JSON (as transformers does).
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+def _environment() -> _Sandbox:
+    env = _Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols", _GenerationTag])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    return env
+
+
+_ENV = _environment()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _check_messages(messages: Any) -> list[dict]:
+    """Plain dict copies of the messages, after checking each has a role and usable content."""
+    if not isinstance(messages, (list, tuple)):
+        raise ChatTemplateError(f"messages must be a list of {{'role': ..., 'content': ...}} dicts, "
+                                f"got {type(messages).__name__}")
+    checked = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise ChatTemplateError(f"messages[{i}] must be a dict with 'role' and 'content', "
+                                    f"got {type(message).__name__}")
+        role = message.get("role")
+        if not isinstance(role, str) or not role:
+            raise ChatTemplateError(f"messages[{i}]['role'] must be a non-empty string, got {role!r}")
+        if "content" not in message:
+            raise ChatTemplateError(f"messages[{i}] ({role}) has no 'content'")
+        content = message["content"]
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if not isinstance(part, Mapping) or not isinstance(part.get("type"), str):
+                    raise ChatTemplateError(f"messages[{i}]['content'][{j}] must be a dict with a 'type' "
+                                            f"(e.g. {{'type': 'text', 'text': ...}}), got {part!r}")
+        elif not isinstance(content, str) and not (content is None and message.get("tool_calls")):
+            raise ChatTemplateError(f"messages[{i}]['content'] must be a string or a list of content parts "
+                                    f"(None only beside tool_calls), got {type(content).__name__}")
+        checked.append(dict(message))
+    return checked
+
+
+class ChatTemplate:
+    """A compiled, sandboxed chat template. ``source=None`` (or empty) selects llama.cpp's ChatML fallback."""
+
+    def __init__(self, source: str | None, bos_token: str = "", eos_token: str = "", name: str | None = None):
+        self.is_fallback = not source
+        self.source: str = CHATML_TEMPLATE if self.is_fallback else source
+        self.bos_token = bos_token
+        self.eos_token = eos_token
+        self.name = name
+        try:
+            self._template = _ENV.from_string(self.source)
+        except TemplateSyntaxError as err:
+            raise ChatTemplateError(f"chat template syntax error at line {err.lineno}: {_one_line(err.message)}") \
+                from None
+        except Exception as err:  # noqa: BLE001 - any compile failure is the template's fault
+            raise ChatTemplateError(f"chat template does not compile: {_one_line(err)}") from None
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any], token_text: Callable[[int], str],
+                      name: str | None = None) -> ChatTemplate:
+        """The template from GGUF metadata: ``tokenizer.chat_template``, or the named variant
+        ``tokenizer.chat_template.<name>`` (e.g. ``tool_use``). `token_text` maps a token id to its text, for
+        ``bos_token`` / ``eos_token`` (from ``tokenizer.ggml.bos_token_id`` / ``eos_token_id``)."""
+        if name is None:
+            source = metadata.get(TEMPLATE_KEY)
+        else:
+            key = f"{TEMPLATE_KEY}.{name}"
+            if key not in metadata:
+                raise ChatTemplateError(f"no chat template named {name!r}; available: "
+                                        f"{', '.join(cls.variant_names(metadata)) or 'none'}")
+            source = metadata[key]
+        if source is not None and not isinstance(source, str):
+            raise ChatTemplateError(f"{TEMPLATE_KEY} must be a string, got {type(source).__name__}")
+
+        def special(key: str) -> str:
+            token_id = metadata.get(key)
+            return "" if token_id is None else token_text(int(token_id))
+
+        return cls(source, special("tokenizer.ggml.bos_token_id"), special("tokenizer.ggml.eos_token_id"), name)
+
+    @staticmethod
+    def variant_names(metadata: Mapping[str, Any]) -> list[str]:
+        """Names of the named templates ``tokenizer.chat_template.<name>`` in the metadata."""
+        prefix = TEMPLATE_KEY + "."
+        return sorted(key[len(prefix):] for key in metadata if key.startswith(prefix))
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = True, **extra: Any) -> str:
+        """The prompt text for `messages`. `extra` reaches the template as variables (``tools``,
+        ``enable_thinking``, ...; it may override ``bos_token`` / ``eos_token``)."""
+        context = {"bos_token": self.bos_token, "eos_token": self.eos_token, "tools": None, "documents": None,
+                   **extra, "messages": _check_messages(messages), "add_generation_prompt": add_generation_prompt}
+        try:
+            return self._template.render(context)
+        except _RaisedByTemplate as err:
+            raise ChatTemplateError(f"chat template rejected the messages: {_one_line(err.message)}") from None
+        except SecurityError as err:
+            raise ChatTemplateError(f"chat template blocked by the sandbox: {_one_line(err)}") from None
+        except Exception as err:  # noqa: BLE001 - undefined names, type errors, loader use: all template faults
+            raise ChatTemplateError(f"chat template failed ({type(err).__name__}): {_one_line(err)}") from None
+
+    def __repr__(self) -> str:
+        kind = "chatml fallback" if self.is_fallback else f"{len(self.source)} chars"
+        return f"ChatTemplate({self.name or 'default'}, {kind})"
