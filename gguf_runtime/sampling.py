@@ -35,6 +35,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 _NEG_INF = np.float32(-np.inf)
+GREEDY_TEMPERATURE = 1e-5  # below this, temperature means greedy (vLLM's _SAMPLING_EPS): 1/t would overflow
 
 # vLLM SamplingParams fields we deliberately do not accept, so a script using them fails with a clear reason.
 _VLLM_UNSUPPORTED = frozenset({
@@ -125,8 +126,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        """True when sampling reduces to argmax (temperature 0 or top_k 1)."""
-        return self.temperature == 0 or self.top_k == 1
+        """True when sampling reduces to argmax (temperature below `GREEDY_TEMPERATURE`, or top_k 1)."""
+        return self.temperature < GREEDY_TEMPERATURE or self.top_k == 1
 
     @classmethod
     def llama_cpp_defaults(cls, **overrides) -> SamplingParams:
@@ -431,7 +432,7 @@ class Sampler:
         x = typical_p(x, p.typical_p)
         x = top_p(x, p.top_p)
         x = min_p(x, p.min_p)
-        return temperature(x, p.temperature)
+        return temperature(x, 0.0 if p.temperature < GREEDY_TEMPERATURE else p.temperature)
 
     def probs_for(self, logits: np.ndarray, history: Sequence[int] | np.ndarray = ()) -> np.ndarray:
         """The final distribution the next token is drawn from (float32, vocab-sized). Speculative decoding uses

@@ -231,6 +231,12 @@ def test_greedy_is_argmax_with_lowest_id_ties_and_consumes_no_randomness():
     assert sampler.rng.bit_generator.state == state
 
 
+def test_tiny_temperature_is_greedy_not_nan():
+    logits = random_logits(4)
+    assert SamplingParams(temperature=1e-9).greedy and not SamplingParams(temperature=0.5).greedy
+    assert Sampler(SamplingParams(temperature=1e-30, seed=1)).sample(logits) == int(np.argmax(logits))
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_top_k_1_equals_greedy(seed):
     history = list(range(0, 40, 3))
