@@ -20,6 +20,7 @@ from .model import Model
 from .quants import set_threads
 from .sampling import SampledToken, Sampler, SamplingParams
 from .session import ContextLengthError, Session
+from .speculative import Drafter, ModelDrafter, NgramDrafter, check_vocab_compatible
 from .tokenizer import Tokenizer
 
 # vLLM constructor arguments that mean nothing on one CPU: accepted at their vLLM default, refused otherwise.
@@ -57,7 +58,11 @@ class LLM:
     """A GGUF model loaded for generation. `model` is a path or a catalog name (e.g. "smollm2-135m")."""
 
     def __init__(self, model: str | os.PathLike | None = None, n_ctx: int = 2048, n_threads: int | None = None,
-                 n_batch: int = 256, seed: int | None = None, max_model_len: int | None = None, **kwargs):
+                 n_batch: int = 256, seed: int | None = None, max_model_len: int | None = None,
+                 draft_model: str | os.PathLike | None = None, speculative: str | None = None,
+                 draft_max: int = 16, draft_min: int = 1, draft_p_min: float = 0.75, **kwargs):
+        """draft_model: a smaller model with the same vocabulary drafts tokens for speculative decoding;
+        speculative="ngram" drafts by prompt lookup instead (no second model). Output is unchanged either way."""
         self._check_vllm_kwargs(kwargs)
         if max_model_len is not None:
             n_ctx = max_model_len
@@ -70,12 +75,25 @@ class LLM:
             set_threads(n_threads)
         t0 = time.perf_counter()
         self.path: Path = path
-        self.gguf = GGUFFile(path)
-        self.tokenizer = Tokenizer.from_metadata(self.gguf.metadata)
-        self.config = ModelConfig.from_metadata(self.gguf.metadata, self.tokenizer.n_vocab)
-        self.model = Model(self.gguf, self.config)
+        self.gguf, self.tokenizer, self.model = load(path)
+        self.config = self.model.config
         self.n_ctx = int(n_ctx)
         self.session = Session(self.model, self.n_ctx, n_batch=n_batch)
+        if speculative not in (None, "draft", "ngram"):
+            raise ValueError(f"speculative must be None, 'draft' or 'ngram', got {speculative!r}")
+        if speculative == "draft" and draft_model is None:
+            raise ValueError("speculative='draft' needs draft_model")
+        self.speculative = "draft" if draft_model is not None and speculative is None else speculative
+        self._draft_args = dict(draft_max=draft_max, draft_min=draft_min)
+        self.draft_session: Session | None = None
+        self.draft_p_min = draft_p_min
+        if draft_model is not None:
+            draft_path = resolve_model(draft_model)
+            if not draft_path.is_file():
+                raise FileNotFoundError(f"draft model file not found: {draft_path}")
+            _, draft_tok, draft = load(draft_path)
+            check_vocab_compatible(self.tokenizer, draft_tok)
+            self.draft_session = Session(draft, self.n_ctx, n_batch=n_batch)
         self.seed = seed
         self._template: ChatTemplate | None = None
         self._requests = 0
@@ -133,8 +151,17 @@ class LLM:
             params = dataclasses.replace(params, seed=self.seed)
         return params
 
+    def new_drafter(self) -> Drafter | None:
+        """A fresh drafter (its own acceptance stats) for one request, or None without speculation."""
+        if self.speculative == "ngram":
+            return NgramDrafter(**self._draft_args)
+        if self.speculative == "draft":
+            return ModelDrafter(self.draft_session, p_min=self.draft_p_min, **self._draft_args)
+        return None
+
     def _run(self, ids: list[int], params: SamplingParams, stream: int, n_keep: int = 0) -> Iterator[str]:
-        return generate(self.session, self.tokenizer, ids, params, Sampler(params, stream=stream), n_keep=n_keep)
+        return generate(self.session, self.tokenizer, ids, params, Sampler(params, stream=stream), n_keep=n_keep,
+                        drafter=self.new_drafter())
 
     def generate(self, prompts: str | Sequence[int] | Sequence[str | Sequence[int] | dict] | dict,
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
@@ -193,6 +220,13 @@ class LLM:
         _, ids = self._prompt_ids(list(token_ids))
         self.session.reset()
         return self.session.eval_prompt(ids, all_logits=True)
+
+
+def load(path: Path) -> tuple[GGUFFile, Tokenizer, Model]:
+    """Open a GGUF file and build its tokenizer and model (weights stay memory-mapped)."""
+    gguf = GGUFFile(path)
+    tokenizer = Tokenizer.from_metadata(gguf.metadata)
+    return gguf, tokenizer, Model(gguf, ModelConfig.from_metadata(gguf.metadata, tokenizer.n_vocab))
 
 
 def _drain(gen: Iterator[str]) -> Generation:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from itertools import chain
 from dataclasses import dataclass, field
-from typing import Generator
+from typing import Generator, Iterator
 
 import numpy as np
 
@@ -20,6 +21,7 @@ class GenerationStats:
     reused_tokens: int = 0  # prompt tokens found in the KV cache and not recomputed
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
+    speculative: object | None = None  # SpecStats when a drafter proposed tokens
 
     @property
     def prefill_tokens_per_second(self) -> float:
@@ -66,12 +68,13 @@ class StopMatcher:
 
 
 def generate(session: Session, tokenizer: Tokenizer, prompt: list[int], params: SamplingParams,
-             sampler: Sampler | None = None, n_keep: int = 0) -> Generator[str, None, Generation]:
+             sampler: Sampler | None = None, n_keep: int = 0, drafter=None) -> Generator[str, None, Generation]:
     """Yield text deltas as they become final; return the Generation (`result = yield from generate(...)`).
 
     The cache is reused for the longest common prefix with what it holds. When the context fills during
     generation it shifts (keeping n_keep tokens) if max_tokens asks for more than fits, as llama.cpp does;
-    with max_tokens=None generation stops at the end of the context instead.
+    with max_tokens=None generation stops at the end of the context instead. A drafter (see speculative.py)
+    proposes several tokens per target pass; the output is what plain sampling would give.
     """
     sampler = sampler or Sampler(params)
     result = Generation(logprobs=[] if params.logprobs is not None else None)
@@ -91,13 +94,13 @@ def generate(session: Session, tokenizer: Tokenizer, prompt: list[int], params: 
     logits = session.eval_prompt(prompt)[-1]
     t1 = time.perf_counter()
     stats.prefill_seconds = t1 - t0
+    stats.speculative = drafter.stats if drafter is not None else None
+    steps = (drafter.steps(session, sampler, logits, history, n_keep, params.min_tokens, stop_ids_arr)
+             if drafter is not None else
+             plain_steps(session, sampler, logits, history, n_keep, params.min_tokens, stop_ids_arr))
 
     text, emitted = "", 0
-    while True:
-        if stats.generated_tokens < params.min_tokens and stop_ids_arr is not None:
-            logits = logits.copy()
-            logits[stop_ids_arr] = -np.inf
-        sampled = sampler.step(logits, history)
+    for sampled in chain.from_iterable(steps):
         token = sampled.token_id
         if token in stop_ids:
             result.finish_reason, result.stop_reason = "stop", token
@@ -123,17 +126,12 @@ def generate(session: Session, tokenizer: Tokenizer, prompt: list[int], params: 
         if end > emitted:
             yield text[emitted:end]
             emitted = end
-        if stats.generated_tokens >= limit:
+        if stats.generated_tokens >= limit or (session.cache.free == 0 and params.max_tokens is None):
             result.finish_reason = "length"
             break
-        if session.cache.free == 0 and params.max_tokens is None:
-            result.finish_reason = "length"
-            break
-        try:
-            logits = session.eval_next([token], n_keep=n_keep)[-1]
-        except ContextLengthError:
-            result.finish_reason = "length"
-            break
+    else:  # the steps ran out: the context could not make room
+        result.finish_reason = "length"
+    steps.close()
 
     if not isinstance(result.stop_reason, str):  # nothing was cut at a stop string: release held-back text
         text += decoder.flush()
@@ -142,3 +140,27 @@ def generate(session: Session, tokenizer: Tokenizer, prompt: list[int], params: 
     result.text = text
     stats.decode_seconds = time.perf_counter() - t1
     return result
+
+
+def mask_stop_tokens(logits: np.ndarray, n_generated: int, min_tokens: int, stop_ids: np.ndarray | None) -> np.ndarray:
+    """Forbid end-of-generation tokens until min_tokens have been generated."""
+    if n_generated >= min_tokens or stop_ids is None:
+        return logits
+    logits = logits.copy()
+    logits[stop_ids] = -np.inf
+    return logits
+
+
+def plain_steps(session: Session, sampler: Sampler, logits: np.ndarray, history: list[int], n_keep: int,
+                min_tokens: int, stop_ids: np.ndarray | None) -> Iterator[list[SampledToken]]:
+    """One token per target pass. The consumer appends each token to `history` before asking for the next,
+    and a token is only evaluated when another is wanted (the last one never costs a forward pass)."""
+    n = 0
+    while True:
+        yield [sampler.step(mask_stop_tokens(logits, n, min_tokens, stop_ids), history)]
+        n += 1
+        try:
+            logits = session.eval_next([history[-1]], n_keep=n_keep)[-1]
+        except ContextLengthError:
+            return
+

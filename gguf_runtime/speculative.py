@@ -1,0 +1,230 @@
+"""Speculative decoding: a cheap drafter proposes k tokens, one batched target pass verifies all of them.
+
+Acceptance follows Leviathan et al. 2023, so the output distribution is exactly the target's: draft token x
+drawn from q is kept with probability min(1, p(x)/q(x)); on rejection the token is drawn from
+normalize(max(0, p − q)); when every draft is kept a bonus token comes from the target's next distribution.
+At temperature 0 p and q are one-hot and this reduces to "keep drafts while they equal the target argmax".
+
+Two drafters: a smaller model sharing the vocabulary (`ModelDrafter`), and prompt lookup (`NgramDrafter`),
+which copies what followed the latest earlier occurrence of the last n tokens — free, and good when the
+output repeats the input (code edits, summaries). Deterministic drafts have a one-hot q.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from .generate import mask_stop_tokens
+from .sampling import SampledToken, Sampler, log_softmax, logprobs_topn, softmax
+from .session import ContextLengthError, Session
+from .tokenizer import Tokenizer
+
+
+class VocabMismatchError(ValueError):
+    """The draft model's vocabulary is not the target's."""
+
+
+# llama.cpp's limits for a compatible draft vocabulary (common/speculative.cpp)
+VOCAB_MAX_SIZE_DIFFERENCE = 128
+VOCAB_CHECK_START_ID = 5
+
+
+def check_vocab_compatible(target: Tokenizer, draft: Tokenizer) -> None:
+    """Same tokenizer model, BOS/EOS and add_bos, sizes within 128, equal token texts — as llama.cpp checks."""
+    problems = []
+    if target.model != draft.model:
+        problems.append(f"tokenizer models differ ({target.model} vs {draft.model})")
+    if (target.bos_id, target.eos_id, target.add_bos) != (draft.bos_id, draft.eos_id, draft.add_bos):
+        problems.append("BOS/EOS tokens or add_bos differ")
+    if abs(target.n_vocab - draft.n_vocab) > VOCAB_MAX_SIZE_DIFFERENCE:
+        problems.append(f"vocabulary sizes {target.n_vocab} and {draft.n_vocab} differ by more than "
+                        f"{VOCAB_MAX_SIZE_DIFFERENCE}")
+    else:
+        for i in range(VOCAB_CHECK_START_ID, min(target.n_vocab, draft.n_vocab)):
+            if target.token_text(i) != draft.token_text(i):
+                problems.append(f"token {i} is {target.token_text(i)!r} in the target but "
+                                f"{draft.token_text(i)!r} in the draft")
+                break
+    if problems:
+        raise VocabMismatchError("draft model cannot draft for this target: " + "; ".join(problems))
+
+
+@dataclass
+class SpecStats:
+    target_passes: int = 0  # batched verify passes
+    drafted: int = 0
+    accepted: int = 0
+    k_history: list[int] | None = None
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def tokens_per_pass(self) -> float:
+        # every pass yields its accepted drafts plus one token of the target's own
+        return (self.accepted + self.target_passes) / self.target_passes if self.target_passes else 0.0
+
+
+def accept_drafts(target_logits: np.ndarray, drafts: Sequence[int], draft_probs: Sequence[np.ndarray | None],
+                  sampler: Sampler, history: list[int], logprobs: int | None = None) -> list[SampledToken]:
+    """Verify drafts against the target's logits for the k+1 positions after history; return the kept drafts
+    plus the one token the target contributes (a resample on rejection, or the bonus token).
+
+    target_logits: (k+1, V), row j = the target's next-token logits after history + drafts[:j]
+    draft_probs[j]: q, the distribution drafts[j] was drawn from, or None when the draft was deterministic
+    """
+    out: list[SampledToken] = []
+    hist = list(history)
+    for j, x in enumerate(drafts):
+        row = target_logits[j]
+        if sampler.params.greedy:
+            token = sampler.sample(row, hist)
+            out.append(_with_logprobs(token, row, logprobs))
+            if token != x:
+                return out
+            hist.append(x)
+            continue
+        p = sampler.probs_for(row, hist)
+        q_x = 1.0 if draft_probs[j] is None else float(draft_probs[j][x])
+        if q_x > 0 and sampler.rng.random() < min(1.0, float(p[x]) / q_x):
+            out.append(_with_logprobs(x, row, logprobs))
+            hist.append(x)
+            continue
+        residual = p.astype(np.float64)
+        if draft_probs[j] is None:
+            residual[x] = 0.0
+        else:
+            residual = np.maximum(residual - draft_probs[j], 0.0)
+        if not residual.sum() > 0:  # p == q: rejection had probability 0; fall back to p itself
+            residual = p
+        out.append(_with_logprobs(sampler.draw(residual), row, logprobs))
+        return out
+    bonus = target_logits[len(drafts)]
+    out.append(_with_logprobs(sampler.sample(bonus, hist), bonus, logprobs))
+    return out
+
+
+def _with_logprobs(token: int, logits: np.ndarray, n: int | None) -> SampledToken:
+    if n is None:
+        return SampledToken(token)
+    ids, top = logprobs_topn(logits, n)
+    return SampledToken(token, float(log_softmax(logits)[token]), tuple(zip(ids.tolist(), top.tolist())))
+
+
+class Drafter:
+    """Proposes tokens and verifies them with the target; plugs into generate() as its step source."""
+
+    def __init__(self, draft_max: int = 16, draft_min: int = 1, p_min: float = 0.75):
+        if not 1 <= draft_min <= draft_max:
+            raise ValueError(f"need 1 <= draft_min <= draft_max, got {draft_min}, {draft_max}")
+        self.draft_max = draft_max
+        self.draft_min = draft_min
+        self.p_min = p_min
+        self.k = min(max(4, draft_min), draft_max)
+        self.stats = SpecStats(k_history=[])
+
+    def propose(self, history: list[int], k: int, sampler: Sampler) -> tuple[list[int], list[np.ndarray | None]]:
+        raise NotImplementedError
+
+    def steps(self, target: Session, sampler: Sampler, logits: np.ndarray, history: list[int], n_keep: int,
+              min_tokens: int, stop_ids: np.ndarray | None) -> Iterator[list[SampledToken]]:
+        """First token from the prefill's logits, then one verify pass per step (see generate.plain_steps)."""
+        logprobs = sampler.params.logprobs
+        yield [sampler.step(mask_stop_tokens(logits, 0, min_tokens, stop_ids), history)]
+        n_generated = 1
+        while True:
+            if n_generated < min_tokens:  # stop tokens are still forbidden: take plain steps
+                try:
+                    logits = target.eval_next([history[-1]], n_keep=n_keep)[-1]
+                except ContextLengthError:
+                    return
+                yield [sampler.step(mask_stop_tokens(logits, n_generated, min_tokens, stop_ids), history)]
+                n_generated += 1
+                continue
+            drafts, qs = self.propose(history, self.k, sampler)
+            try:
+                rows = target.eval_next([history[-1]] + drafts, n_keep=n_keep, all_logits=True)
+            except ContextLengthError:
+                return
+            out = accept_drafts(rows, drafts, qs, sampler, history, logprobs)
+            n_kept = len(out) - 1
+            target.cache.truncate(target.cache.n - (len(drafts) - n_kept))
+            self._adapt(len(drafts), n_kept)
+            n_generated += len(out)
+            yield out
+
+    def _adapt(self, n_drafted: int, n_kept: int) -> None:
+        """Grow k after a full accept, shrink it to just past the first rejection otherwise."""
+        s = self.stats
+        s.target_passes += 1
+        s.drafted += n_drafted
+        s.accepted += n_kept
+        if n_drafted:
+            s.k_history.append(n_drafted)
+            if n_kept == n_drafted:
+                self.k = min(self.draft_max, self.k + 2)
+            else:
+                self.k = max(self.draft_min, n_kept + 1)
+
+
+class ModelDrafter(Drafter):
+    """Drafts with a smaller model that shares the target's vocabulary; its cache follows the history by
+    prefix reuse, so rejected drafts are dropped automatically on the next proposal."""
+
+    def __init__(self, draft: Session, draft_max: int = 16, draft_min: int = 1, p_min: float = 0.75):
+        super().__init__(draft_max, draft_min, p_min)
+        self.session = draft
+        self.draft_sampler: Sampler | None = None
+
+    def propose(self, history, k, sampler):
+        if len(history) + k >= self.session.n_ctx:
+            return [], []  # past the draft's context: verify nothing, the target goes on alone
+        if self.draft_sampler is None or self.draft_sampler.params is not sampler.params:
+            self.draft_sampler = Sampler(sampler.params, stream=1_000_003)  # its own random stream
+        logits = self.session.eval_prompt(history)[-1]
+        drafts: list[int] = []
+        qs: list[np.ndarray | None] = []
+        hist = list(history)
+        for i in range(k):
+            confidence = float(softmax(logits).max())
+            if i > 0 and confidence < self.p_min:  # llama.cpp stops drafting when the draft is unsure
+                break
+            if sampler.params.greedy:
+                token, q = self.draft_sampler.sample(logits, hist), None
+            else:
+                q = self.draft_sampler.probs_for(logits, hist)
+                token = self.draft_sampler.draw(q)
+            drafts.append(token)
+            qs.append(q)
+            hist.append(token)
+            if i + 1 < k:
+                logits = self.session.eval_next([token])[-1]
+        return drafts, qs
+
+
+class NgramDrafter(Drafter):
+    """Prompt lookup: find the latest earlier occurrence of the last n tokens (n from ngram_max down to
+    ngram_min) and propose the tokens that followed it."""
+
+    def __init__(self, ngram_min: int = 2, ngram_max: int = 4, draft_max: int = 16, draft_min: int = 1):
+        super().__init__(draft_max, draft_min, p_min=0.0)
+        self.ngram_min = ngram_min
+        self.ngram_max = ngram_max
+
+    def propose(self, history, k, sampler):
+        seq = np.asarray(history, dtype=np.int64)
+        for n in range(min(self.ngram_max, len(seq) - 1), self.ngram_min - 1, -1):
+            tail = seq[-n:]
+            # windows starting at 0..len-n-1 (the tail itself excluded) that equal the tail
+            windows = np.lib.stride_tricks.sliding_window_view(seq[:-1], n)
+            hits = np.flatnonzero((windows == tail).all(axis=1))
+            if hits.size:
+                start = int(hits[-1]) + n
+                drafts = seq[start:start + k].tolist()
+                if drafts:
+                    return drafts, [None] * len(drafts)
+        return [], []
