@@ -80,9 +80,10 @@ class Tokenizer:
         stream = ByteStream(self.vocab, self._pieces, skip_special)
         return "".join([stream.push(int(i)) for i in ids]) + stream.flush()
 
-    def token_bytes(self, token_id: int) -> bytes:
-        """The bytes token `token_id` stands for (llama_token_to_piece with special=True)."""
-        return self._pieces.get(int(token_id))
+    def token_bytes(self, token_id: int, skip_special: bool = False) -> bytes:
+        """The bytes token `token_id` stands for (llama_token_to_piece); b"" for control/unknown tokens when
+        `skip_special`."""
+        return self._pieces.get(int(token_id), skip_special)
 
     def token_text(self, token_id: int) -> str:
         """The token as written in the vocabulary (e.g. "Ġthe", "▁the", "<0x0A>", "<|im_end|>")."""
