@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 
 import click
+
+from ._errors import user_error_for
+
 USAGE_ERROR = 2  # click's own code for bad usage; we use it for bad input too
+INTERNAL_ERROR = 1
+_DEBUG_KEY = "gguf_runtime.debug"
 
 
 class UserError(click.ClickException):
@@ -17,7 +24,38 @@ class UserError(click.ClickException):
         click.echo(f"error: {self.format_message()}", err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _InternalError(UserError):
+    """An exception nobody expected (a bug): one line plus how to see the traceback."""
+
+    exit_code = INTERNAL_ERROR
+
+
+class _Group(click.Group):
+    """Turns exceptions escaping a subcommand into one line on stderr (the traceback too under --debug)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as e:  # a bad flag value: one line, with where to read more
+            command = f"{e.ctx.command_path} --help" if e.ctx else "--help"
+            raise UserError(f"{e.format_message()} (see `{command}`)") from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure ends as one line, the traceback on demand
+            debug = ctx.meta.get(_DEBUG_KEY) or os.environ.get("GGUF_RUNTIME_DEBUG") not in (None, "", "0")
+            if debug:
+                traceback.print_exc(file=sys.stderr)
+            message = user_error_for(exc)
+            if message is not None:
+                raise UserError(message) from None
+            hint = "" if debug else " (run `gguf-runtime --debug ...` for the traceback)"
+            raise _InternalError(f"internal error: {type(exc).__name__}: {exc}{hint}") from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="gguf-runtime")
-def main():
+@click.option("--debug", is_flag=True, help="Show the full traceback when a command fails.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool):
     """Run quantized GGUF language models on the CPU."""
+    ctx.meta[_DEBUG_KEY] = debug

@@ -1,0 +1,42 @@
+"""Loading a model for a command: catalog lookup, a spinner on stderr while numba and the file load."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import TYPE_CHECKING, Iterator
+
+from ..catalog import CATALOG, resolve_model
+from ._app import UserError
+
+if TYPE_CHECKING:
+    from ..api import LLM
+
+# The CLI modules are imported as the process starts, so this is "command start" for time-to-first-token.
+COMMAND_START = time.perf_counter()
+
+
+@contextlib.contextmanager
+def status(message: str) -> Iterator[None]:
+    """A transient rich spinner on stderr, only when stderr is a terminal (never in pipes, logs or tests)."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if not console.is_interactive:  # not a terminal, or TERM=dumb
+        yield
+        return
+    with console.status(message, spinner="dots"):
+        yield
+
+
+def load_llm(model: str, n_ctx: int, threads: int | None) -> LLM:
+    """The model `model` (catalog name or path), with one-line errors for the usual mistakes."""
+    path = resolve_model(model)
+    if model in CATALOG and not path.is_file():
+        raise UserError(f"model {model!r} is not fetched yet; run `gguf-runtime pull {model}`")
+    with open(path, "rb"):  # missing, a directory, unreadable: the OSError is reported before the slow import
+        pass
+    with status(f"loading {path.name} ..."):
+        from ..api import LLM  # imports numba: inside the spinner, and never for `--help`
+
+        return LLM(model=str(path), n_ctx=n_ctx, n_threads=threads)

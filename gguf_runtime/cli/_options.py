@@ -1,0 +1,100 @@
+"""Flags shared by the generating commands: model selection and every sampling parameter.
+
+One table drives both the click options and the chat REPL's `/set`, so a parameter's name, range and help
+are written once. Defaults are llama.cpp's (`SamplingParams.llama_cpp_defaults()`), not vLLM's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import click
+
+from ..catalog import DEFAULT_MODEL
+from ..sampling import SamplingParams
+from ._app import UserError
+
+LLAMA_CPP = SamplingParams.llama_cpp_defaults()
+DEFAULT_N_CTX = 2048
+
+
+@dataclass(frozen=True)
+class SamplingFlag:
+    name: str  # `/set` name; the flag is --name with dashes
+    field: str  # SamplingParams field
+    type: click.ParamType
+    help: str
+    short: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def parse(self, text: str) -> Any:
+        """Convert and range-check a value typed at the REPL (click.BadParameter if it does not fit)."""
+        return self.type.convert(text, None, None)
+
+
+SAMPLING_FLAGS: tuple[SamplingFlag, ...] = (
+    SamplingFlag("temperature", "temperature", click.FloatRange(min=0), "Sampling temperature; 0 = greedy."),
+    SamplingFlag("top_k", "top_k", click.IntRange(min=-1), "Keep the K most likely tokens; 0 or -1 = off."),
+    SamplingFlag("top_p", "top_p", click.FloatRange(0, 1, min_open=True), "Nucleus sampling mass; 1 = off."),
+    SamplingFlag("min_p", "min_p", click.FloatRange(0, 1), "Drop tokens below MIN_P x the top probability."),
+    SamplingFlag("typical_p", "typical_p", click.FloatRange(0, 1, min_open=True),
+                 "Locally typical sampling mass; 1 = off."),
+    SamplingFlag("repeat_penalty", "repetition_penalty", click.FloatRange(min=0, min_open=True),
+                 "Penalise repeated tokens; 1 = off."),
+    SamplingFlag("repeat_last_n", "penalty_last_n", click.IntRange(min=-1),
+                 "Tokens the penalties look back over; 0 = off, -1 = all."),
+    SamplingFlag("presence_penalty", "presence_penalty", click.FloatRange(-2, 2), "Penalty for any repeat."),
+    SamplingFlag("frequency_penalty", "frequency_penalty", click.FloatRange(-2, 2),
+                 "Penalty per earlier occurrence."),
+    SamplingFlag("seed", "seed", click.IntRange(min=0), "Random seed (default: a fresh one each run)."),
+)
+MAX_TOKENS = SamplingFlag("max_tokens", "max_tokens", click.IntRange(min=1), "Most tokens to generate.", "-n")
+SETTABLE = {f.name: f for f in (*SAMPLING_FLAGS, MAX_TOKENS)}
+
+
+def model_options(func: Callable) -> Callable:
+    """--model/-m, --n-ctx and --threads/-t."""
+    func = click.option("--threads", "-t", type=click.IntRange(min=1), default=None,
+                        help="CPU threads for the kernels (default: all cores).")(func)
+    func = click.option("--n-ctx", type=click.IntRange(min=8), default=DEFAULT_N_CTX, show_default=True,
+                        help="Context length in tokens.")(func)
+    func = click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True,
+                        help="A catalog name (see `gguf-runtime models`) or a GGUF file path.")(func)
+    return func
+
+
+def sampling_options(max_tokens: int) -> Callable[[Callable], Callable]:
+    """Every sampling flag, defaulting to llama.cpp's values, and --max-tokens/-n defaulting to `max_tokens`."""
+
+    def decorate(func: Callable) -> Callable:
+        func = click.option("--ignore-eos", is_flag=True, help="Keep generating past end-of-generation tokens.")(func)
+        func = click.option("--stop", multiple=True, metavar="TEXT",
+                            help="Stop before this text (repeatable); it is not printed.")(func)
+        for flag in reversed((*SAMPLING_FLAGS, MAX_TOKENS)):
+            default = max_tokens if flag is MAX_TOKENS else getattr(LLAMA_CPP, flag.field)
+            names = [flag.flag, flag.short] if flag.short else [flag.flag]
+            func = click.option(*names, flag.name, type=flag.type, default=default,
+                                show_default=default is not None, help=flag.help)(func)
+        return func
+
+    return decorate
+
+
+def pop_sampling_params(kwargs: dict[str, Any]) -> SamplingParams:
+    """Remove the sampling flags from a command's kwargs and build SamplingParams from them."""
+    values = {flag.field: kwargs.pop(flag.name) for flag in SETTABLE.values()}
+    stop = list(kwargs.pop("stop"))
+    return build_params(LLAMA_CPP, stop=stop, ignore_eos=kwargs.pop("ignore_eos"), **values)
+
+
+def build_params(base: SamplingParams, **changes: Any) -> SamplingParams:
+    """`base` with `changes`; SamplingParams' own validation failures become a one-line UserError."""
+    try:
+        return dataclasses.replace(base, **changes)
+    except (ValueError, TypeError) as e:
+        raise UserError(str(e)) from None

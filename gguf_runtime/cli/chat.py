@@ -1,0 +1,280 @@
+"""`gguf-runtime chat`: an interactive conversation with the model's chat template.
+
+Each turn renders the whole conversation; the KV cache keeps the previous turns, so only the new tokens are
+evaluated. When the context fills, the oldest turns are dropped (mid-reply, the context shifts, keeping the
+system prompt). Input has readline editing and history; `\"\"\"` starts and ends a multi-line message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from ._app import UserError, main
+from ._conversation import Conversation, ConversationFileError
+from ._load import load_llm
+from ._options import SETTABLE, build_params, model_options, pop_sampling_params, sampling_options
+from ._stream import stats_line, stream_to
+
+if TYPE_CHECKING:
+    from ..api import LLM
+    from ..sampling import SamplingParams
+
+MAX_TOKENS = 512
+PROMPT, CONTINUATION = ">>> ", "... "
+MULTILINE = '"""'
+EXIT_HINT = "(use /bye or Ctrl-D to exit)"
+
+
+@main.command()
+@model_options
+@sampling_options(max_tokens=MAX_TOKENS)
+@click.option("--system", default=None, help="System message that starts the conversation.")
+@click.option("--stats", "show_stats", is_flag=True, help="Print prompt and decode speed after each reply.")
+def chat(model: str, n_ctx: int, threads: int | None, system: str | None, show_stats: bool, **sampling) -> None:
+    """Chat with a model in the terminal (type /help inside for commands).
+
+    Sampling defaults are llama.cpp's; a reply is at most 512 tokens unless -n says otherwise.
+    """
+    params = pop_sampling_params(sampling)
+    llm = load_llm(model, n_ctx, threads)
+    _ = llm.chat_template  # compile it now: a broken template is reported before the first prompt
+    Repl(llm, model, Conversation(system), params, show_stats).run()
+
+
+@dataclass(frozen=True)
+class Command:
+    run: Callable[[Repl, str], bool]  # returns False to leave the REPL
+    usage: str
+    help: str
+
+
+class Repl:
+    """Reads messages and slash commands, streams replies, keeps the conversation."""
+
+    def __init__(self, llm: LLM, model: str, conversation: Conversation, params: SamplingParams,
+                 show_stats: bool):
+        self.llm = llm
+        self.model = model
+        self.conversation = conversation
+        self.params = params
+        self.show_stats = show_stats
+        self.interactive = sys.stdin.isatty()
+        self.console = Console(highlight=False, soft_wrap=True)
+        self.notes = Console(stderr=True, highlight=False, soft_wrap=True)  # keeps stdout to replies and output
+
+    def run(self) -> None:
+        if self.interactive:
+            _enable_line_editing(sorted(COMMANDS))
+            self.note(f"chatting with {self.llm.path.name}; /help for commands, /bye or Ctrl-D to exit")
+        while True:
+            try:
+                line = self.read_message()
+            except EOFError:
+                if self.interactive:
+                    self.console.print()
+                return
+            except KeyboardInterrupt:
+                self.console.print()
+                self.note(EXIT_HINT)
+                continue
+            if not line.strip():
+                continue
+            if line.startswith("/") and "\n" not in line:
+                if not self.command(line):
+                    return
+            else:
+                self.reply(line)
+
+    def read_message(self) -> str:
+        """One message: a line, or the lines between \"\"\" and \"\"\" (EOFError at end of input)."""
+        line = self.input(PROMPT)
+        if not line.startswith(MULTILINE):
+            return line
+        lines = [line[len(MULTILINE):]]
+        while not lines[-1].endswith(MULTILINE):
+            lines.append(self.input(CONTINUATION))
+        lines[-1] = lines[-1][:-len(MULTILINE)]
+        return "\n".join(lines).strip("\n")
+
+    def input(self, prompt: str) -> str:
+        return input(prompt if self.interactive else "")
+
+    def note(self, text: str) -> None:
+        """A line from the REPL itself (not the model), dimmed on a terminal."""
+        self.notes.print(Text(text, style="dim"))
+
+    # -- a turn ----------------------------------------------------------------------------------------------
+
+    def reply(self, message: str) -> None:
+        from ..generate import generate
+        from ..sampling import Sampler
+        from ..session import ContextLengthError
+
+        turns = self.conversation.turns
+        turns.append({"role": "user", "content": message})
+        try:
+            prompt = self.conversation.prompt(self.llm, reserve=min(self.params.max_tokens, self.llm.n_ctx // 2))
+        except ContextLengthError as e:
+            turns.pop()
+            self.note(f"error: {e}")
+            return
+        if prompt.dropped:
+            self.note(f"(context full: forgot the {prompt.dropped} oldest messages)")
+        gen = generate(self.llm.session, self.llm.tokenizer, prompt.token_ids, self.params, Sampler(self.params),
+                       n_keep=prompt.n_keep)
+        streamed = stream_to(sys.stdout, gen)
+        if not streamed.clean:  # stopped inside the model: its cache may not match its tokens
+            self.llm.session.reset()
+        sys.stdout.write("\n" if streamed.text and not streamed.text.endswith("\n") else "")
+        sys.stdout.flush()
+        turns.append({"role": "assistant", "content": streamed.text})  # partial if interrupted: still said
+        if streamed.interrupted:
+            self.note("(reply stopped)")
+        elif self.show_stats:
+            self.note(stats_line(streamed.generation))
+
+    # -- slash commands --------------------------------------------------------------------------------------
+
+    def command(self, line: str) -> bool:
+        name, _, argument = line.strip().partition(" ")
+        command = COMMANDS.get(name)
+        if command is None:
+            self.note(f"unknown command {name}; /help lists them")
+            return True
+        return command.run(self, argument.strip())
+
+    def help(self, _: str) -> bool:
+        table = Table.grid(padding=(0, 2))
+        for name, command in COMMANDS.items():
+            table.add_row(Text(command.usage or name), Text(command.help))
+        table.add_row(Text(MULTILINE), Text(f"start a multi-line message; end it with {MULTILINE}"))
+        table.add_row(Text("Ctrl-C"), Text("stop the reply (it stays in the conversation)"))
+        self.console.print(table)
+        return True
+
+    def set(self, argument: str) -> bool:
+        name, _, value = argument.partition(" ")
+        value = value.strip()
+        if name == "system":
+            self.conversation.system = value or None
+            self.note(f"system message {'set' if value else 'removed'}")
+            return True
+        flag = SETTABLE.get(name.replace("-", "_"))
+        if flag is None or not value:
+            self.note(f"usage: /set <name> <value>, name one of: system, {', '.join(SETTABLE)}")
+            return True
+        try:
+            parsed = None if name == "seed" and value.lower() in ("none", "random") else flag.parse(value)
+            self.params = build_params(self.params, **{flag.field: parsed})
+        except (click.BadParameter, UserError) as e:
+            self.note(f"error: {name}: {e.format_message()}")
+            return True
+        self.note(f"{name} = {parsed}")
+        return True
+
+    def show(self, _: str) -> bool:
+        from .info import summarize
+
+        s = summarize(self.llm.gguf)
+        model = Table.grid(padding=(0, 2))
+        for label, value in (
+                ("model", f"{self.model} ({s['path']})"), ("architecture", s["architecture"]),
+                ("name", s["name"]), ("parameters", f"{s['parameters'] / 1e6:,.1f} M"),
+                ("file type", s["file_type"]),
+                ("context", f"{self.llm.n_ctx} tokens, {len(self.llm.session.tokens)} in use "
+                            f"(trained for {s['context_length']})"),
+                ("messages", str(len(self.conversation.messages()))), ("stats", "on" if self.show_stats else "off")):
+            model.add_row(Text(label, style="bold"), Text(str(value)))
+        self.console.print(model)
+        params = Table("parameter", "value", title="sampling", title_justify="left")
+        for name, flag in SETTABLE.items():
+            params.add_row(name, str(getattr(self.params, flag.field)))
+        params.add_row("stop", ", ".join(map(repr, self.params.stop)) or "-")
+        params.add_row("system", Text(self.conversation.system or "-"))
+        self.console.print(params)
+        template = self.llm.chat_template
+        kind = "llama.cpp's ChatML fallback (the model has none)" if template.is_fallback else "from the model"
+        self.console.print(Text(f"chat template ({kind}):", style="bold"))
+        self.console.print(Text(template.source))
+        return True
+
+    def clear(self, _: str) -> bool:
+        self.conversation.turns.clear()
+        self.note("conversation cleared (the system message stays)")
+        return True
+
+    def save(self, argument: str) -> bool:
+        if not argument:
+            self.note("usage: /save FILE")
+            return True
+        path = Path(argument).expanduser()
+        try:
+            self.conversation.save(path)
+        except OSError as e:
+            self.note(f"error: cannot write {path}: {e.strerror or e}")
+            return True
+        self.note(f"saved {len(self.conversation.messages())} messages to {path}")
+        return True
+
+    def load(self, argument: str) -> bool:
+        if not argument:
+            self.note("usage: /load FILE")
+            return True
+        path = Path(argument).expanduser()
+        try:
+            self.conversation = Conversation.load(path)
+        except OSError as e:
+            self.note(f"error: cannot read {path}: {e.strerror or e}")
+            return True
+        except ConversationFileError as e:
+            self.note(f"error: {e}")
+            return True
+        self.note(f"loaded {len(self.conversation.messages())} messages from {path}")
+        return True
+
+    def stats(self, _: str) -> bool:
+        self.show_stats = not self.show_stats
+        self.note(f"stats {'on' if self.show_stats else 'off'}")
+        return True
+
+    def bye(self, _: str) -> bool:
+        return False
+
+
+COMMANDS: dict[str, Command] = {
+    "/help": Command(Repl.help, "/help", "this list"),
+    "/set": Command(Repl.set, "/set <name> <value>",
+                    f"change a parameter ({', '.join(SETTABLE)}) or the system message (/set system TEXT)"),
+    "/show": Command(Repl.show, "/show", "model, parameters and chat template"),
+    "/clear": Command(Repl.clear, "/clear", "forget the conversation, keep the system message"),
+    "/save": Command(Repl.save, "/save FILE", "write the conversation as JSON"),
+    "/load": Command(Repl.load, "/load FILE", "read a conversation saved with /save"),
+    "/stats": Command(Repl.stats, "/stats", "toggle speed figures after each reply"),
+    "/bye": Command(Repl.bye, "/bye", "leave (Ctrl-D too)"),
+}
+
+
+def _enable_line_editing(words: list[str]) -> None:
+    """readline editing and in-session history for input(), with Tab completing slash commands."""
+    try:
+        import readline
+    except ImportError:  # e.g. Windows without pyreadline: plain input() still works
+        return
+
+    def complete(text: str, state: int) -> str | None:
+        matches = [w for w in words if w.startswith(text)]
+        return matches[state] if state < len(matches) else None
+
+    readline.set_completer(complete)
+    readline.set_completer_delims(" \t\n")
+    # macOS's Python links libedit, which takes a different binding syntax
+    readline.parse_and_bind("bind ^I rl_complete" if "libedit" in (readline.__doc__ or "") else "tab: complete")
