@@ -37,11 +37,15 @@ class Conversation:
         """The whole conversation rendered with the chat template, ready for the model's reply.
 
         The oldest turns are dropped (for good, a user message with its reply) until the prompt leaves
-        `reserve` tokens for the reply; the newest message always stays. Raises ContextLengthError when
-        even that message alone does not fit.
+        `reserve` tokens for the reply; the newest message always stays. Raises ContextLengthError, dropping
+        nothing, when that message alone (with the system prompt) does not fit.
         """
         from ..session import ContextLengthError
 
+        newest = _tokenize(llm, llm.render_chat(Conversation(self.system, self.turns[-1:]).messages()))
+        if len(newest) >= llm.n_ctx:
+            raise ContextLengthError(f"the message is {len(newest)} tokens with the chat template but the "
+                                     f"context holds {llm.n_ctx} (start with a larger --n-ctx)")
         dropped = 0
         while True:
             ids = _tokenize(llm, llm.render_chat(self.messages()))
@@ -50,9 +54,6 @@ class Conversation:
             n = 2 if len(self.turns) > 2 and self.turns[1]["role"] == "assistant" else 1
             del self.turns[:n]
             dropped += n
-        if len(ids) >= llm.n_ctx:
-            raise ContextLengthError(f"the message is {len(ids)} tokens with the chat template but the context "
-                                     f"holds {llm.n_ctx} (start with a larger --n-ctx)")
         return Prompt(ids, _common_prefix(ids, self._kept_prefix(llm)), dropped)
 
     def _kept_prefix(self, llm: LLM) -> list[int]:

@@ -115,6 +115,7 @@ class Repl:
     # -- a turn ----------------------------------------------------------------------------------------------
 
     def reply(self, message: str) -> None:
+        from ..chat_template import ChatTemplateError
         from ..generate import generate
         from ..sampling import Sampler
         from ..session import ContextLengthError
@@ -123,9 +124,9 @@ class Repl:
         turns.append({"role": "user", "content": message})
         try:
             prompt = self.conversation.prompt(self.llm, reserve=min(self.params.max_tokens, self.llm.n_ctx // 2))
-        except ContextLengthError as e:
-            turns.pop()
-            self.note(f"error: {e}")
+        except (ContextLengthError, ChatTemplateError, KeyboardInterrupt) as e:
+            turns.pop()  # the message was not sent
+            self.note("(cancelled)" if isinstance(e, KeyboardInterrupt) else f"error: {e}")
             return
         if prompt.dropped:
             self.note(f"(context full: forgot the {prompt.dropped} oldest messages)")

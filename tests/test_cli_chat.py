@@ -1,0 +1,141 @@
+"""`gguf-runtime chat` in a real pseudo-terminal (pexpect): turns that remember, /set and /clear, Ctrl-C
+mid-reply, multi-line input, /save and /load, /bye; and the same REPL with plain pipes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pexpect
+
+PROMPT = re.escape(">>> ")
+TIMEOUT = 300  # the first spawn may compile kernels
+
+
+def spawn_chat(model, *args: str) -> pexpect.spawn:
+    env = {**os.environ, "TERM": "dumb", "NO_COLOR": "1"}  # plain text: no spinner, no colour codes
+    child = pexpect.spawn(sys.executable, ["-m", "gguf_runtime", "chat", "-m", str(model), *args],
+                          env=env, encoding="utf-8", timeout=TIMEOUT, dimensions=(40, 200))
+    child.expect(PROMPT)
+    return child
+
+
+def say(child: pexpect.spawn, line: str) -> str:
+    """Send a line, wait for the next prompt, return what came in between (the echo removed)."""
+    child.sendline(line)
+    child.expect(PROMPT)
+    return child.before.replace("\r\n", "\n").split("\n", 1)[-1].strip()
+
+
+def saved(child: pexpect.spawn, path) -> list[dict]:
+    assert "saved" in say(child, f"/save {path}")
+    return json.loads(path.read_text())["messages"]
+
+
+def bye(child: pexpect.spawn) -> None:
+    child.sendline("/bye")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_second_turn_sees_the_first(smollm2_path, tmp_path):
+    child = spawn_chat(smollm2_path, "--temperature", "0", "-n", "24")
+    say(child, "My name is Alice and my favourite colour is green.")
+    answer = say(child, "What is my name?")
+    assert "Alice" in answer
+    messages = saved(child, tmp_path / "chat.json")
+    assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant"]
+    assert messages[3]["content"].strip() == answer
+    bye(child)
+
+
+def test_set_temperature_zero_gives_the_same_answer_after_clear(smollm2_path, tmp_path):
+    child = spawn_chat(smollm2_path, "-n", "16", "--system", "You are terse.")
+    assert "temperature = 0" in say(child, "/set temperature 0")
+    question = "Name a fruit."
+    first = say(child, question)
+    assert "cleared" in say(child, "/clear")
+    second = say(child, question)
+    assert first and first == second
+    assert [m["role"] for m in saved(child, tmp_path / "c.json")] == ["system", "user", "assistant"]
+    assert "error" in say(child, "/set top_p 7")  # out of range: refused, REPL goes on
+    bye(child)
+
+
+def test_ctrl_c_stops_the_reply_and_keeps_it(smollm2_path, tmp_path):
+    child = spawn_chat(smollm2_path, "--temperature", "0", "-n", "400", "--ignore-eos")
+    question = "Count from one to two hundred, in words."
+    child.sendline(question)
+    child.expect_exact(question)  # the terminal's echo
+    child.expect(r"\w+\W+\w+")  # some of the reply has streamed
+    child.sendintr()
+    child.expect(re.escape("(reply stopped)"))
+    child.expect(PROMPT)
+    partial = saved(child, tmp_path / "partial.json")[-1]
+    assert partial["role"] == "assistant" and partial["content"]
+    assert "max_tokens = 6" in say(child, "/set max_tokens 6")
+    assert say(child, "Say hello.")  # the next turn still works
+    assert len(saved(child, tmp_path / "after.json")) == 4
+    child.sendintr()  # Ctrl-C on an empty line: a hint, not an exit
+    child.expect(re.escape("/bye or Ctrl-D"))
+    child.sendeof()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_multiline_input_and_load(smollm2_path, tmp_path):
+    child = spawn_chat(smollm2_path, "--temperature", "0", "-n", "8")
+    child.sendline('"""Here is a list:')
+    child.expect(re.escape("... "))
+    child.sendline("apples")
+    child.expect(re.escape("... "))
+    child.sendline('pears"""')
+    child.expect(PROMPT)
+    messages = saved(child, tmp_path / "multi.json")
+    assert messages[0] == {"role": "user", "content": "Here is a list:\napples\npears"}
+    conversation = tmp_path / "loaded.json"
+    conversation.write_text(json.dumps({"messages": [
+        {"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Arr!"}]}))
+    assert "loaded 3 messages" in say(child, f"/load {conversation}")
+    shown = say(child, "/show")
+    assert "You are a pirate." in shown and "temperature" in shown and "<|im_start|>" in shown
+    assert "unknown command" in say(child, "/nope")
+    bye(child)
+
+
+def test_plain_pipes_and_a_full_context(smollm2_path):
+    # not a terminal: no prompt, no ANSI codes; replies on stdout, notes on stderr; a tiny context fills up
+    lines = ["Tell me about the sea."] * 6 + ["word " * 200, "/bye"]
+    result = subprocess.run([sys.executable, "-m", "gguf_runtime", "chat", "-m", str(smollm2_path), "--n-ctx",
+                             "128", "-n", "24", "--temperature", "0", "--system", "Be brief."],
+                            input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout + result.stderr and ">>>" not in result.stdout
+    assert result.stdout.strip()
+    assert "context full" in result.stderr
+    assert "the context holds 128" in result.stderr  # the over-long message is refused, the REPL goes on
+
+
+def test_bad_model_is_a_one_line_error(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "gguf_runtime", "chat", "-m", str(tmp_path / "nope.gguf")],
+                            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2 and result.stderr.startswith("error: no such file")
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_command_mistakes_keep_the_repl_alive(smollm2_path):
+    mistakes = {"/set": "usage: /set", "/set top_k x": "error: top_k", "/save": "usage: /save",
+                "/load /nonexistent.json": "cannot read", "/load /etc/hostname": "not JSON"}
+    result = subprocess.run([sys.executable, "-m", "gguf_runtime", "chat", "-m", str(smollm2_path)],
+                            input="\n".join(mistakes) + "\n/stats\n", capture_output=True, text=True,
+                            timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    for expected in mistakes.values():
+        assert expected in result.stderr
+    assert "stats on" in result.stderr
