@@ -1,0 +1,63 @@
+"""Activation quantizers for the integer dot products, as llama.cpp does once per matvec.
+
+Both write the same three arrays for a float32 row x of length K:
+  xq int8[K]      the quantized values, in [-127, 127]
+  xd float32[]    one scale per block: x ~= xd[b] * xq (block of 32 for Q8_0, 256 for Q8_K)
+  xs int32[K/16]  sums of xq over each 16 values (the Q8_K `bsums`; legacy kernels add pairs of them)
+The scales stay float32 (llama.cpp rounds the Q8_0 scale to half); everything else follows
+`quantize_row_q8_0` / `quantize_row_q8_K_ref`, with ties rounded to even.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True)
+def _block_sums16(xq, xs, start, n):
+    for g in range(start // 16, (start + n) // 16):
+        s = 0
+        for j in range(16):
+            s += np.int32(xq[16 * g + j])
+        xs[g] = s
+
+
+@njit(cache=True, fastmath=True)
+def quantize_q8_0(x, xq, xd, xs):
+    """Blocks of 32: scale = max|x| / 127."""
+    for b in range(x.shape[0] // 32):
+        o = 32 * b
+        amax = np.float32(0)
+        for j in range(32):
+            amax = max(amax, abs(x[o + j]))
+        d = amax / np.float32(127)
+        inv = np.float32(1) / d if d != 0 else np.float32(0)
+        xd[b] = d
+        for j in range(32):
+            xq[o + j] = np.int8(np.rint(x[o + j] * inv))
+        _block_sums16(xq, xs, o, 32)
+
+
+@njit(cache=True)
+def quantize_q8_k(x, xq, xd, xs):
+    """Blocks of 256: the value of largest magnitude maps to -127 (llama.cpp's iscale = -127/max)."""
+    for b in range(x.shape[0] // 256):
+        o = 256 * b
+        amax = np.float32(0)
+        vmax = np.float32(0)
+        for j in range(256):
+            a = abs(x[o + j])
+            if a > amax:
+                amax = a
+                vmax = x[o + j]
+        if amax == 0:
+            xd[b] = 0
+            for j in range(256):
+                xq[o + j] = 0
+        else:
+            iscale = np.float32(-127) / vmax
+            for j in range(256):
+                xq[o + j] = np.int8(min(127, np.rint(iscale * x[o + j])))
+            xd[b] = np.float32(1) / iscale
+        _block_sums16(xq, xs, o, 256)

@@ -1,0 +1,53 @@
+"""Q4_1: blocks of 32 = half scale d, half min m, 16 bytes of 4-bit q (low nibbles first); w = d*q + m."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .blocks import inverse, min_max, truncate_u8
+from .halves import store_f16
+from .simd import f16_at, fmadd_i, fzero, hsum, load_nibbles, madd, maddubs
+
+BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 32, 20, "q8_0"
+
+
+@njit(cache=True)
+def dequantize_row(w, y):
+    for b in range(w.shape[0] // TYPE_SIZE):
+        o, yo = b * TYPE_SIZE, b * 32
+        d, m = f16_at(w, o), f16_at(w, o + 2)
+        for j in range(16):
+            q = w[o + 4 + j]
+            y[yo + j] = d * np.float32(q & 15) + m
+            y[yo + 16 + j] = d * np.float32(q >> 4) + m
+
+
+@njit(cache=True)
+def dot_row(w, x, xq, xd, xs):
+    """sum_b d_w*d_x*(q.xq) + m_w*d_x*sum(xq)."""
+    acc = fzero()
+    mins = np.float32(0)
+    for b in range(w.shape[0] // TYPE_SIZE):
+        o = b * TYPE_SIZE
+        acc = fmadd_i(acc, madd(maddubs(load_nibbles(w, o + 4), xq, 32 * b), 1, 1), f16_at(w, o) * xd[b])
+        mins += f16_at(w, o + 2) * xd[b] * np.float32(xs[2 * b] + xs[2 * b + 1])
+    return hsum(acc) + mins
+
+
+@njit(cache=True)
+def quantize_rows(x, out):
+    """quantize_row_q4_1_ref: d = (max - min) / 15, m = min."""
+    for r in range(x.shape[0]):
+        xr, w = x[r], out[r]
+        for b in range(xr.shape[0] // 32):
+            o, wo = 32 * b, TYPE_SIZE * b
+            lo, hi = min_max(xr, o, 32)
+            d = (hi - lo) / np.float32(15)
+            inv = inverse(d)
+            store_f16(w, wo, d)
+            store_f16(w, wo + 2, lo)
+            for j in range(16):
+                q0 = truncate_u8((xr[o + j] - lo) * inv + np.float32(0.5), 15)
+                q1 = truncate_u8((xr[o + 16 + j] - lo) * inv + np.float32(0.5), 15)
+                w[wo + 4 + j] = q0 | (q1 << 4)

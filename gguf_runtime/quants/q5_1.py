@@ -1,0 +1,61 @@
+"""Q5_1: blocks of 32 = half scale d, half min m, uint32 of 5th bits, 16 bytes of low nibbles; w = d*q + m."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .blocks import inverse, min_max, truncate_u8
+from .halves import store_f16
+from .simd import f16_at, fmadd_i, fzero, hsum, load_bits, load_nibbles, madd, maddubs, u32_at, vor, vshl
+
+BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 32, 24, "q8_0"
+
+
+@njit(cache=True)
+def dequantize_row(w, y):
+    for b in range(w.shape[0] // TYPE_SIZE):
+        o, yo = b * TYPE_SIZE, b * 32
+        d, m = f16_at(w, o), f16_at(w, o + 2)
+        qh = u32_at(w, o + 4)
+        for j in range(16):
+            q = w[o + 8 + j]
+            lo = np.int32(q & 15) | np.int32(((qh >> np.uint32(j)) & np.uint32(1)) << np.uint32(4))
+            hi = np.int32(q >> 4) | np.int32(((qh >> np.uint32(j + 16)) & np.uint32(1)) << np.uint32(4))
+            y[yo + j] = d * np.float32(lo) + m
+            y[yo + 16 + j] = d * np.float32(hi) + m
+
+
+@njit(cache=True)
+def dot_row(w, x, xq, xd, xs):
+    acc = fzero()
+    mins = np.float32(0)
+    for b in range(w.shape[0] // TYPE_SIZE):
+        o = b * TYPE_SIZE
+        q = vor(load_nibbles(w, o + 8), vshl(load_bits(w, o + 4), 4))
+        acc = fmadd_i(acc, madd(maddubs(q, xq, 32 * b), 1, 1), f16_at(w, o) * xd[b])
+        mins += f16_at(w, o + 2) * xd[b] * np.float32(xs[2 * b] + xs[2 * b + 1])
+    return hsum(acc) + mins
+
+
+@njit(cache=True)
+def quantize_rows(x, out):
+    """quantize_row_q5_1_ref: d = (max - min) / 31, m = min."""
+    for r in range(x.shape[0]):
+        xr, w = x[r], out[r]
+        for b in range(xr.shape[0] // 32):
+            o, wo = 32 * b, TYPE_SIZE * b
+            lo, hi = min_max(xr, o, 32)
+            d = (hi - lo) / np.float32(31)
+            inv = inverse(d)
+            store_f16(w, wo, d)
+            store_f16(w, wo + 2, lo)
+            qh = 0
+            for j in range(16):
+                q0 = truncate_u8((xr[o + j] - lo) * inv + np.float32(0.5), 31)
+                q1 = truncate_u8((xr[o + 16 + j] - lo) * inv + np.float32(0.5), 31)
+                w[wo + 8 + j] = (q0 & 15) | ((q1 & 15) << 4)
+                qh |= (np.int64(q0) >> 4) << j
+                qh |= (np.int64(q1) >> 4) << (j + 16)
+            for k in range(4):
+                w[wo + 4 + k] = (qh >> (8 * k)) & 255

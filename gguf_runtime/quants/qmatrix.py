@@ -1,0 +1,91 @@
+"""QMatrix: y = W x on a weight matrix kept in its raw GGUF blocks (memory-mapped, never copied to float)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import kernels
+from .registry import ACT_F32, F32, get_qtype
+from .rows import as_rows
+
+# Prefill strategy (see scripts/bench_kernels.py): up to this many tokens the integer kernels run one
+# pass over the weights with every token's quantized activation; beyond it, tiles of rows are
+# dequantized to float32 and multiplied with BLAS, which wins once the work is compute-bound.
+INTEGER_PATH_MAX_TOKENS = 8
+TILE_BYTES = 1 << 21  # float32 bytes per dequantized tile: big enough for BLAS, small enough for L2/L3
+
+
+class QMatrix:
+    """A weight matrix W of n_rows outputs x n_cols inputs (ggml ne = [n_cols, n_rows]) on raw blocks.
+
+    `data` is the tensor as the GGUF reader gives it (2-D). Scratch buffers for one token's quantized
+    activation live on the instance, so one QMatrix must not be used from two Python threads at once.
+    """
+
+    def __init__(self, data: np.ndarray, ggml_type: int, name: str = ""):
+        self.qtype = get_qtype(ggml_type, name)
+        if np.ndim(data) != 2:
+            raise ValueError(f"tensor {name!r}: a QMatrix needs a 2-D tensor, got shape {np.shape(data)}")
+        self.name = name
+        self.ggml_type = self.qtype.ggml_type
+        self.data = as_rows(data, self.qtype, name)
+        self.n_rows = self.data.shape[0]
+        self.n_cols = self.qtype.n_cols(self.data.shape[1])
+        self._one_token = self._activation_scratch(1)
+
+    def __repr__(self) -> str:
+        return f"QMatrix({self.name!r}, {self.qtype.name}, {self.n_rows}x{self.n_cols})"
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes
+
+    def _activation_scratch(self, n_tokens: int):
+        k = self.n_cols if self.qtype.activation != ACT_F32 else 0
+        return (np.empty((n_tokens, k), np.int8), np.empty((n_tokens, k // 32), np.float32),
+                np.empty((n_tokens, k // 16), np.int32))
+
+    def _input(self, x: np.ndarray, ndim: int) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim != ndim or x.shape[-1] != self.n_cols:
+            want = "(n_cols,)" if ndim == 1 else "(T, n_cols)"
+            raise ValueError(f"{self!r}: input must be {want} with n_cols={self.n_cols}, got {x.shape}")
+        return x
+
+    def _output(self, out: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+        if out is None:
+            return np.empty(shape, np.float32)
+        if out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+            raise ValueError(f"{self!r}: out must be C-contiguous float32 {shape}, got {out.dtype} {out.shape}")
+        return out
+
+    def matvec(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """W @ x for one token: x float32 (n_cols,) -> (n_rows,)."""
+        x = self._input(x, 1)
+        out = self._output(out, (self.n_rows,))
+        kernels.matmul_rows(self.ggml_type, self.data, x[None], *self._one_token, out[None])
+        return out
+
+    def matmul(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """X @ W.T for T tokens: X float32 (T, n_cols) -> (T, n_rows)."""
+        X = self._input(X, 2)
+        out = self._output(out, (X.shape[0], self.n_rows))
+        if X.shape[0] == 0:
+            return out
+        if self.ggml_type == F32:
+            np.matmul(X, self.data.view(np.float32).T, out=out)
+        elif X.shape[0] <= INTEGER_PATH_MAX_TOKENS:
+            kernels.matmul_rows(self.ggml_type, self.data, X, *self._activation_scratch(X.shape[0]), out)
+        else:
+            self._matmul_tiles(X, out)
+        return out
+
+    def _matmul_tiles(self, X: np.ndarray, out: np.ndarray) -> None:
+        """Dequantize tiles of rows to float32 and let BLAS multiply them: each weight row is read once."""
+        rows_per_tile = max(16, min(self.n_rows, TILE_BYTES // (4 * self.n_cols)))
+        tile = np.empty((rows_per_tile, self.n_cols), np.float32)
+        for r0 in range(0, self.n_rows, rows_per_tile):
+            r1 = min(self.n_rows, r0 + rows_per_tile)
+            part = tile[:r1 - r0]
+            kernels.dequantize_rows(self.ggml_type, self.data, np.arange(r0, r1, dtype=np.int64), part)
+            np.matmul(X, part.T, out=out[:, r0:r1])

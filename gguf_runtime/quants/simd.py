@@ -1,0 +1,399 @@
+"""Portable SIMD for numba: 256-bit vector values and the few integer dot-product steps the kernels need.
+
+numba's auto-vectoriser does not turn per-block quantized dot products into vector code, so the kernels
+spell them out with these intrinsics, written in plain LLVM vector IR (LLVM maps it to AVX2, AVX-512 or
+NEON). Two steps have an x86 fast path, used when numba targets the host CPU and it has AVX2:
+`maddubs` -> vpmaddubsw and `madd` -> vpmaddwd. Every bound the fast path relies on (no i16 saturation)
+holds for the callers: unsigned weights <= 63 times activations in [-127, 127].
+
+Vector values (`U8x32`, `I16x16`, `I32x8`, `F32x8`) live in registers inside one jitted function; they are
+never stored in arrays. Array arguments must be 1-D C-contiguous; offsets are in elements.
+"""
+
+from __future__ import annotations
+
+import llvmlite.binding as llvm
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils, config
+from numba.core.errors import TypingError
+from numba.extending import intrinsic, models, register_model
+
+_I8, _I16, _I32, _F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.FloatType()
+
+
+class VectorType(types.Type):
+    """A numba type whose value is one LLVM vector."""
+
+    def __init__(self, name: str, lanes: int, element: ir.Type):
+        self.llvm_type = ir.VectorType(element, lanes)
+        super().__init__(name=name)
+
+
+@register_model(VectorType)
+class _VectorModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, fe_type.llvm_type)
+
+
+U8x32 = VectorType("U8x32", 32, _I8)    # bytes; the kernels keep them in 0..63 (unsigned)
+I16x16 = VectorType("I16x16", 16, _I16)
+I32x8 = VectorType("I32x8", 8, _I32)
+F32x8 = VectorType("F32x8", 8, _F32)
+
+
+def _host_has_avx2() -> bool:
+    # Code is compiled for config.CPU_NAME (the host unless NUMBA_CPU_NAME says otherwise, e.g. for a
+    # portable cache); x86 intrinsics are only safe when we know the target has them.
+    if config.CPU_NAME not in (None, "host"):
+        return False
+    return bool(llvm.get_host_cpu_features().get("avx2"))
+
+
+USE_X86_AVX2 = _host_has_avx2()  # read at compile time; tests flip it to exercise the generic IR
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+def _vec(element: ir.Type, values) -> ir.Constant:
+    return ir.Constant(ir.VectorType(element, len(values)), list(values))
+
+
+def _splat(builder, value, vtype: ir.VectorType):
+    undef = ir.Constant(vtype, ir.Undefined)
+    one = builder.insert_element(undef, value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(one, undef, _vec(_I32, [0] * vtype.count))
+
+
+def _pointer(context, builder, array_type, array, offset, pointee: ir.Type):
+    """Address of array[offset] as a pointer to `pointee` (any alignment)."""
+    ary = context.make_array(array_type)(context, builder, array)
+    itemsize = context.get_abi_sizeof(context.get_data_type(array_type.dtype))
+    byte_offset = builder.mul(offset, offset.type(itemsize)) if itemsize != 1 else offset
+    return cgutils.pointer_add(builder, ary.data, byte_offset, return_type=ir.PointerType(pointee))
+
+
+def _load(context, builder, array_type, array, offset, vtype):
+    return builder.load(_pointer(context, builder, array_type, array, offset, vtype), align=1)
+
+
+def _check_array(arr, dtypes=None):
+    if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.layout == "C"):
+        raise TypingError(f"simd: expected a 1-D C-contiguous array, got {arr}")
+    if dtypes is not None and arr.dtype not in dtypes:
+        raise TypingError(f"simd: expected an array of {dtypes}, got {arr}")
+
+
+def _pairwise_add(builder, v, lanes_out: int):
+    """(v[0]+v[1], v[2]+v[3], ...) for a vector of 2*lanes_out lanes."""
+    undef = ir.Constant(v.type, ir.Undefined)
+    even = builder.shuffle_vector(v, undef, _vec(_I32, range(0, 2 * lanes_out, 2)))
+    odd = builder.shuffle_vector(v, undef, _vec(_I32, range(1, 2 * lanes_out, 2)))
+    return builder.add(even, odd)
+
+
+def _x86(builder, name: str, ret: ir.Type, args):
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, [a.type for a in args]), name)
+    return builder.call(fn, args)
+
+
+_BYTES = (types.uint8, types.int8)
+
+
+# ------------------------------------------------------------------------------------------- byte loads
+
+@intrinsic
+def load_u8x32(typingctx, arr, off):
+    """32 bytes arr[off:off+32]."""
+    _check_array(arr, _BYTES)
+
+    def codegen(context, builder, sig, args):
+        return _load(context, builder, sig.args[0], args[0], args[1], U8x32.llvm_type)
+    return U8x32(arr, types.intp), codegen
+
+
+@intrinsic
+def load_nibbles(typingctx, arr, off):
+    """16 bytes arr[off:off+16] -> their 16 low nibbles followed by their 16 high nibbles."""
+    _check_array(arr, _BYTES)
+
+    def codegen(context, builder, sig, args):
+        v16 = ir.VectorType(_I8, 16)
+        q = _load(context, builder, sig.args[0], args[0], args[1], v16)
+        lo = builder.and_(q, _vec(_I8, [15] * 16))
+        hi = builder.lshr(q, _vec(_I8, [4] * 16))
+        return builder.shuffle_vector(lo, hi, _vec(_I32, range(32)))
+    return U8x32(arr, types.intp), codegen
+
+
+@intrinsic
+def load_bits(typingctx, arr, off):
+    """The 32 bits of the little-endian uint32 at arr[off:off+4] -> 32 bytes, each 0 or 1."""
+    _check_array(arr, _BYTES)
+
+    def codegen(context, builder, sig, args):
+        v4 = ir.VectorType(_I8, 4)
+        b = _load(context, builder, sig.args[0], args[0], args[1], v4)
+        spread = builder.shuffle_vector(b, ir.Constant(v4, ir.Undefined), _vec(_I32, [i // 8 for i in range(32)]))
+        masked = builder.and_(spread, _vec(_I8, [1 << (i % 8) for i in range(32)]))
+        nonzero = builder.icmp_unsigned("!=", masked, ir.Constant(U8x32.llvm_type, None))
+        return builder.zext(nonzero, U8x32.llvm_type)
+    return U8x32(arr, types.intp), codegen
+
+
+# ------------------------------------------------------------------------------------- byte arithmetic
+
+def _byte_op(op):
+    def typer(typingctx, v, c):
+        if v != U8x32:
+            raise TypingError("simd: expected U8x32")
+
+        def codegen(context, builder, sig, args):
+            t = U8x32.llvm_type
+            return getattr(builder, op)(args[0], _splat(builder, builder.trunc(args[1], _I8), t))
+        return U8x32(U8x32, types.intp), codegen
+    return typer
+
+
+vand = intrinsic(_byte_op("and_"))   # v & c   (c a scalar)
+vshr = intrinsic(_byte_op("lshr"))   # v >> c  (logical, per byte)
+vshl = intrinsic(_byte_op("shl"))    # v << c  (per byte)
+
+
+@intrinsic
+def vor(typingctx, a, b):
+    """a | b."""
+    def codegen(context, builder, sig, args):
+        return builder.or_(args[0], args[1])
+    return U8x32(U8x32, U8x32), codegen
+
+
+@intrinsic
+def vsub_u8(typingctx, a, b):
+    """a - b per byte (wrapping)."""
+    def codegen(context, builder, sig, args):
+        return builder.sub(args[0], args[1])
+    return U8x32(U8x32, U8x32), codegen
+
+
+# -------------------------------------------------------------------------------- integer dot products
+
+@intrinsic
+def maddubs(typingctx, u, x, off):
+    """u (unsigned bytes) times x[off:off+32] (signed bytes); adjacent products summed -> 16 x i16.
+
+    Lane i covers elements 2i, 2i+1: lanes 0..7 the first 16 elements, lanes 8..15 the last 16.
+    """
+    _check_array(x, (types.int8,))
+
+    def codegen(context, builder, sig, args):
+        xv = _load(context, builder, sig.args[1], args[1], args[2], U8x32.llvm_type)
+        if USE_X86_AVX2:
+            return _x86(builder, "llvm.x86.avx2.pmadd.ub.sw", I16x16.llvm_type, [args[0], xv])
+        wide = ir.VectorType(_I16, 32)
+        products = builder.mul(builder.zext(args[0], wide), builder.sext(xv, wide))
+        return _pairwise_add(builder, products, 16)
+    return I16x16(U8x32, x, types.intp), codegen
+
+
+@intrinsic
+def madd(typingctx, p, s0, s1):
+    """Lanes of p times a scale (s0 for lanes 0..7, s1 for lanes 8..15); adjacent products summed -> 8 x i32.
+
+    After `maddubs`, I32x8 lanes 0..3 hold s0 * (sums of elements 0..15) and lanes 4..7 s1 * (16..31).
+    """
+    def codegen(context, builder, sig, args):
+        v16 = I16x16.llvm_type
+        a = _splat(builder, builder.trunc(args[1], _I16), v16)
+        b = _splat(builder, builder.trunc(args[2], _I16), v16)
+        scales = builder.shuffle_vector(a, b, _vec(_I32, list(range(8)) + list(range(24, 32))))
+        if USE_X86_AVX2:
+            return _x86(builder, "llvm.x86.avx2.pmadd.wd", I32x8.llvm_type, [args[0], scales])
+        wide = ir.VectorType(_I32, 16)
+        products = builder.mul(builder.sext(args[0], wide), builder.sext(scales, wide))
+        return _pairwise_add(builder, products, 8)
+    return I32x8(I16x16, types.intp, types.intp), codegen
+
+
+@intrinsic
+def maddubs_s8(typingctx, v, x, off):
+    """v (signed bytes) times x[off:off+32] (signed bytes); adjacent products summed -> 16 x i16 (as maddubs).
+
+    x must avoid -128 (the activation quantizers give [-127, 127]) so the x86 sign trick cannot overflow.
+    """
+    _check_array(x, (types.int8,))
+
+    def codegen(context, builder, sig, args):
+        t = U8x32.llvm_type
+        xv = _load(context, builder, sig.args[1], args[1], args[2], t)
+        if USE_X86_AVX2:
+            # |v| * (x with v's sign) equals v * x and fits vpmaddubsw's unsigned x signed form
+            absv = _x86(builder, "llvm.x86.avx2.pabs.b", t, [args[0]])
+            signed_x = _x86(builder, "llvm.x86.avx2.psign.b", t, [xv, args[0]])
+            return _x86(builder, "llvm.x86.avx2.pmadd.ub.sw", I16x16.llvm_type, [absv, signed_x])
+        wide = ir.VectorType(_I16, 32)
+        products = builder.mul(builder.sext(args[0], wide), builder.sext(xv, wide))
+        return _pairwise_add(builder, products, 16)
+    return I16x16(U8x32, x, types.intp), codegen
+
+
+@intrinsic
+def lookup16(typingctx, table, idx):
+    """table[idx & 15] per byte; table's bytes 16..31 must repeat bytes 0..15 (x86 shuffles each half alone)."""
+    def codegen(context, builder, sig, args):
+        t = U8x32.llvm_type
+        low = builder.and_(args[1], _vec(_I8, [15] * 32))
+        if USE_X86_AVX2:
+            return _x86(builder, "llvm.x86.avx2.pshuf.b", t, [args[0], low])
+        out = ir.Constant(t, ir.Undefined)
+        for i in range(32):
+            k = builder.extract_element(low, ir.Constant(_I32, i))
+            out = builder.insert_element(out, builder.extract_element(args[0], k), ir.Constant(_I32, i))
+        return out
+    return U8x32(U8x32, U8x32), codegen
+
+
+@intrinsic
+def izero(typingctx):
+    def codegen(context, builder, sig, args):
+        return ir.Constant(I32x8.llvm_type, None)
+    return I32x8(), codegen
+
+
+@intrinsic
+def iadd(typingctx, a, b):
+    def codegen(context, builder, sig, args):
+        return builder.add(args[0], args[1])
+    return I32x8(I32x8, I32x8), codegen
+
+
+# ----------------------------------------------------------------------------------------- float lanes
+
+@intrinsic
+def fzero(typingctx):
+    def codegen(context, builder, sig, args):
+        return ir.Constant(F32x8.llvm_type, None)
+    return F32x8(), codegen
+
+
+@intrinsic
+def fmadd_i(typingctx, acc, v, s):
+    """acc + float(v) * s."""
+    def codegen(context, builder, sig, args):
+        t = F32x8.llvm_type
+        scaled = builder.fmul(builder.sitofp(args[1], t), _splat(builder, args[2], t))
+        return builder.fadd(args[0], scaled)
+    return F32x8(F32x8, I32x8, types.float32), codegen
+
+
+@intrinsic
+def ffma(typingctx, acc, a, b):
+    """acc + a * b, lane-wise."""
+    def codegen(context, builder, sig, args):
+        return builder.fadd(args[0], builder.fmul(args[1], args[2]))
+    return F32x8(F32x8, F32x8, F32x8), codegen
+
+
+@intrinsic
+def load_f32x8(typingctx, arr, off):
+    """8 float32 arr[off:off+8]."""
+    _check_array(arr, (types.float32,))
+
+    def codegen(context, builder, sig, args):
+        return _load(context, builder, sig.args[0], args[0], args[1], F32x8.llvm_type)
+    return F32x8(arr, types.intp), codegen
+
+
+def _f16_bits_to_f32(builder, h32):
+    """Exact IEEE half -> float on 8 lanes of zero-extended half bits (normals, subnormals, inf, nan)."""
+    t = h32.type
+    c = lambda v: ir.Constant(t, [v] * 8)  # noqa: E731
+    sign = builder.shl(builder.and_(h32, c(0x8000)), c(16))
+    em = builder.and_(h32, c(0x7FFF))
+    exp = builder.and_(em, c(0x7C00))
+    # normal/inf/nan: move exponent and mantissa into place and rebias (15 -> 127, or 31 -> 255)
+    rebias = builder.select(builder.icmp_unsigned("==", exp, c(0x7C00)), c(224 << 23), c(112 << 23))
+    normal = builder.add(builder.shl(em, c(13)), rebias)
+    # subnormal: mantissa * 2^-24, computed as float (exact; no denormal inputs involved)
+    ft = ir.VectorType(_F32, 8)
+    sub = builder.fmul(builder.uitofp(em, ft), ir.Constant(ft, [2.0 ** -24] * 8))
+    bits = builder.select(builder.icmp_unsigned("==", exp, c(0)), builder.bitcast(sub, t), normal)
+    return builder.bitcast(builder.or_(bits, sign), ft)
+
+
+@intrinsic
+def load_f16x8(typingctx, arr, off):
+    """8 IEEE halves stored as bytes at arr[off:off+16] -> 8 float32 (exact)."""
+    _check_array(arr, _BYTES)
+
+    def codegen(context, builder, sig, args):
+        h = _load(context, builder, sig.args[0], args[0], args[1], ir.VectorType(_I16, 8))
+        return _f16_bits_to_f32(builder, builder.zext(h, ir.VectorType(_I32, 8)))
+    return F32x8(arr, types.intp), codegen
+
+
+@intrinsic
+def load_bf16x8(typingctx, arr, off):
+    """8 bfloat16 stored as bytes at arr[off:off+16] -> 8 float32 (exact)."""
+    _check_array(arr, _BYTES)
+
+    def codegen(context, builder, sig, args):
+        v32 = ir.VectorType(_I32, 8)
+        h = _load(context, builder, sig.args[0], args[0], args[1], ir.VectorType(_I16, 8))
+        bits = builder.shl(builder.zext(h, v32), ir.Constant(v32, [16] * 8))
+        return builder.bitcast(bits, F32x8.llvm_type)
+    return F32x8(arr, types.intp), codegen
+
+
+@intrinsic
+def hsum(typingctx, v):
+    """Sum of the 8 lanes."""
+    def codegen(context, builder, sig, args):
+        x = args[0]
+        half = lambda v, idx: builder.shuffle_vector(v, v, _vec(_I32, idx))  # noqa: E731
+        s4 = builder.fadd(half(x, [0, 1, 2, 3]), half(x, [4, 5, 6, 7]))
+        s2 = builder.fadd(half(s4, [0, 1]), half(s4, [2, 3]))
+        return builder.fadd(builder.extract_element(s2, ir.Constant(_I32, 0)),
+                            builder.extract_element(s2, ir.Constant(_I32, 1)))
+    return types.float32(F32x8), codegen
+
+
+# ------------------------------------------------------------------------------------------ scalar bits
+
+@intrinsic
+def f16_at(typingctx, arr, off):
+    """The IEEE half stored little-endian at arr[off:off+2] as float32 (exact)."""
+    _check_array(arr, _BYTES)
+
+    def codegen(context, builder, sig, args):
+        h = builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], _I16), align=1)
+        v = builder.insert_element(ir.Constant(ir.VectorType(_I32, 8), None), builder.zext(h, _I32),
+                                   ir.Constant(_I32, 0))
+        return builder.extract_element(_f16_bits_to_f32(builder, v), ir.Constant(_I32, 0))
+    return types.float32(arr, types.intp), codegen
+
+
+@intrinsic
+def u32_at(typingctx, arr, off):
+    """The little-endian uint32 at arr[off:off+4]."""
+    _check_array(arr, _BYTES)
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], _I32), align=1)
+    return types.uint32(arr, types.intp), codegen
+
+
+@intrinsic
+def f32_bits(typingctx, x):
+    """The bits of a float32 as uint32."""
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], _I32)
+    return types.uint32(types.float32), codegen
+
+
+@intrinsic
+def f32_from_bits(typingctx, b):
+    """The float32 whose bits are b (uint32)."""
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], _F32)
+    return types.float32(types.uint32), codegen
