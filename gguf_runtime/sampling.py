@@ -21,9 +21,13 @@ llama.cpp's defaults differ; `SamplingParams.llama_cpp_defaults()` gives them:
     top_p                1.0 (off)       0.95
     min_p                0.0 (off)       0.05
     typical_p            1.0 (off)       1.0 (off)
-    repetition_penalty   1.0 (off)       1.0 (off; 1.1 before late 2024)
-    penalty_last_n       64              64 (repeat_last_n)
+    repetition_penalty   1.0 (off)       1.0 (off; older releases 1.1)
+    penalty_last_n       64              64 (repeat_last_n; 0 = off, -1 = whole context)
     ===================  ==============  =================
+
+Penalties follow llama.cpp, not vLLM: all three apply to the last ``penalty_last_n`` tokens of the history
+(prompt included), where vLLM applies repetition_penalty to the whole prompt + output and presence/frequency to
+the output only. Log-probabilities are of the raw model distribution, like vLLM's default.
 """
 
 from __future__ import annotations
