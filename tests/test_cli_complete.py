@@ -84,8 +84,8 @@ def test_stop_string_ends_the_text_before_it(smollm2_path, reference):
     text = reference.outputs[0].text
     stop = text.split()[len(text.split()) // 2]
     expected = text[:text.index(stop)]
-    result = run_cli("complete", "-m", smollm2_path, *GREEDY, "--stop", stop, "--stop", "\x00never", "--json",
-                     PROMPT)
+    result = run_cli("complete", "-m", smollm2_path, *GREEDY, "--stop", stop, "--stop", "not in the text",
+                     "--json", PROMPT)
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert (out["text"], out["finish_reason"], out["stop_reason"]) == (expected, "stop", stop)
