@@ -181,19 +181,31 @@ class ChatTemplate:
         prefix = TEMPLATE_KEY + "."
         return sorted(key[len(prefix):] for key in metadata if key.startswith(prefix))
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = True, **extra: Any) -> str:
+    def render(self, messages: list[dict], add_generation_prompt: bool = True, *, strip_bos: bool = False,
+               strip_eos: bool = False, **extra: Any) -> str:
         """The prompt text for `messages`. `extra` reaches the template as variables (``tools``,
-        ``enable_thinking``, ...; it may override ``bos_token`` / ``eos_token``)."""
+        ``enable_thinking``, ...; it may override ``bos_token`` / ``eos_token``).
+
+        When the tokenizer adds BOS (EOS) itself (``tokenizer.ggml.add_bos_token``), pass ``strip_bos``
+        (``strip_eos``) to drop a leading ``bos_token`` (trailing ``eos_token``) from the text, as llama.cpp does,
+        so the prompt does not get two (Gemma 3's template writes ``<bos>``).
+        """
         context = {"bos_token": self.bos_token, "eos_token": self.eos_token, "tools": None, "documents": None,
                    **extra, "messages": _check_messages(messages), "add_generation_prompt": add_generation_prompt}
         try:
-            return self._template.render(context)
+            text = self._template.render(context)
         except _RaisedByTemplate as err:
             raise ChatTemplateError(f"chat template rejected the messages: {_one_line(err.message)}") from None
         except SecurityError as err:
             raise ChatTemplateError(f"chat template blocked by the sandbox: {_one_line(err)}") from None
         except Exception as err:  # noqa: BLE001 - undefined names, type errors, loader use: all template faults
             raise ChatTemplateError(f"chat template failed ({type(err).__name__}): {_one_line(err)}") from None
+        bos, eos = context["bos_token"], context["eos_token"]
+        if strip_bos and bos and text.startswith(bos):
+            text = text[len(bos):]
+        if strip_eos and eos and text.endswith(eos):
+            text = text[: -len(eos)]
+        return text
 
     def __repr__(self) -> str:
         kind = "chatml fallback" if self.is_fallback else f"{len(self.source)} chars"
