@@ -15,6 +15,7 @@ import ctypes
 import hashlib
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,6 +28,10 @@ TOKENIZER_DIR = FIXTURES / "tokenizer"
 TOKENIZER_MODELS = ("smollm2-135m", "qwen2.5-coder-0.5b", "gemma-3-270m")
 PIECE_BLOCK = 8192  # tokens per digest block of the vocabulary-wide piece/attribute checks
 FLAG_SAMPLES = ("", "Hello world", "<|im_start|>hi<|im_end|>")  # also recorded without BOS/EOS
+# Pre-tokenizers checked on SmolLM2's vocabulary with only `tokenizer.ggml.pre` changed (no real model needed).
+PRE_VOCAB_MODEL = "smollm2-135m"
+PRE_NAMES = ("default", "gpt-2", "llama-bpe", "dbrx", "qwen2", "stablelm2", "starcoder", "falcon", "deepseek-llm",
+             "deepseek-coder", "deepseek-v3", "poro-chat", "bloom", "viking", "trillion")
 
 
 def load_llama_vocab(path: Path):
@@ -54,9 +59,13 @@ def make_tokenizer_fixtures(args) -> None:
     for name in args.models:
         fixture = tokenizer_fixture(model_path(name), corpus)
         fixture["model"] = name
-        out = args.out / f"{name}.json"
-        out.write_text(json.dumps(fixture, ensure_ascii=False, separators=(",", ":")) + "\n", encoding="utf-8")
-        print(f"{name}: {len(corpus)} strings -> {out.relative_to(REPO)} ({out.stat().st_size // 1024} KiB)")
+        write_json(args.out / f"{name}.json", fixture)
+    write_json(args.out / "pretokenizers.json", pretokenizer_fixture(model_path(PRE_VOCAB_MODEL), corpus))
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n", encoding="utf-8")
+    print(f"{path.relative_to(REPO)}: {path.stat().st_size // 1024} KiB")
 
 
 def tokenizer_fixture(path: Path, corpus: list[str]) -> dict:
@@ -65,22 +74,13 @@ def tokenizer_fixture(path: Path, corpus: list[str]) -> dict:
     def tokenize(text: str, add_special: bool, parse_special: bool) -> list[int]:
         return llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=parse_special)
 
-    def detokenize(ids: list[int], unparse_special: bool) -> str:
-        arr = (lib.llama_token * max(1, len(ids)))(*ids)
-        size = 256
-        while True:  # llama_detokenize returns -needed when the buffer is too small
-            buf = ctypes.create_string_buffer(size)
-            n = lib.llama_detokenize(vocab, arr, len(ids), buf, size, False, unparse_special)
-            if n >= 0:
-                return buf.raw[:n].decode("utf-8", "replace")
-            size = -n
-
     cases = []
     for text in corpus:
         case = {}
         for key, parse_special in (("plain", False), ("special", True)):
             ids = tokenize(text, True, parse_special)
-            case[key] = {"ids": ids, "text": detokenize(ids, True), "text_skip": detokenize(ids, False)}
+            case[key] = {"ids": ids, "text": _detokenize(lib, vocab, ids, True),
+                         "text_skip": _detokenize(lib, vocab, ids, False)}
         cases.append(case)
 
     n_vocab = lib.llama_vocab_n_tokens(vocab)
@@ -108,6 +108,61 @@ def tokenizer_fixture(path: Path, corpus: list[str]) -> dict:
     }
 
 
+def pretokenizer_fixture(path: Path, corpus: list[str]) -> dict:
+    """For each name in PRE_NAMES: ids (BOS/EOS added, no special parsing) and special-free detokenized text of
+    the corpus with `path`'s vocabulary, stored only where they differ from `path`'s own pre-tokenizer."""
+    def run(gguf: Path) -> list[tuple[list[int], str]]:
+        lib, llm, vocab = load_llama_vocab(gguf)
+        out = []
+        for text in corpus:
+            ids = llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+            out.append((ids, _detokenize(lib, vocab, ids, False)))
+        return out
+
+    base = run(path)
+    fields = metadata_fields(path)
+    fixture = {"vocab_model": PRE_VOCAB_MODEL, "pre": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for pre in PRE_NAMES:
+            gguf = Path(tmp) / f"{pre}.gguf"
+            write_vocab_only_gguf(fields, gguf, {"tokenizer.ggml.pre": pre})
+            results = run(gguf)
+            fixture["pre"][pre] = {
+                "ids": {i: ids for i, ((ids, _), (base_ids, _)) in enumerate(zip(results, base)) if ids != base_ids},
+                "text_skip": {i: text for i, ((_, text), (_, base_text)) in enumerate(zip(results, base))
+                              if text != base_text},
+            }
+    return fixture
+
+
+def metadata_fields(source: Path) -> list[tuple]:
+    """(key, value, value type, array element type) for every metadata entry of a GGUF file."""
+    from gguf import GGUFReader, GGUFValueType
+
+    fields = []
+    for name, field in GGUFReader(source).fields.items():
+        if not name.startswith("GGUF."):
+            value_type = field.types[0]
+            sub_type = field.types[-1] if value_type == GGUFValueType.ARRAY else None
+            fields.append((name, field.contents(), value_type, sub_type))
+    return fields
+
+
+def write_vocab_only_gguf(fields: list[tuple], dest: Path, overrides: dict[str, str]) -> None:
+    """A GGUF with the given metadata (values replaced per `overrides`) and no tensors."""
+    from gguf import GGUFWriter
+
+    arch = next(value for name, value, _, _ in fields if name == "general.architecture")
+    writer = GGUFWriter(dest, arch)
+    for name, value, value_type, sub_type in fields:
+        if name != "general.architecture":  # the writer adds it
+            writer.add_key_value(name, overrides.get(name, value), value_type, sub_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    writer.close()
+
+
 def piece_digests(lib, vocab, n_vocab: int) -> dict[str, list[str]]:
     """sha256 per block of PIECE_BLOCK tokens over their length-prefixed pieces, for special=True and False."""
     buf = ctypes.create_string_buffer(1024)
@@ -124,6 +179,18 @@ def piece_digests(lib, vocab, n_vocab: int) -> dict[str, list[str]]:
               for start in range(0, n_vocab, PIECE_BLOCK)]
         for key, special in (("special", True), ("plain", False))
     }
+
+
+def _detokenize(lib, vocab, ids: list[int], unparse_special: bool) -> str:
+    """llama_detokenize (BOS/EOS kept), control tokens shown only with `unparse_special`."""
+    arr = (lib.llama_token * max(1, len(ids)))(*ids)
+    size = 256
+    while True:  # llama_detokenize returns -needed when the buffer is too small
+        buf = ctypes.create_string_buffer(size)
+        n = lib.llama_detokenize(vocab, arr, len(ids), buf, size, False, unparse_special)
+        if n >= 0:
+            return buf.raw[:n].decode("utf-8", "replace")
+        size = -n
 
 
 def _digest(data: bytes) -> str:

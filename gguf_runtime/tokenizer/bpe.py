@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .merge import merge_pairs
+from .merge import WordCache, merge_pairs
 from .pretokenize import split_words
 from .vocab import Vocab
 
@@ -23,8 +23,6 @@ BYTE_CHARS = _gpt2_byte_chars()
 BYTE_OF_CHAR = {ch: b for b, ch in enumerate(BYTE_CHARS)}
 _LATIN1_TO_BYTE_CHARS = {b: ch for b, ch in enumerate(BYTE_CHARS)}  # str.translate table over latin-1 text
 
-_CACHE_LIMIT = 1 << 17
-
 
 def byte_encode(word: str) -> str:
     """The word's UTF-8 bytes written with GPT-2 byte characters (how byte-level BPE vocabularies spell it)."""
@@ -39,17 +37,12 @@ class BpeEncoder:
         # "left right" -> rank; a merge listed twice keeps its first rank, like llama.cpp's emplace.
         merges = vocab.merges
         self._ranks = dict(zip(reversed(merges), range(len(merges) - 1, -1, -1)))
-        self._cache: dict[str, tuple[int, ...]] = {}
+        self._cache = WordCache(lambda word: self._encode_word(byte_encode(word)))
 
     def encode(self, text: str, out: list[int]) -> None:
         cache = self._cache
         for word in split_words(text, self._pre):
-            ids = cache.get(word)
-            if ids is None:
-                if len(cache) >= _CACHE_LIMIT:
-                    cache.clear()
-                ids = cache[word] = self._encode_word(byte_encode(word))
-            out.extend(ids)
+            out.extend(cache[word])
 
     def _encode_word(self, word: str) -> tuple[int, ...]:
         ids = self._ids

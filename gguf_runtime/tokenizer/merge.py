@@ -1,4 +1,4 @@
-"""The pair-merging loop shared by BPE and SPM (llama.cpp's symbol list + priority queue)."""
+"""What BPE and SPM share: the pair-merging loop (llama.cpp's symbol list + priority queue) and a word cache."""
 
 from __future__ import annotations
 
@@ -39,3 +39,18 @@ def merge_pairs(symbols: list[str], priority: Callable[[str, str], Any]) -> list
         queue(prv[left], left)
         queue(left, after)
     return [s for s in symbols if s]
+
+
+class WordCache(dict):
+    """text -> token ids, computed on first lookup; emptied at `limit` entries so memory stays bounded."""
+
+    def __init__(self, compute: Callable[[str], tuple[int, ...]], limit: int = 1 << 17):
+        super().__init__()
+        self._compute = compute
+        self._limit = limit
+
+    def __missing__(self, text: str) -> tuple[int, ...]:
+        if len(self) >= self._limit:
+            self.clear()
+        ids = self[text] = self._compute(text)
+        return ids

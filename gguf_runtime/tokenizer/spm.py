@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from .merge import merge_pairs
+from .merge import WordCache, merge_pairs
 from .vocab import TokenizerError, Vocab
 
 SPACE = "▁"  # U+2581, SentencePiece's visible space
@@ -14,7 +14,6 @@ SPACE = "▁"  # U+2581, SentencePiece's visible space
 # Cut before every run of ▁ that follows another character: "▁the▁cat" -> "▁the", "▁cat".
 _SEGMENT = re.compile(f"{SPACE}*[^{SPACE}]+|{SPACE}+")
 _BRIDGE = re.compile(f"[^{SPACE}]{SPACE}")
-_CACHE_LIMIT = 1 << 17
 
 
 class SpmEncoder:
@@ -23,18 +22,13 @@ class SpmEncoder:
         self._ids = vocab.token_to_id
         self._scores = vocab.scores
         self._bridges: list[str] | None = None  # found on first use: scanning 262k tokens costs ~50 ms
-        self._cache: dict[str, tuple[int, ...]] = {}
+        self._cache = WordCache(self._encode_segment)
 
     def encode(self, text: str, out: list[int]) -> None:
         """Append the ids of `text`, whose spaces are already written as ▁."""
         cache = self._cache
         for segment in self._segments(text):
-            ids = cache.get(segment)
-            if ids is None:
-                if len(cache) >= _CACHE_LIMIT:
-                    cache.clear()
-                ids = cache[segment] = self._encode_segment(segment)
-            out.extend(ids)
+            out.extend(cache[segment])
 
     def _segments(self, text: str) -> list[str]:
         """Pieces no merge can cross, so each can be tokenized (and cached) on its own.
@@ -53,12 +47,10 @@ class SpmEncoder:
         if not blocked:
             return [text[a:b] for a, b in spans]
         segments, start = [], 0
-        for _, end in spans:
+        for _, end in spans:  # the last end is len(text), never inside an occurrence
             if end not in blocked:
                 segments.append(text[start:end])
                 start = end
-        if start < len(text):
-            segments.append(text[start:])
         return segments
 
     def _encode_segment(self, text: str) -> tuple[int, ...]:
