@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gguf_runtime.gguf_file import GGUFFile
-from gguf_runtime.tokenizer import StreamDecoder, Tokenizer
+from gguf_runtime.tokenizer import StreamDecoder, Tokenizer, special
 
 # catalog name -> conftest fixture giving its path
 MODELS = {"smollm2-135m": "smollm2_path", "qwen2.5-coder-0.5b": "qwen05_path", "gemma-3-270m": "gemma_path"}
@@ -186,3 +186,13 @@ def test_other_pre_tokenizers_match_llama_cpp(smollm2_metadata, fixtures_dir, pr
         if ids != want_ids or tok.decode(ids, skip_special=True) != want_text:
             bad.append(f"{text!r}: got {ids} {tok.decode(ids, skip_special=True)!r}, want {want_ids} {want_text!r}")
     assert bad == []
+
+
+def test_special_token_search_by_trie_regex_agrees_with_direct_scan(model, monkeypatch):
+    """Long texts find special tokens with a trie regex, short ones test each token: same fragments."""
+    vocab = model.tok.vocab
+    texts = model.corpus + ["".join(model.corpus)]
+    direct = [special.SpecialSplitter(vocab, list(vocab.special_ids)).split(text) for text in texts]
+    monkeypatch.setattr(special, "_DIRECT_SCAN_LIMIT", 0)
+    trie = special.SpecialSplitter(vocab, list(vocab.special_ids))
+    assert [trie.split(text) for text in texts] == direct

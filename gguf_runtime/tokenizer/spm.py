@@ -13,7 +13,7 @@ SPACE = "▁"  # U+2581, SentencePiece's visible space
 
 # Cut before every run of ▁ that follows another character: "▁the▁cat" -> "▁the", "▁cat".
 _SEGMENT = re.compile(f"{SPACE}*[^{SPACE}]+|{SPACE}+")
-_BRIDGE = re.compile(f"[^{SPACE}]{SPACE}")
+_BRIDGE = re.compile(f"[^{SPACE}\0]{SPACE}")
 
 
 class SpmEncoder:
@@ -21,7 +21,7 @@ class SpmEncoder:
         self._vocab = vocab
         self._ids = vocab.token_to_id
         self._scores = vocab.scores
-        self._bridges: list[str] | None = None  # found on first use: scanning 262k tokens costs ~50 ms
+        self._bridges: list[str] | None = None  # found on first use
         self._cache = WordCache(self._encode_segment)
 
     def encode(self, text: str, out: list[int]) -> None:
@@ -37,7 +37,7 @@ class SpmEncoder:
         ("bridge" tokens, e.g. Gemma's ">▁</"), so cuts inside an occurrence of one are not made."""
         spans = [m.span() for m in _SEGMENT.finditer(text)]
         if self._bridges is None:
-            self._bridges = [t for t in self._vocab.tokens if SPACE in t and _BRIDGE.search(t)]
+            self._bridges = _bridge_tokens(self._vocab.tokens)
         blocked = set()
         for bridge in self._bridges:
             at = text.find(bridge)
@@ -76,3 +76,14 @@ class SpmEncoder:
         if token is None:
             raise TokenizerError(f"vocabulary has no byte token for 0x{byte:02X}")
         return token
+
+
+def _bridge_tokens(tokens: list[str]) -> list[str]:
+    """Tokens with ▁ right after another character, found with one regex pass over all token texts."""
+    joined = "\0".join(tokens)
+    found = set()
+    for match in _BRIDGE.finditer(joined):
+        start = joined.rfind("\0", 0, match.start()) + 1
+        end = joined.find("\0", match.start())
+        found.add(joined[start:end if end >= 0 else len(joined)])
+    return sorted(found)
