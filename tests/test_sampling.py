@@ -18,6 +18,7 @@ from gguf_runtime.sampling import (
     logprobs_topn,
     min_p,
     restrict_to,
+    sampled_token,
     softmax,
     temperature,
     top_k,
@@ -319,6 +320,12 @@ def test_step_reports_raw_logprobs():
     assert result.logprob == pytest.approx(math.log(0.05), rel=1e-6)  # ...but logprobs are of the raw model
     assert [t for t, _ in result.top_logprobs] == [2, 0]
     assert Sampler(SamplingParams(seed=5)).step(LOGITS) == SampledToken(Sampler(SamplingParams(seed=5)).sample(LOGITS))
+
+
+def test_sampled_token_logprobs():
+    assert sampled_token(3, LOGITS, None) == SampledToken(3)
+    token = sampled_token(3, LOGITS, 0)
+    assert token.logprob == pytest.approx(math.log(0.15), rel=1e-6) and token.top_logprobs == ()
 
 
 def test_rejects_non_vector_logits():
