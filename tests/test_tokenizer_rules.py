@@ -89,7 +89,8 @@ def test_pre_tokenizer_splits(pre, text, words):
 
 def test_pre_tokenizer_unicode_classes():
     # é is a letter, ² a number, U+3000 whitespace, U+1FAE8 (Unicode 15) a symbol, as in llama.cpp's tables
-    assert split_words("café ²x\u3000y 🫨z", PRE_TOKENIZERS["qwen2"]) == ["café", " ", "²", "x", "\u3000y", " 🫨", "z"]
+    words = split_words("café ²x\u3000y 🫨z", PRE_TOKENIZERS["qwen2"])
+    assert words == ["café", " ", "²", "x", "\u3000y", " 🫨", "z"]
 
 
 def test_llama3_ignore_merges_takes_whole_word_tokens():
@@ -133,7 +134,7 @@ def test_special_tokens_are_cut_longest_first_not_leftmost_first():
 
 
 def test_user_defined_tokens_are_cut_even_without_parse_special():
-    tokens = [BYTE_CHARS[b] for b in range(256)] + ["<tag>", "<|ctl|>"]
+    tokens = list(BYTE_CHARS) + ["<tag>", "<|ctl|>"]
     tok = Tokenizer.from_metadata(metadata("gpt2", tokens, [NORMAL] * 256 + [USER_DEFINED, CONTROL], merges=[],
                                            pre="gpt-2"))
     assert tok.encode("a<tag>b<|ctl|>", add_special=False)[:3] == [tok.vocab.token_to_id["a"], 256,
@@ -207,7 +208,7 @@ def test_stream_decoder_holds_partial_utf8_until_complete():
 
 
 def test_skip_special_hides_control_but_shows_user_defined():
-    tokens = [BYTE_CHARS[b] for b in range(256)] + ["<tag>", "<|ctl|>"]
+    tokens = list(BYTE_CHARS) + ["<tag>", "<|ctl|>"]
     tok = Tokenizer.from_metadata(metadata("gpt2", tokens, [NORMAL] * 256 + [USER_DEFINED, CONTROL], merges=[],
                                            pre="qwen2"))
     assert tok.decode([256, 257]) == "<tag><|ctl|>"
