@@ -44,12 +44,14 @@ def bye(child: pexpect.spawn) -> None:
 
 def test_second_turn_sees_the_first(smollm2_path, tmp_path):
     child = spawn_chat(smollm2_path, "--temperature", "0", "-n", "24")
-    say(child, "My name is Alice and my favourite colour is green.")
-    answer = say(child, "What is my name?")
-    assert "Alice" in answer
+    say(child, "I have a dog called Rex.")
+    answer = say(child, "What is my dog called?")
+    assert "Rex" in answer
     messages = saved(child, tmp_path / "chat.json")
     assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant"]
     assert messages[3]["content"].strip() == answer
+    say(child, "/clear")
+    assert "Rex" not in say(child, "What is my dog called?")  # the name came from the first turn
     bye(child)
 
 
