@@ -203,7 +203,9 @@ class LLM:
         return self._template
 
     def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt)
+        # the prompt is tokenized with BOS added per metadata, so a template's own leading BOS would double it
+        return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt,
+                                         strip_bos=self.tokenizer.add_bos)
 
     def _completion(self, index: int, gen: Generation) -> CompletionOutput:
         logprobs = cumulative = None

@@ -18,6 +18,11 @@ from .kv_cache import KVCache
 from .ops import attend_many, attend_one, rms_norm, rope, rope_tables, swiglu
 from .quants import QMatrix, embed_rows
 
+# Up to this many tokens a forward pass uses decode's numerics token by token (integer matmul on Q8
+# activations, per-token attention), so a speculative verify of up to 16 drafts reproduces exactly the
+# logits plain decoding would have produced. Larger batches (prefill) take the BLAS paths.
+DECODE_NUMERICS_MAX_TOKENS = 17
+
 
 @dataclass
 class Layer:
@@ -129,9 +134,11 @@ class Model:
             rope(q, cos, sin, neox)
             rope(k, cos, sin, neox)
             cache.store(i, start, k, v)
-            if n_tok == 1:
-                attn = attend_one(q[0], cache.k[i], cache.v[i], start + 1, np.float32(self.attn_scale),
-                                  scores, np.empty((H, hd), dtype=np.float32))[None]  # (1, H, hd)
+            if n_tok <= DECODE_NUMERICS_MAX_TOKENS:
+                attn = np.empty((n_tok, H, hd), dtype=np.float32)  # (T, H, hd)
+                for t in range(n_tok):
+                    attend_one(q[t], cache.k[i], cache.v[i], start + t + 1, np.float32(self.attn_scale),
+                               scores, attn[t])
             else:
                 attn = attend_many(q, cache.k[i], cache.v[i], start, self.attn_scale)  # (T, H, hd)
             x += _linear(L.wo, attn.reshape(n_tok, H * hd))
@@ -152,8 +159,14 @@ class Model:
 
 
 def _linear(w: QMatrix, x: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
-    """x (T, in) → (T, out) through matvec for one token, matmul for several."""
-    y = w.matvec(x[0])[None] if x.shape[0] == 1 else w.matmul(x)
+    """x (T, in) → (T, out): matvec for one token, decode-identical integer matmul for a few, else matmul."""
+    n_tok = x.shape[0]
+    if n_tok == 1:
+        y = w.matvec(x[0])[None]
+    elif n_tok <= DECODE_NUMERICS_MAX_TOKENS:
+        y = w.matmul_integer(x)
+    else:
+        y = w.matmul(x)
     if bias is not None:
         y += bias
     return y

@@ -18,7 +18,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .generate import mask_stop_tokens
-from .sampling import SampledToken, Sampler, log_softmax, logprobs_topn, softmax
+from .sampling import SampledToken, Sampler, sampled_token, softmax
 from .session import ContextLengthError, Session
 from .tokenizer import Tokenizer
 
@@ -83,7 +83,7 @@ def accept_drafts(target_logits: np.ndarray, drafts: Sequence[int], draft_probs:
         row = target_logits[j]
         if sampler.params.greedy:
             token = sampler.sample(row, hist)
-            out.append(_with_logprobs(token, row, logprobs))
+            out.append(sampled_token(token, row, logprobs))
             if token != x:
                 return out
             hist.append(x)
@@ -91,7 +91,7 @@ def accept_drafts(target_logits: np.ndarray, drafts: Sequence[int], draft_probs:
         p = sampler.probs_for(row, hist)
         q_x = 1.0 if draft_probs[j] is None else float(draft_probs[j][x])
         if q_x > 0 and sampler.rng.random() < min(1.0, float(p[x]) / q_x):
-            out.append(_with_logprobs(x, row, logprobs))
+            out.append(sampled_token(x, row, logprobs))
             hist.append(x)
             continue
         residual = p.astype(np.float64)
@@ -101,18 +101,11 @@ def accept_drafts(target_logits: np.ndarray, drafts: Sequence[int], draft_probs:
             residual = np.maximum(residual - draft_probs[j], 0.0)
         if not residual.sum() > 0:  # p == q: rejection had probability 0; fall back to p itself
             residual = p
-        out.append(_with_logprobs(sampler.draw(residual), row, logprobs))
+        out.append(sampled_token(sampler.draw(residual), row, logprobs))
         return out
     bonus = target_logits[len(drafts)]
-    out.append(_with_logprobs(sampler.sample(bonus, hist), bonus, logprobs))
+    out.append(sampled_token(sampler.sample(bonus, hist), bonus, logprobs))
     return out
-
-
-def _with_logprobs(token: int, logits: np.ndarray, n: int | None) -> SampledToken:
-    if n is None:
-        return SampledToken(token)
-    ids, top = logprobs_topn(logits, n)
-    return SampledToken(token, float(log_softmax(logits)[token]), tuple(zip(ids.tolist(), top.tolist())))
 
 
 class Drafter:

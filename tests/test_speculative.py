@@ -1,0 +1,151 @@
+"""Speculative decoding keeps the target's output: token-identical when greedy, same distribution when sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gguf_runtime.api import LLM
+from gguf_runtime.sampling import Sampler, SamplingParams, softmax
+from gguf_runtime.session import Session
+from gguf_runtime.speculative import ModelDrafter, NgramDrafter, VocabMismatchError, check_vocab_compatible
+from gguf_runtime.generate import generate
+
+from tiny_model import write_tiny_model
+
+GREEDY = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    target = write_tiny_model(d / "target.gguf", seed=0, logit_scale=3.0)
+    draft = write_tiny_model(d / "draft.gguf", seed=1, logit_scale=3.0)
+    return target, draft
+
+
+def _run(llm: LLM, prompt, params: SamplingParams, drafter=None, stream: int = 0):
+    gen = generate(llm.session, llm.tokenizer, prompt, params, Sampler(params, stream=stream), drafter=drafter)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def test_self_draft_accepts_everything_and_matches_greedy(smollm2_path):
+    llm = LLM(smollm2_path, n_ctx=512)
+    prompt = llm.tokenize("def fibonacci(n):", parse_special=True)
+    plain = _run(llm, prompt, GREEDY)
+    llm.session.reset()
+    drafter = ModelDrafter(Session(llm.model, 512), draft_max=8)
+    spec = _run(llm, prompt, GREEDY, drafter)
+    assert spec.token_ids == plain.token_ids
+    assert drafter.stats.drafted > 0
+    # a model drafting for itself loses only to matvec-vs-matmul rounding on near-ties
+    assert drafter.stats.acceptance_rate > 0.9
+    assert drafter.stats.target_passes < len(plain.token_ids) / 2
+
+
+def test_qwen_pair_greedy_identical(qwen05_path, qwen15_path):
+    target = LLM(qwen15_path, n_ctx=512, draft_model=qwen05_path)
+    prompt = target.tokenize("# Python: read a CSV file and print the sum of the second column\nimport csv\n",
+                             parse_special=True)
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    spec = _run(target, prompt, params, target.new_drafter())
+    target.session.reset()
+    plain = _run(target, prompt, params)
+    assert spec.token_ids == plain.token_ids
+
+
+def test_rollback_after_rejections_matches_fresh_evaluation(tiny_pair):
+    target_path, draft_path = tiny_pair
+    llm = LLM(target_path, n_ctx=256, draft_model=draft_path)
+    prompt = [1, 2, 3, 4]
+    drafter = llm.new_drafter()
+    spec = _run(llm, prompt, GREEDY, drafter)
+    assert drafter.stats.drafted > drafter.stats.accepted  # the unrelated draft gets rejected
+    cached = list(llm.session.tokens)
+    k_spec = llm.session.cache.k[:, :, :len(cached)].copy()
+    llm.session.reset()
+    plain = _run(llm, prompt, GREEDY)
+    assert spec.token_ids == plain.token_ids
+    fresh = Session(llm.model, 256)
+    fresh.eval_prompt(cached)
+    # batched verify (matmul, float activations) and decode (matvec, Q8 activations) round differently by
+    # ~1e-2; a rollback bug would leave keys of rejected tokens, off by O(1)
+    np.testing.assert_allclose(k_spec, fresh.cache.k[:, :, :len(cached)], atol=0.1)
+
+
+def _exact_second_token_distribution(llm: LLM, prompt: list[int], params: SamplingParams) -> np.ndarray:
+    """p(t2) = Σ_t1 p(t1) p(t2 | t1) under the sampler's transforms, by enumerating t1."""
+    sampler = Sampler(params)
+    session = Session(llm.model, 64)
+    p1 = sampler.probs_for(session.eval_prompt(prompt)[-1], prompt)
+    total = np.zeros(llm.tokenizer.n_vocab)
+    for t1 in np.flatnonzero(p1 > 1e-9):
+        logits = session.eval_prompt(prompt + [int(t1)])[-1]
+        total += p1[t1] * sampler.probs_for(logits, prompt + [int(t1)])
+    return total
+
+
+def _chi_square(counts: np.ndarray, probs: np.ndarray) -> tuple[float, int]:
+    n = counts.sum()
+    keep = probs * n >= 5  # pool rare cells, as the test requires expected counts >= 5
+    obs = np.append(counts[keep], counts[~keep].sum())
+    exp = np.append(probs[keep], probs[~keep].sum()) * n
+    obs, exp = obs[exp > 0], exp[exp > 0]
+    return float(((obs - exp) ** 2 / exp).sum()), len(obs) - 1
+
+
+CHI2_CRIT_0001 = {d: c for d, c in zip(range(1, 31), (
+    10.83, 13.82, 16.27, 18.47, 20.52, 22.46, 24.32, 26.12, 27.88, 29.59, 31.26, 32.91, 34.53, 36.12, 37.70,
+    39.25, 40.79, 42.31, 43.82, 45.31, 46.80, 48.27, 49.73, 51.18, 52.62, 54.05, 55.48, 56.89, 58.30, 59.70))}
+
+
+def test_sampling_distribution_is_preserved(tiny_pair):
+    target_path, draft_path = tiny_pair
+    llm = LLM(target_path, n_ctx=64, draft_model=draft_path)
+    prompt = [5, 6, 7]
+    params = SamplingParams(temperature=1.0, max_tokens=2, ignore_eos=True, seed=1234)
+    exact = _exact_second_token_distribution(llm, prompt, params)
+    draft_llm = LLM(draft_path, n_ctx=64)
+    draft_exact = _exact_second_token_distribution(draft_llm, prompt, params)
+
+    n = 1500
+    counts = np.zeros(llm.tokenizer.n_vocab)
+    accepted = 0
+    for i in range(n):
+        drafter = llm.new_drafter()
+        out = _run(llm, prompt, params, drafter, stream=i)
+        counts[out.token_ids[1]] += 1
+        accepted += drafter.stats.accepted
+    stat, dof = _chi_square(counts, exact)
+    assert stat < CHI2_CRIT_0001[dof], f"speculative samples differ from the target: chi2 {stat:.1f}, dof {dof}"
+    # the test has power: the same samples are far from the draft model's own distribution
+    wrong, wrong_dof = _chi_square(counts, draft_exact)
+    assert wrong > 5 * CHI2_CRIT_0001[wrong_dof]
+    assert accepted > 0
+
+
+def test_ngram_drafter_proposes_what_followed_the_last_match():
+    d = NgramDrafter(ngram_min=2, ngram_max=3)
+    history = [1, 2, 3, 4, 5, 9, 9, 2, 3]
+    drafts, qs = d.propose(history, 3, Sampler(GREEDY))
+    assert drafts == [4, 5, 9] and qs == [None, None, None]
+    assert d.propose([1, 2, 3], 3, Sampler(GREEDY)) == ([], [])
+
+
+def test_ngram_speculation_is_exact(smollm2_path):
+    llm = LLM(smollm2_path, n_ctx=512, speculative="ngram")
+    text = "def add(a, b):\n    return a + b\n\n# The same function again:\n"
+    prompt = llm.tokenize(text, parse_special=True)
+    params = SamplingParams(temperature=0, max_tokens=30, ignore_eos=True)
+    spec = _run(llm, prompt, params, llm.new_drafter())
+    llm.session.reset()
+    assert spec.token_ids == _run(llm, prompt, params).token_ids
+
+
+def test_incompatible_vocab_is_refused(smollm2_path, qwen05_path):
+    with pytest.raises(VocabMismatchError):
+        LLM(qwen05_path, n_ctx=256, draft_model=smollm2_path)
