@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pexpect
 import pytest
 
 from gguf_runtime.gguf_file import GGUFFile
@@ -111,6 +112,18 @@ def test_verbose_and_json_keep_stdout_clean_of_stats(smollm2_path):
     assert "load:" in result.stderr
 
 
+def test_ctrl_c_stops_streaming_with_exit_130(smollm2_path):
+    child = pexpect.spawn(sys.executable, ["-m", "gguf_runtime", "complete", "-m", str(smollm2_path), "-n", "500",
+                                           "--ignore-eos", "--temperature", "0", PROMPT],
+                          env={**os.environ, "TERM": "dumb"}, encoding="utf-8", timeout=300)
+    child.expect(r"\w+\W+\w+")  # text is streaming
+    child.sendintr()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 130
+    assert "Traceback" not in child.before and "Aborted" not in child.before
+
+
 # -- errors: one line on stderr, exit 2, no traceback ------------------------------------------------------
 
 def _patched_copy(src: Path, dst: Path, old: bytes, new: bytes) -> Path:
@@ -170,6 +183,10 @@ def test_prompt_longer_than_the_context(smollm2_path):
 ])
 def test_bad_flag_values(smollm2_path, flags, expected):
     assert_one_line_error(run_cli("complete", "-m", smollm2_path, *flags, "hi"), expected)
+
+
+def test_more_threads_than_numba_allows(smollm2_path):
+    assert_one_line_error(run_cli("complete", "-m", smollm2_path, "-t", "100000", "hi"), "threads")
 
 
 def test_no_prompt_at_all_is_a_user_error(smollm2_path):

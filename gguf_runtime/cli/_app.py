@@ -39,10 +39,14 @@ class _Group(click.Group):
         except click.UsageError as e:  # a bad flag value: one line, with where to read more
             command = f"{e.ctx.command_path} --help" if e.ctx else "--help"
             raise UserError(f"{e.format_message()} (see `{command}`)") from None
-        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt, SystemExit):
+        except click.ClickException as e:
+            if e.__cause__ is not None and _debug(ctx):  # a UserError raised `from` the exception behind it
+                traceback.print_exception(e.__cause__, file=sys.stderr)
+            raise
+        except (click.exceptions.Exit, click.Abort, KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001 - every failure ends as one line, the traceback on demand
-            debug = ctx.meta.get(_DEBUG_KEY) or os.environ.get("GGUF_RUNTIME_DEBUG") not in (None, "", "0")
+            debug = _debug(ctx)
             if debug:
                 traceback.print_exc(file=sys.stderr)
             message = user_error_for(exc)
@@ -50,6 +54,10 @@ class _Group(click.Group):
                 raise UserError(message) from None
             hint = "" if debug else " (run `gguf-runtime --debug ...` for the traceback)"
             raise _InternalError(f"internal error: {type(exc).__name__}: {exc}{hint}") from None
+
+
+def _debug(ctx: click.Context) -> bool:
+    return bool(ctx.meta.get(_DEBUG_KEY)) or os.environ.get("GGUF_RUNTIME_DEBUG") not in (None, "", "0")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from ..catalog import CATALOG, resolve_model
 from ._app import UserError
+from ._errors import user_error_for
 
 if TYPE_CHECKING:
     from ..api import LLM
+
+THINKING = "thinking ..."
 
 # The CLI modules are imported as the process starts, so this is "command start" for time-to-first-token.
 COMMAND_START = time.perf_counter()
@@ -39,4 +44,16 @@ def load_llm(model: str, n_ctx: int, threads: int | None) -> LLM:
     with status(f"loading {path.name} ..."):
         from ..api import LLM  # imports numba: inside the spinner, and never for `--help`
 
-        return LLM(model=str(path), n_ctx=n_ctx, n_threads=threads)
+        try:
+            return LLM(model=str(path), n_ctx=n_ctx, n_threads=threads)
+        except ValueError as e:  # LLM refuses its arguments (e.g. more threads than cores) or the file
+            raise UserError(user_error_for(e) or str(e)) from e
+
+
+def first_wait_message() -> str:
+    """What the spinner says until the first token: on a cold numba cache, the kernels compile first."""
+    from ..quants import cachedir
+
+    cache = cachedir.package_cache_dir(Path(os.environ.get("NUMBA_CACHE_DIR", "")))
+    compiled = cache.is_dir() and any(cache.glob("*.nbi"))
+    return THINKING if compiled else "compiling kernels (first run only, about a minute) ..."

@@ -49,8 +49,9 @@ def soft_interrupt() -> Iterator[list[bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def stream_to(out: TextIO, gen: Generator[str, None, Generation], waiting: str = "thinking ...") -> Streamed:
-    """Write each text delta of a `generate()` generator to `out` as it comes; stop early on Ctrl-C."""
+def stream_to(out: TextIO, gen: Generator[str, None, Generation], waiting: str) -> Streamed:
+    """Write each text delta of a `generate()` generator to `out` as it comes (a spinner saying `waiting`
+    until the first); stop early on Ctrl-C."""
     parts: list[str] = []
     generation = first_text_at = None
     clean = True

@@ -20,7 +20,7 @@ from rich.text import Text
 
 from ._app import UserError, main
 from ._conversation import Conversation, ConversationFileError
-from ._load import load_llm
+from ._load import THINKING, first_wait_message, load_llm
 from ._options import SETTABLE, build_params, model_options, pop_sampling_params, sampling_options
 from ._stream import stats_line, stream_to
 
@@ -68,6 +68,7 @@ class Repl:
         self.params = params
         self.show_stats = show_stats
         self.interactive = sys.stdin.isatty()
+        self.waiting = first_wait_message()  # for the first reply: it may compile the kernels
         self.console = Console(highlight=False, soft_wrap=True)
         self.notes = Console(stderr=True, highlight=False, soft_wrap=True)  # keeps stdout to replies and output
 
@@ -132,7 +133,8 @@ class Repl:
             self.note(f"(context full: forgot the {prompt.dropped} oldest messages)")
         gen = generate(self.llm.session, self.llm.tokenizer, prompt.token_ids, self.params, Sampler(self.params),
                        n_keep=prompt.n_keep)
-        streamed = stream_to(sys.stdout, gen)
+        streamed = stream_to(sys.stdout, gen, self.waiting)
+        self.waiting = THINKING
         if not streamed.clean:  # stopped inside the model: its cache may not match its tokens
             self.llm.session.reset()
         sys.stdout.write("\n" if streamed.text and not streamed.text.endswith("\n") else "")

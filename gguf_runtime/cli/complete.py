@@ -11,7 +11,7 @@ import time
 import click
 
 from ._app import UserError, main
-from ._load import COMMAND_START, load_llm
+from ._load import COMMAND_START, first_wait_message, load_llm
 from ._options import model_options, pop_sampling_params, sampling_options
 from ._stream import stats_fields, stats_line, stream_to
 
@@ -47,11 +47,12 @@ def complete(prompt: str | None, model: str, n_ctx: int, threads: int | None, as
                    [{"role": "user", "content": prompt}]
         prompt = llm.render_chat(messages)
     _, prompt_ids = llm._prompt_ids(prompt)  # tokenized and length-checked exactly as LLM.generate does
+    waiting = first_wait_message()
     gen = generate(llm.session, llm.tokenizer, prompt_ids, params, Sampler(params))
 
     out = io.StringIO() if as_json else sys.stdout
     try:
-        streamed = stream_to(out, gen)
+        streamed = stream_to(out, gen, waiting)
         if streamed.text and not streamed.text.endswith("\n") and out.isatty():
             out.write("\n")  # keep the shell prompt off the last line; pipes get the exact text
         out.flush()
