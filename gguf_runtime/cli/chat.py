@@ -89,11 +89,15 @@ class Repl:
                 continue
             if not line.strip():
                 continue
-            if line.startswith("/") and "\n" not in line:
-                if not self.command(line):
-                    return
-            else:
-                self.reply(line)
+            try:
+                if line.startswith("/") and "\n" not in line:
+                    if not self.command(line):
+                        return
+                else:
+                    self.reply(line)
+            except KeyboardInterrupt:  # outside a reply's streaming (which stops gently): drop what was doing
+                self.console.print()
+                self.note("(interrupted)")
 
     def read_message(self) -> str:
         """One message: a line, or the lines between \"\"\" and \"\"\" (EOFError at end of input)."""
