@@ -111,17 +111,23 @@ def test_multiline_input_and_load(smollm2_path, tmp_path):
     bye(child)
 
 
-def test_plain_pipes_and_a_full_context(smollm2_path):
+def test_plain_pipes_a_full_context_and_command_mistakes(smollm2_path, tmp_path):
     # not a terminal: no prompt, no ANSI codes; replies on stdout, notes on stderr; a tiny context fills up
-    lines = ["Tell me about the sea."] * 6 + ["word " * 200, "/bye"]
+    (tmp_path / "notes.txt").write_text("not a conversation\n")
+    mistakes = {"/set": "usage: /set", "/set top_k x": "error: top_k", "/save": "usage: /save",
+                f"/load {tmp_path / 'missing.json'}": "cannot read", f"/load {tmp_path / 'notes.txt'}": "not JSON",
+                "/stats": "stats on"}
+    lines = [*mistakes, *["Tell me about the sea."] * 4, "word " * 200, "/bye"]
     result = subprocess.run([sys.executable, "-m", "gguf_runtime", "chat", "-m", str(smollm2_path), "--n-ctx",
-                             "128", "-n", "24", "--temperature", "0", "--system", "Be brief."],
+                             "96", "-n", "16", "--temperature", "0", "--system", "Be brief."],
                             input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 0, result.stderr
     assert "\x1b" not in result.stdout + result.stderr and ">>>" not in result.stdout
     assert result.stdout.strip()
-    assert "context full" in result.stderr
-    assert "the context holds 128" in result.stderr  # the over-long message is refused, the REPL goes on
+    for expected in mistakes.values():
+        assert expected in result.stderr
+    assert "context full" in result.stderr and "decode:" in result.stderr  # /stats after each reply
+    assert "the context holds 96" in result.stderr  # the over-long message is refused, the REPL goes on
 
 
 def test_bad_model_is_a_one_line_error(tmp_path):
@@ -129,15 +135,3 @@ def test_bad_model_is_a_one_line_error(tmp_path):
                             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert result.returncode == 2 and result.stderr.startswith("error: no such file")
     assert len(result.stderr.splitlines()) == 1
-
-
-def test_command_mistakes_keep_the_repl_alive(smollm2_path):
-    mistakes = {"/set": "usage: /set", "/set top_k x": "error: top_k", "/save": "usage: /save",
-                "/load /nonexistent.json": "cannot read", "/load /etc/hostname": "not JSON"}
-    result = subprocess.run([sys.executable, "-m", "gguf_runtime", "chat", "-m", str(smollm2_path)],
-                            input="\n".join(mistakes) + "\n/stats\n", capture_output=True, text=True,
-                            timeout=TIMEOUT)
-    assert result.returncode == 0, result.stderr
-    for expected in mistakes.values():
-        assert expected in result.stderr
-    assert "stats on" in result.stderr
