@@ -8,16 +8,9 @@
 
 from __future__ import annotations
 
-import os
-import sys
-from pathlib import Path
+from . import cachedir
 
-# numba reads its cache location when it is imported; an installed package cannot write next to its own
-# sources, so default to a per-user cache (an explicit NUMBA_CACHE_DIR wins).
-if "NUMBA_CACHE_DIR" not in os.environ:
-    os.environ["NUMBA_CACHE_DIR"] = str(Path.home() / ".cache" / "gguf-runtime" / "numba")
-    if "numba" in sys.modules:  # imported earlier by someone else: point its live config there too
-        sys.modules["numba"].config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
+cachedir.configure()  # before numba is imported by the modules below
 
 from .qmatrix import QMatrix  # noqa: E402
 from .registry import QTYPES, QuantType, UnsupportedQuantError, get_qtype  # noqa: E402

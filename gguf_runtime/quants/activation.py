@@ -3,7 +3,9 @@
 Both write the same three arrays for a float32 row x of length K:
   xq int8[K]      the quantized values, in [-127, 127]
   xd float32[]    one scale per block: x ~= xd[b] * xq (block of 32 for Q8_0, 256 for Q8_K)
-  xs int32[K/16]  sums of xq over each 16 values (the Q8_K `bsums`; legacy kernels add pairs of them)
+  xs int16[K/16]  block sums. Q8_K: sums of xq over each 16 values (the `bsums`). Q8_0: the float32 xd[b] *
+                  sum(xq of block b) (llama.cpp's Q8_1 `s`), stored bit-for-bit in xs[2b:2b+2] (read via
+                  xs.view(np.float32)) for the types with a min (Q4_1, Q5_1).
 The scales stay float32 (llama.cpp rounds the Q8_0 scale to half); everything else follows
 `quantize_row_q8_0` / `quantize_row_q8_K_ref`, with ties rounded to even.
 """
@@ -14,18 +16,10 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True)
-def _block_sums16(xq, xs, start, n):
-    for g in range(start // 16, (start + n) // 16):
-        s = 0
-        for j in range(16):
-            s += np.int32(xq[16 * g + j])
-        xs[g] = s
-
-
 @njit(cache=True, fastmath=True)
 def quantize_q8_0(x, xq, xd, xs):
     """Blocks of 32: scale = max|x| / 127."""
+    xsf = xs.view(np.float32)
     for b in range(x.shape[0] // 32):
         o = 32 * b
         amax = np.float32(0)
@@ -34,9 +28,12 @@ def quantize_q8_0(x, xq, xd, xs):
         d = amax / np.float32(127)
         inv = np.float32(1) / d if d != 0 else np.float32(0)
         xd[b] = d
+        s = 0
         for j in range(32):
-            xq[o + j] = np.int8(np.rint(x[o + j] * inv))
-        _block_sums16(xq, xs, o, 32)
+            q = np.int8(np.rint(x[o + j] * inv))
+            xq[o + j] = q
+            s += np.int32(q)
+        xsf[b] = d * np.float32(s)
 
 
 @njit(cache=True)
@@ -60,4 +57,8 @@ def quantize_q8_k(x, xq, xd, xs):
             for j in range(256):
                 xq[o + j] = np.int8(min(127, np.rint(iscale * x[o + j])))
             xd[b] = np.float32(1) / iscale
-        _block_sums16(xq, xs, o, 256)
+        for g in range(16):
+            s = 0
+            for j in range(16):
+                s += np.int32(xq[o + 16 * g + j])
+            xs[16 * b + g] = s

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .simd import f16_at, f32_from_bits, ffma, fzero, hsum, load_bf16x8, load_f16x8, load_f32x8
+from .simd import f16_at, f32_from_bits, ffma, fzero, hsum, load_bf16x8, load_f16x8, load_f32x8, store_f32x8
 
 ACTIVATION = "f32"
 
@@ -44,7 +44,10 @@ def quantize_rows_f32(x, out):
 
 @njit(cache=True)
 def dequantize_row_f16(w, y):
-    for k in range(y.shape[0]):
+    n8 = y.shape[0] // 8 * 8
+    for k in range(0, n8, 8):
+        store_f32x8(y, k, load_f16x8(w, 2 * k))
+    for k in range(n8, y.shape[0]):
         y[k] = f16_at(w, 2 * k)
 
 
@@ -68,7 +71,10 @@ def quantize_rows_f16(x, out):
 
 @njit(cache=True)
 def dequantize_row_bf16(w, y):
-    for k in range(y.shape[0]):
+    n8 = y.shape[0] // 8 * 8
+    for k in range(0, n8, 8):
+        store_f32x8(y, k, load_bf16x8(w, 2 * k))
+    for k in range(n8, y.shape[0]):
         y[k] = _bf16_at(w, 2 * k)
 
 

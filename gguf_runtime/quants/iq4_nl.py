@@ -9,7 +9,7 @@ from numba import njit
 from .blocks import nearest_int
 from .halves import store_f16
 from .kquants import GROUP_MAX_EPS
-from .simd import f16_at, fmadd_i, fzero, hsum, load_nibbles, load_u8x32, lookup16, madd, maddubs_s8
+from .simd import f16_at, fmadd_i, fzero, hsum, load_nibbles, load_u8x32, lookup16, madd, maddubs_s8, store_scaled
 
 BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 32, 18, "q8_0"
 KVALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.int8)
@@ -18,14 +18,11 @@ KVALUES_X2 = np.concatenate([KVALUES, KVALUES])  # the table as lookup16 wants i
 
 @njit(cache=True)
 def dequantize_row(w, y):
+    table = load_u8x32(KVALUES_X2, 0)
     for b in range(w.shape[0] // TYPE_SIZE):
-        o, yo = b * TYPE_SIZE, b * 32
+        o = b * TYPE_SIZE
         d = f16_at(w, o)
-        for j in range(16):
-            q = w[o + 2 + j]
-            y[yo + j] = d * np.float32(KVALUES[q & 15])
-            y[yo + 16 + j] = d * np.float32(KVALUES[q >> 4])
-
+        store_scaled(y, 32 * b, lookup16(table, load_nibbles(w, o + 2)), d, np.float32(0), d, np.float32(0))
 
 @njit(cache=True)
 def dot_row(w, x, xq, xd, xs):

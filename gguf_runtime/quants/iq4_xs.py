@@ -8,7 +8,7 @@ import numpy as np
 from numba import njit
 
 from .iq4_nl import KVALUES, KVALUES_X2, quantize_groups
-from .simd import f16_at, fmadd_i, fzero, hsum, iadd, izero, load_nibbles, load_u8x32, lookup16, madd, maddubs_s8
+from .simd import f16_at, fmadd_i, fzero, hsum, iadd, izero, load_nibbles, load_u8x32, lookup16, madd, maddubs_s8, store_scaled
 
 BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 256, 136, "q8_K"
 
@@ -23,16 +23,13 @@ def group_scale(ib, w, o):
 
 @njit(cache=True)
 def dequantize_row(w, y):
+    table = load_u8x32(KVALUES_X2, 0)
     for i in range(w.shape[0] // TYPE_SIZE):
         o, yo = i * TYPE_SIZE, i * 256
         d = f16_at(w, o)
         for ib in range(8):
             dl = d * np.float32(group_scale(ib, w, o))
-            for j in range(16):
-                q = w[o + 8 + 16 * ib + j]
-                y[yo + 32 * ib + j] = dl * np.float32(KVALUES[q & 15])
-                y[yo + 32 * ib + 16 + j] = dl * np.float32(KVALUES[q >> 4])
-
+            store_scaled(y, yo + 32 * ib, lookup16(table, load_nibbles(w, o + 8 + 16 * ib)), dl, np.float32(0), dl, np.float32(0))
 
 @njit(cache=True)
 def dot_row(w, x, xq, xd, xs):

@@ -11,6 +11,7 @@ import numpy as np
 from numba import njit
 
 from .blocks import nearest_int
+from .simd import u32_at, widen_pairs, widen_u32x4
 
 QK_K = 256
 GROUP_MAX_EPS = np.float32(1e-15)
@@ -24,6 +25,17 @@ def scale_min_k4(j, w, o):
     sc = np.int32(w[o + j + 4] & 15) | (np.int32(w[o + j - 4] >> 6) << 4)
     m = np.int32(w[o + j + 4] >> 4) | (np.int32(w[o + j] >> 6) << 4)
     return sc, m
+
+
+@njit(cache=True)
+def scales_mins_k4(w, o):
+    """All 8 scales (lanes 0..7) and mins (lanes 8..15) from w[o:o+12] as one I16x16, and the mins each twice
+    (to pair with per-16 block sums): the same unpacking as scale_min_k4, 4 bytes at a time."""
+    a, b, c = u32_at(w, o), u32_at(w, o + 4), u32_at(w, o + 8)
+    low6, low4, top2 = np.uint32(0x3F3F3F3F), np.uint32(0x0F0F0F0F), np.uint32(0x03030303)
+    scales_hi = (c & low4) | (((a >> np.uint32(6)) & top2) << np.uint32(4))
+    mins_hi = ((c >> np.uint32(4)) & low4) | (((b >> np.uint32(6)) & top2) << np.uint32(4))
+    return widen_u32x4(a & low6, scales_hi, b & low6, mins_hi), widen_pairs(b & low6, mins_hi)
 
 
 @njit(cache=True)

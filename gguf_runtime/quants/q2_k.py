@@ -9,7 +9,8 @@ from numba import njit
 from .blocks import nearest_int
 from .halves import store_f16
 from .kquants import make_qkx2_quants
-from .simd import f16_at, fmadd_i, fzero, hsum, iadd, izero, load_u8x32, madd, maddubs, vand, vshr
+from .simd import (f16_at, fmadd_i, fzero, hsum, iadd, izero, lane, load_i16x16, load_u8x32, madd, madd_v, maddubs,
+                   store_scaled, vand, vshr, widen_u8)
 
 BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 256, 84, "q8_K"
 
@@ -19,32 +20,31 @@ def dequantize_row(w, y):
     for i in range(w.shape[0] // TYPE_SIZE):
         o, yo = i * TYPE_SIZE, i * 256
         d, dmin = f16_at(w, o + 80), f16_at(w, o + 82)
-        for e in range(256):
-            n, j, k = e // 128, (e // 32) % 4, e % 32
-            sc = w[o + e // 16]
-            q = (w[o + 16 + 32 * n + k] >> (2 * j)) & 3
-            y[yo + e] = (d * np.float32(sc & 15)) * np.float32(q) - dmin * np.float32(sc >> 4)
-
+        for n in range(2):
+            q = load_u8x32(w, o + 16 + 32 * n)
+            for j in range(4):
+                s = o + 8 * n + 2 * j
+                d0, m0 = d * np.float32(w[s] & 15), dmin * np.float32(w[s] >> 4)
+                d1, m1 = d * np.float32(w[s + 1] & 15), dmin * np.float32(w[s + 1] >> 4)
+                store_scaled(y, yo + 128 * n + 32 * j, vand(vshr(q, 2 * j), 3), d0, m0, d1, m1)
 
 @njit(cache=True)
 def dot_row(w, x, xq, xd, xs):
     acc = fzero()
-    mins = np.float32(0)
     for i in range(w.shape[0] // TYPE_SIZE):
-        o, xo, g = i * TYPE_SIZE, i * 256, i * 16
+        o, xo = i * TYPE_SIZE, i * 256
+        packed = widen_u8(w, o)
+        scales, mins = vand(packed, 15), vshr(packed, 4)
         isum = izero()
-        msum = 0
         for n in range(2):
             q = load_u8x32(w, o + 16 + 32 * n)
             for j in range(4):
                 s = 8 * n + 2 * j
-                b0, b1 = np.int32(w[o + s]), np.int32(w[o + s + 1])
                 p = maddubs(vand(vshr(q, 2 * j), 3), xq, xo + 128 * n + 32 * j)
-                isum = iadd(isum, madd(p, b0 & 15, b1 & 15))
-                msum += (b0 >> 4) * xs[g + s] + (b1 >> 4) * xs[g + s + 1]
+                isum = iadd(isum, madd(p, lane(scales, s), lane(scales, s + 1)))
         acc = fmadd_i(acc, isum, f16_at(w, o + 80) * xd[i])
-        mins += f16_at(w, o + 82) * xd[i] * np.float32(msum)
-    return hsum(acc) - mins
+        acc = fmadd_i(acc, madd_v(mins, load_i16x16(xs, 16 * i)), -(f16_at(w, o + 82) * xd[i]))
+    return hsum(acc)
 
 
 @njit(cache=True)

@@ -11,8 +11,8 @@ from .blocks import nearest_int
 from .halves import store_f16
 from .kquants import make_q3_quants
 from .q2_k import pack_2bit
-from .simd import (f16_at, fmadd_i, fzero, hsum, iadd, izero, load_u8x32, madd, maddubs, vand, vor, vshl,
-                   vshr)
+from .simd import (f16_at, fmadd_i, fzero, hsum, iadd, izero, lane, load_i16x16, load_u8x32, madd, madd_v, maddubs,
+                   store_scaled, u32_at, vand, vor, vshl, vshr, vsub, widen_u32x4)
 
 BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 256, 110, "q8_K"
 
@@ -30,38 +30,46 @@ def dequantize_row(w, y):
     for i in range(w.shape[0] // TYPE_SIZE):
         o, yo = i * TYPE_SIZE, i * 256
         d = f16_at(w, o + 108)
-        for s in range(16):
-            dl = d * np.float32(scale(s, w, o + 96))
-            for k in range(16):
-                e = 16 * s + k
-                n, j, b = e // 128, (e // 32) % 4, e % 32
-                low = np.int32((w[o + 32 + 32 * n + b] >> (2 * j)) & 3)
-                high = np.int32((w[o + b] >> (4 * n + j)) & 1)
-                y[yo + e] = dl * np.float32(low - 4 + 4 * high)
+        hm = load_u8x32(w, o)
+        for n in range(2):
+            q = load_u8x32(w, o + 32 + 32 * n)
+            for j in range(4):
+                s = 8 * n + 2 * j
+                v = vsub(vor(vand(vshr(q, 2 * j), 3), vshl(vand(vshr(hm, 4 * n + j), 1), 2)), 4)
+                d0, d1 = d * np.float32(scale(s, w, o + 96)), d * np.float32(scale(s + 1, w, o + 96))
+                store_scaled(y, yo + 128 * n + 32 * j, v, d0, np.float32(0), d1, np.float32(0))
+
+@njit(cache=True)
+def scales16(w, o):
+    """All 16 signed scales from w[o:o+12] as one I16x16 (scale() for every s, 4 bytes at a time)."""
+    a, b, c = u32_at(w, o), u32_at(w, o + 4), u32_at(w, o + 8)
+    low4, top2 = np.uint32(0x0F0F0F0F), np.uint32(0x03030303)
+    s0 = (a & low4) | ((c & top2) << np.uint32(4))
+    s1 = (b & low4) | (((c >> np.uint32(2)) & top2) << np.uint32(4))
+    s2 = ((a >> np.uint32(4)) & low4) | (((c >> np.uint32(4)) & top2) << np.uint32(4))
+    s3 = ((b >> np.uint32(4)) & low4) | (((c >> np.uint32(6)) & top2) << np.uint32(4))
+    return vsub(widen_u32x4(s0, s1, s2, s3), 32)
 
 
 @njit(cache=True)
 def dot_row(w, x, xq, xd, xs):
     """q stays unsigned (0..7) in the integer dot; the -4 offset comes back through the bsums."""
     acc = fzero()
-    biases = np.float32(0)
     for i in range(w.shape[0] // TYPE_SIZE):
-        o, xo, g = i * TYPE_SIZE, i * 256, i * 16
+        o, xo = i * TYPE_SIZE, i * 256
+        scales = scales16(w, o + 96)
         hm = load_u8x32(w, o)
         isum = izero()
-        bias = 0
         for n in range(2):
             q = load_u8x32(w, o + 32 + 32 * n)
             for j in range(4):
                 s = 8 * n + 2 * j
-                s0, s1 = scale(s, w, o + 96), scale(s + 1, w, o + 96)
                 v = vor(vand(vshr(q, 2 * j), 3), vshl(vand(vshr(hm, 4 * n + j), 1), 2))
-                isum = iadd(isum, madd(maddubs(v, xq, xo + 128 * n + 32 * j), s0, s1))
-                bias += s0 * xs[g + s] + s1 * xs[g + s + 1]
+                isum = iadd(isum, madd(maddubs(v, xq, xo + 128 * n + 32 * j), lane(scales, s), lane(scales, s + 1)))
         dd = f16_at(w, o + 108) * xd[i]
         acc = fmadd_i(acc, isum, dd)
-        biases += dd * np.float32(bias)
-    return hsum(acc) - np.float32(4) * biases
+        acc = fmadd_i(acc, madd_v(scales, load_i16x16(xs, 16 * i)), np.float32(-4) * dd)
+    return hsum(acc)
 
 
 @njit(cache=True)

@@ -7,7 +7,7 @@ from numba import njit
 
 from .blocks import inverse, signed_absmax, truncate_u8
 from .halves import store_f16
-from .simd import f16_at, fmadd_i, fzero, hsum, load_nibbles, madd, maddubs
+from .simd import f16_at, fmadd_i, fzero, hsum, load_nibbles, madd, maddubs_s8, store_scaled, vsub
 
 BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 32, 18, "q8_0"
 
@@ -15,25 +15,19 @@ BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 32, 18, "q8_0"
 @njit(cache=True)
 def dequantize_row(w, y):
     for b in range(w.shape[0] // TYPE_SIZE):
-        o, yo = b * TYPE_SIZE, b * 32
+        o = b * TYPE_SIZE
         d = f16_at(w, o)
-        for j in range(16):
-            q = w[o + 2 + j]
-            y[yo + j] = d * np.float32(np.int32(q & 15) - 8)
-            y[yo + 16 + j] = d * np.float32(np.int32(q >> 4) - 8)
-
+        store_scaled(y, 32 * b, vsub(load_nibbles(w, o + 2), 8), d, np.float32(0), d, np.float32(0))
 
 @njit(cache=True)
 def dot_row(w, x, xq, xd, xs):
-    """sum_b d_w*d_x*(q.xq - 8*sum(xq)), integer dot per block."""
+    """sum_b d_w*d_x*((q-8).xq), integer dot per block."""
     acc = fzero()
-    bias = np.float32(0)
     for b in range(w.shape[0] // TYPE_SIZE):
         o = b * TYPE_SIZE
-        dd = f16_at(w, o) * xd[b]
-        acc = fmadd_i(acc, madd(maddubs(load_nibbles(w, o + 2), xq, 32 * b), 1, 1), dd)
-        bias += dd * np.float32(xs[2 * b] + xs[2 * b + 1])
-    return hsum(acc) - np.float32(8) * bias
+        v = vsub(load_nibbles(w, o + 2), 8)
+        acc = fmadd_i(acc, madd(maddubs_s8(v, xq, 32 * b), 1, 1), f16_at(w, o) * xd[b])
+    return hsum(acc)
 
 
 @njit(cache=True)

@@ -7,7 +7,7 @@ from numba import njit
 
 from .blocks import inverse, signed_absmax, truncate_u8
 from .halves import store_f16
-from .simd import f16_at, fmadd_i, fzero, hsum, load_bits, load_nibbles, madd, maddubs, u32_at, vor, vshl
+from .simd import f16_at, fmadd_i, fzero, hsum, load_bits, load_nibbles, madd, maddubs_s8, store_scaled, vor, vshl, vsub
 
 BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 32, 22, "q8_0"
 
@@ -15,28 +15,19 @@ BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 32, 22, "q8_0"
 @njit(cache=True)
 def dequantize_row(w, y):
     for b in range(w.shape[0] // TYPE_SIZE):
-        o, yo = b * TYPE_SIZE, b * 32
+        o = b * TYPE_SIZE
         d = f16_at(w, o)
-        qh = u32_at(w, o + 2)
-        for j in range(16):
-            q = w[o + 6 + j]
-            lo = np.int32(q & 15) | np.int32(((qh >> np.uint32(j)) & np.uint32(1)) << np.uint32(4))
-            hi = np.int32(q >> 4) | np.int32(((qh >> np.uint32(j + 16)) & np.uint32(1)) << np.uint32(4))
-            y[yo + j] = d * np.float32(lo - 16)
-            y[yo + 16 + j] = d * np.float32(hi - 16)
-
+        q = vsub(vor(load_nibbles(w, o + 6), vshl(load_bits(w, o + 2), 4)), 16)
+        store_scaled(y, 32 * b, q, d, np.float32(0), d, np.float32(0))
 
 @njit(cache=True)
 def dot_row(w, x, xq, xd, xs):
     acc = fzero()
-    bias = np.float32(0)
     for b in range(w.shape[0] // TYPE_SIZE):
         o = b * TYPE_SIZE
-        dd = f16_at(w, o) * xd[b]
-        q = vor(load_nibbles(w, o + 6), vshl(load_bits(w, o + 2), 4))
-        acc = fmadd_i(acc, madd(maddubs(q, xq, 32 * b), 1, 1), dd)
-        bias += dd * np.float32(xs[2 * b] + xs[2 * b + 1])
-    return hsum(acc) - np.float32(16) * bias
+        v = vsub(vor(load_nibbles(w, o + 6), vshl(load_bits(w, o + 2), 4)), 16)
+        acc = fmadd_i(acc, madd(maddubs_s8(v, xq, 32 * b), 1, 1), f16_at(w, o) * xd[b])
+    return hsum(acc)
 
 
 @njit(cache=True)

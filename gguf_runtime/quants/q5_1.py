@@ -7,7 +7,7 @@ from numba import njit
 
 from .blocks import inverse, min_max, truncate_u8
 from .halves import store_f16
-from .simd import f16_at, fmadd_i, fzero, hsum, load_bits, load_nibbles, madd, maddubs, u32_at, vor, vshl
+from .simd import f16_at, fmadd_i, fzero, hsum, load_bits, load_nibbles, madd, maddubs, store_scaled, vor, vshl
 
 BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 32, 24, "q8_0"
 
@@ -15,26 +15,20 @@ BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 32, 24, "q8_0"
 @njit(cache=True)
 def dequantize_row(w, y):
     for b in range(w.shape[0] // TYPE_SIZE):
-        o, yo = b * TYPE_SIZE, b * 32
-        d, m = f16_at(w, o), f16_at(w, o + 2)
-        qh = u32_at(w, o + 4)
-        for j in range(16):
-            q = w[o + 8 + j]
-            lo = np.int32(q & 15) | np.int32(((qh >> np.uint32(j)) & np.uint32(1)) << np.uint32(4))
-            hi = np.int32(q >> 4) | np.int32(((qh >> np.uint32(j + 16)) & np.uint32(1)) << np.uint32(4))
-            y[yo + j] = d * np.float32(lo) + m
-            y[yo + 16 + j] = d * np.float32(hi) + m
-
+        o = b * TYPE_SIZE
+        d, m = f16_at(w, o), -f16_at(w, o + 2)
+        store_scaled(y, 32 * b, vor(load_nibbles(w, o + 8), vshl(load_bits(w, o + 4), 4)), d, m, d, m)
 
 @njit(cache=True)
 def dot_row(w, x, xq, xd, xs):
     acc = fzero()
     mins = np.float32(0)
+    xsf = xs.view(np.float32)
     for b in range(w.shape[0] // TYPE_SIZE):
         o = b * TYPE_SIZE
         q = vor(load_nibbles(w, o + 8), vshl(load_bits(w, o + 4), 4))
         acc = fmadd_i(acc, madd(maddubs(q, xq, 32 * b), 1, 1), f16_at(w, o) * xd[b])
-        mins += f16_at(w, o + 2) * xd[b] * np.float32(xs[2 * b] + xs[2 * b + 1])
+        mins += f16_at(w, o + 2) * xsf[b]
     return hsum(acc) + mins
 
 

@@ -9,9 +9,9 @@ from numba import njit
 
 from .blocks import nearest_int
 from .halves import store_f16
-from .kquants import make_qkx2_quants, pack_scale_min_k4, scale_min_k4
-from .simd import (f16_at, fmadd_i, fzero, hsum, iadd, izero, load_u8x32, madd, maddubs, vand, vor, vshl,
-                   vshr)
+from .kquants import make_qkx2_quants, pack_scale_min_k4, scale_min_k4, scales_mins_k4
+from .simd import (f16_at, fmadd_i, fzero, hsum, iadd, izero, lane, load_i16x16, load_u8x32, madd, madd_v, maddubs,
+                   store_scaled, vand, vor, vshl, vshr)
 
 BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 256, 176, "q8_K"
 
@@ -21,41 +21,36 @@ def dequantize_row(w, y):
     for i in range(w.shape[0] // TYPE_SIZE):
         o, yo = i * TYPE_SIZE, i * 256
         d, dmin = f16_at(w, o), f16_at(w, o + 2)
+        qh = load_u8x32(w, o + 16)
         for j in range(4):
             sc0, m0 = scale_min_k4(2 * j, w, o + 4)
             sc1, m1 = scale_min_k4(2 * j + 1, w, o + 4)
             d0, min0 = d * np.float32(sc0), dmin * np.float32(m0)
             d1, min1 = d * np.float32(sc1), dmin * np.float32(m1)
-            for k in range(32):
-                q = w[o + 48 + 32 * j + k]
-                h = w[o + 16 + k]
-                lo = np.int32(q & 15) + 16 * np.int32((h >> (2 * j)) & 1)
-                hi = np.int32(q >> 4) + 16 * np.int32((h >> (2 * j + 1)) & 1)
-                y[yo + 64 * j + k] = d0 * np.float32(lo) - min0
-                y[yo + 64 * j + 32 + k] = d1 * np.float32(hi) - min1
-
+            q = load_u8x32(w, o + 48 + 32 * j)
+            lo = vor(vand(q, 15), vshl(vand(vshr(qh, 2 * j), 1), 4))
+            hi = vor(vshr(q, 4), vshl(vand(vshr(qh, 2 * j + 1), 1), 4))
+            store_scaled(y, yo + 64 * j, lo, d0, min0, d0, min0)
+            store_scaled(y, yo + 64 * j + 32, hi, d1, min1, d1, min1)
 
 @njit(cache=True)
 def dot_row(w, x, xq, xd, xs):
     acc = fzero()
-    mins = np.float32(0)
     for i in range(w.shape[0] // TYPE_SIZE):
-        o, xo, g = i * TYPE_SIZE, i * 256, i * 16
+        o, xo = i * TYPE_SIZE, i * 256
+        scales, mins2 = scales_mins_k4(w, o + 4)
         qh = load_u8x32(w, o + 16)
         isum = izero()
-        msum = 0
         for j in range(4):
-            sc0, m0 = scale_min_k4(2 * j, w, o + 4)
-            sc1, m1 = scale_min_k4(2 * j + 1, w, o + 4)
             q = load_u8x32(w, o + 48 + 32 * j)
             lo = vor(vand(q, 15), vshl(vand(vshr(qh, 2 * j), 1), 4))
             hi = vor(vshr(q, 4), vshl(vand(vshr(qh, 2 * j + 1), 1), 4))
-            isum = iadd(isum, madd(maddubs(lo, xq, xo + 64 * j), sc0, sc0))
-            isum = iadd(isum, madd(maddubs(hi, xq, xo + 64 * j + 32), sc1, sc1))
-            msum += m0 * (xs[g + 4 * j] + xs[g + 4 * j + 1]) + m1 * (xs[g + 4 * j + 2] + xs[g + 4 * j + 3])
+            s0, s1 = lane(scales, 2 * j), lane(scales, 2 * j + 1)
+            isum = iadd(isum, madd(maddubs(lo, xq, xo + 64 * j), s0, s0))
+            isum = iadd(isum, madd(maddubs(hi, xq, xo + 64 * j + 32), s1, s1))
         acc = fmadd_i(acc, isum, f16_at(w, o) * xd[i])
-        mins += f16_at(w, o + 2) * xd[i] * np.float32(msum)
-    return hsum(acc) - mins
+        acc = fmadd_i(acc, madd_v(mins2, load_i16x16(xs, 16 * i)), -(f16_at(w, o + 2) * xd[i]))
+    return hsum(acc)
 
 
 @njit(cache=True)

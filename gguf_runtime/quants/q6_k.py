@@ -10,8 +10,8 @@ from numba import njit
 from .blocks import nearest_int
 from .halves import store_f16
 from .kquants import GROUP_MAX_EPS, make_qx_quants
-from .simd import (f16_at, fmadd_i, fzero, hsum, iadd, izero, load_u8x32, madd, maddubs, vand, vor, vshl,
-                   vshr)
+from .simd import (f16_at, fmadd_i, fzero, hsum, iadd, izero, lane, load_i16x16, load_u8x32, madd, madd_v, maddubs,
+                   store_scaled, vand, vor, vshl, vshr, vsub, widen_s8)
 
 BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 256, 210, "q8_K"
 
@@ -22,49 +22,43 @@ def dequantize_row(w, y):
         o, yo = i * TYPE_SIZE, i * 256
         d = f16_at(w, o + 208)
         for n in range(2):
-            for k in range(32):
-                a, b, h = w[o + 64 * n + k], w[o + 64 * n + 32 + k], w[o + 128 + 32 * n + k]
-                q = (np.int32(a & 15) | (np.int32(h & 3) << 4),
-                     np.int32(b & 15) | (np.int32((h >> 2) & 3) << 4),
-                     np.int32(a >> 4) | (np.int32((h >> 4) & 3) << 4),
-                     np.int32(b >> 4) | (np.int32((h >> 6) & 3) << 4))
-                for grp in range(4):
-                    e = 128 * n + 32 * grp + k
-                    sc = np.float32(np.int8(w[o + 192 + e // 16]))
-                    y[yo + e] = (d * sc) * np.float32(q[grp] - 32)
-
+            ql0, ql1 = load_u8x32(w, o + 64 * n), load_u8x32(w, o + 64 * n + 32)
+            qh = load_u8x32(w, o + 128 + 32 * n)
+            for grp in range(4):
+                nib = vand(ql0 if grp % 2 == 0 else ql1, 15) if grp < 2 else vshr(ql0 if grp % 2 == 0 else ql1, 4)
+                q = vsub(vor(nib, vshl(vand(vshr(qh, 2 * grp), 3), 4)), 32)
+                s = o + 192 + 8 * n + 2 * grp
+                d0, d1 = d * np.float32(np.int8(w[s])), d * np.float32(np.int8(w[s + 1]))
+                store_scaled(y, yo + 128 * n + 32 * grp, q, d0, np.float32(0), d1, np.float32(0))
 
 @njit(cache=True)
-def _group(isum, bias, nib, qh, grp, w, so, xq, xo, xs, g):
-    """One group of 32: 6-bit q = nib | high bits, two scales (one per 16)."""
+def _group(isum, nib, qh, grp, scales, s, xq, xo):
+    """One group of 32: 6-bit q = nib | high bits, scales s and s+1 (one per 16)."""
     q = vor(nib, vshl(vand(vshr(qh, 2 * grp), 3), 4))
-    s0, s1 = np.int32(np.int8(w[so])), np.int32(np.int8(w[so + 1]))
-    isum = iadd(isum, madd(maddubs(q, xq, xo), s0, s1))
-    return isum, bias + s0 * xs[g] + s1 * xs[g + 1]
+    return iadd(isum, madd(maddubs(q, xq, xo), lane(scales, s), lane(scales, s + 1)))
 
 
 @njit(cache=True)
 def dot_row(w, x, xq, xd, xs):
     """d*dx*(sum_s sc_s*(q.xq)_s - 32*sum_s sc_s*bsum_s) per super-block; q stays unsigned (0..63)."""
     acc = fzero()
-    biases = np.float32(0)
     for i in range(w.shape[0] // TYPE_SIZE):
-        o, xo, g = i * TYPE_SIZE, i * 256, i * 16
+        o, xo = i * TYPE_SIZE, i * 256
+        scales = widen_s8(w, o + 192)
         isum = izero()
-        bias = 0
         for n in range(2):
             ql0 = load_u8x32(w, o + 64 * n)
             ql1 = load_u8x32(w, o + 64 * n + 32)
             qh = load_u8x32(w, o + 128 + 32 * n)
-            so, xn, gn = o + 192 + 8 * n, xo + 128 * n, g + 8 * n
-            isum, bias = _group(isum, bias, vand(ql0, 15), qh, 0, w, so, xq, xn, xs, gn)
-            isum, bias = _group(isum, bias, vand(ql1, 15), qh, 1, w, so + 2, xq, xn + 32, xs, gn + 2)
-            isum, bias = _group(isum, bias, vshr(ql0, 4), qh, 2, w, so + 4, xq, xn + 64, xs, gn + 4)
-            isum, bias = _group(isum, bias, vshr(ql1, 4), qh, 3, w, so + 6, xq, xn + 96, xs, gn + 6)
+            s, xn = 8 * n, xo + 128 * n
+            isum = _group(isum, vand(ql0, 15), qh, 0, scales, s, xq, xn)
+            isum = _group(isum, vand(ql1, 15), qh, 1, scales, s + 2, xq, xn + 32)
+            isum = _group(isum, vshr(ql0, 4), qh, 2, scales, s + 4, xq, xn + 64)
+            isum = _group(isum, vshr(ql1, 4), qh, 3, scales, s + 6, xq, xn + 96)
         dd = f16_at(w, o + 208) * xd[i]
         acc = fmadd_i(acc, isum, dd)
-        biases += dd * np.float32(bias)
-    return hsum(acc) - np.float32(32) * biases
+        acc = fmadd_i(acc, madd_v(scales, load_i16x16(xs, 16 * i)), np.float32(-32) * dd)
+    return hsum(acc)
 
 
 @njit(cache=True)

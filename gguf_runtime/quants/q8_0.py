@@ -7,7 +7,7 @@ from numba import njit
 
 from .blocks import inverse, round_half_away
 from .halves import store_f16
-from .simd import f16_at, fmadd_i, fzero, hsum, load_u8x32, madd, maddubs_s8
+from .simd import f16_at, fmadd_i, fzero, hsum, load_u8x32, madd, maddubs_s8, store_scaled
 
 BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 32, 34, "q8_0"
 
@@ -15,11 +15,9 @@ BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 32, 34, "q8_0"
 @njit(cache=True)
 def dequantize_row(w, y):
     for b in range(w.shape[0] // TYPE_SIZE):
-        o, yo = b * TYPE_SIZE, b * 32
+        o = b * TYPE_SIZE
         d = f16_at(w, o)
-        for j in range(32):
-            y[yo + j] = np.float32(np.int8(w[o + 2 + j])) * d
-
+        store_scaled(y, 32 * b, load_u8x32(w, o + 2), d, np.float32(0), d, np.float32(0))
 
 @njit(cache=True)
 def dot_row(w, x, xq, xd, xs):

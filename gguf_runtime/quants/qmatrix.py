@@ -11,8 +11,8 @@ from .rows import as_rows
 # Prefill strategy (see scripts/bench_kernels.py): up to this many tokens the integer kernels run one
 # pass over the weights with every token's quantized activation; beyond it, tiles of rows are
 # dequantized to float32 and multiplied with BLAS, which wins once the work is compute-bound.
-INTEGER_PATH_MAX_TOKENS = 8
-TILE_BYTES = 1 << 21  # float32 bytes per dequantized tile: big enough for BLAS, small enough for L2/L3
+INTEGER_PATH_MAX_TOKENS = 32
+TILE_BYTES = 1 << 23  # float32 bytes per dequantized tile: big enough for BLAS, small enough for L3
 
 
 class QMatrix:
@@ -43,7 +43,7 @@ class QMatrix:
     def _activation_scratch(self, n_tokens: int):
         k = self.n_cols if self.qtype.activation != ACT_F32 else 0
         return (np.empty((n_tokens, k), np.int8), np.empty((n_tokens, k // 32), np.float32),
-                np.empty((n_tokens, k // 16), np.int32))
+                np.empty((n_tokens, k // 16), np.int16))
 
     def _input(self, x: np.ndarray, ndim: int) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -67,25 +67,29 @@ class QMatrix:
         return out
 
     def matmul(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """X @ W.T for T tokens: X float32 (T, n_cols) -> (T, n_rows)."""
+        """X @ W.T for T tokens: X float32 (T, n_cols) -> (T, n_rows), by the faster strategy for T."""
+        if np.shape(X)[0] <= INTEGER_PATH_MAX_TOKENS and self.ggml_type != F32:
+            return self.matmul_integer(X, out)
+        return self.matmul_tiled(X, out)
+
+    def matmul_integer(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """X @ W.T with the integer dot-product kernels: one pass over W, every token per row."""
         X = self._input(X, 2)
         out = self._output(out, (X.shape[0], self.n_rows))
-        if X.shape[0] == 0:
-            return out
-        if self.ggml_type == F32:
-            np.matmul(X, self.data.view(np.float32).T, out=out)
-        elif X.shape[0] <= INTEGER_PATH_MAX_TOKENS:
-            kernels.matmul_rows(self.ggml_type, self.data, X, *self._activation_scratch(X.shape[0]), out)
-        else:
-            self._matmul_tiles(X, out)
+        kernels.matmul_rows(self.ggml_type, self.data, X, *self._activation_scratch(X.shape[0]), out)
         return out
 
-    def _matmul_tiles(self, X: np.ndarray, out: np.ndarray) -> None:
-        """Dequantize tiles of rows to float32 and let BLAS multiply them: each weight row is read once."""
+    def matmul_tiled(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """X @ W.T by BLAS on float32 tiles of rows dequantized in turn: W is read once, never copied whole."""
+        X = self._input(X, 2)
+        out = self._output(out, (X.shape[0], self.n_rows))
+        if self.ggml_type == F32:
+            np.matmul(X, self.data.view(np.float32).T, out=out)
+            return out
         rows_per_tile = max(16, min(self.n_rows, TILE_BYTES // (4 * self.n_cols)))
         tile = np.empty((rows_per_tile, self.n_cols), np.float32)
         for r0 in range(0, self.n_rows, rows_per_tile):
-            r1 = min(self.n_rows, r0 + rows_per_tile)
-            part = tile[:r1 - r0]
-            kernels.dequantize_rows(self.ggml_type, self.data, np.arange(r0, r1, dtype=np.int64), part)
-            np.matmul(X, part.T, out=out[:, r0:r1])
+            part = tile[:min(rows_per_tile, self.n_rows - r0)]
+            kernels.dequantize_row_range(self.ggml_type, self.data, r0, part)
+            out[:, r0:r0 + part.shape[0]] = X @ part.T
+        return out

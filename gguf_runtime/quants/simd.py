@@ -12,6 +12,8 @@ never stored in arrays. Array arguments must be 1-D C-contiguous; offsets are in
 
 from __future__ import annotations
 
+import platform
+
 import llvmlite.binding as llvm
 from llvmlite import ir
 from numba import types
@@ -42,15 +44,19 @@ I32x8 = VectorType("I32x8", 8, _I32)
 F32x8 = VectorType("F32x8", 8, _F32)
 
 
-def _host_has_avx2() -> bool:
+def _host_features() -> dict:
     # Code is compiled for config.CPU_NAME (the host unless NUMBA_CPU_NAME says otherwise, e.g. for a
-    # portable cache); x86 intrinsics are only safe when we know the target has them.
+    # portable cache); CPU-specific instructions are only safe when we know the target has them.
     if config.CPU_NAME not in (None, "host"):
-        return False
-    return bool(llvm.get_host_cpu_features().get("avx2"))
+        return {}
+    return dict(llvm.get_host_cpu_features())
 
 
-USE_X86_AVX2 = _host_has_avx2()  # read at compile time; tests flip it to exercise the generic IR
+_FEATURES = _host_features()
+# Both read at compile time; tests flip them to exercise the generic IR.
+USE_X86_AVX2 = bool(_FEATURES.get("avx2"))
+# Hardware half -> float (x86 F16C, every AArch64); elsewhere LLVM would call a runtime helper numba may lack.
+USE_NATIVE_F16 = bool(_FEATURES.get("f16c")) or platform.machine().lower() in ("arm64", "aarch64")
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -98,6 +104,7 @@ def _x86(builder, name: str, ret: ir.Type, args):
 
 
 _BYTES = (types.uint8, types.int8)
+_CONTRACT = ("contract",)  # let LLVM fuse a*b + c into one FMA where the target has it
 
 
 # ------------------------------------------------------------------------------------------- byte loads
@@ -143,21 +150,23 @@ def load_bits(typingctx, arr, off):
 
 # ------------------------------------------------------------------------------------- byte arithmetic
 
-def _byte_op(op):
+def _lane_op(op):
     def typer(typingctx, v, c):
-        if v != U8x32:
-            raise TypingError("simd: expected U8x32")
+        if v not in (U8x32, I16x16):
+            raise TypingError("simd: expected U8x32 or I16x16")
 
         def codegen(context, builder, sig, args):
-            t = U8x32.llvm_type
-            return getattr(builder, op)(args[0], _splat(builder, builder.trunc(args[1], _I8), t))
-        return U8x32(U8x32, types.intp), codegen
+            t = sig.args[0].llvm_type
+            return getattr(builder, op)(args[0], _splat(builder, builder.trunc(args[1], t.element), t))
+        return v(v, types.intp), codegen
     return typer
 
 
-vand = intrinsic(_byte_op("and_"))   # v & c   (c a scalar)
-vshr = intrinsic(_byte_op("lshr"))   # v >> c  (logical, per byte)
-vshl = intrinsic(_byte_op("shl"))    # v << c  (per byte)
+# lane-wise with a scalar c, on U8x32 (bytes) or I16x16
+vand = intrinsic(_lane_op("and_"))   # v & c
+vshr = intrinsic(_lane_op("lshr"))   # v >> c  (logical)
+vshl = intrinsic(_lane_op("shl"))    # v << c
+vsub = intrinsic(_lane_op("sub"))    # v - c   (wrapping: turns offset-binary q into signed values)
 
 
 @intrinsic
@@ -165,14 +174,6 @@ def vor(typingctx, a, b):
     """a | b."""
     def codegen(context, builder, sig, args):
         return builder.or_(args[0], args[1])
-    return U8x32(U8x32, U8x32), codegen
-
-
-@intrinsic
-def vsub_u8(typingctx, a, b):
-    """a - b per byte (wrapping)."""
-    def codegen(context, builder, sig, args):
-        return builder.sub(args[0], args[1])
     return U8x32(U8x32, U8x32), codegen
 
 
@@ -254,6 +255,76 @@ def lookup16(typingctx, table, idx):
 
 
 @intrinsic
+def madd_v(typingctx, a, b):
+    """a * b lane-wise (16 x i16), adjacent products summed -> 8 x i32."""
+    def codegen(context, builder, sig, args):
+        if USE_X86_AVX2:
+            return _x86(builder, "llvm.x86.avx2.pmadd.wd", I32x8.llvm_type, [args[0], args[1]])
+        wide = ir.VectorType(_I32, 16)
+        products = builder.mul(builder.sext(args[0], wide), builder.sext(args[1], wide))
+        return _pairwise_add(builder, products, 8)
+    return I32x8(I16x16, I16x16), codegen
+
+
+@intrinsic
+def lane(typingctx, v, i):
+    """Lane i of a 16 x i16 vector, sign-extended."""
+    def codegen(context, builder, sig, args):
+        return builder.sext(builder.extract_element(args[0], builder.trunc(args[1], _I32)), ir.IntType(64))
+    return types.int64(I16x16, types.intp), codegen
+
+
+@intrinsic
+def load_i16x16(typingctx, arr, off):
+    """16 int16 arr[off:off+16]."""
+    _check_array(arr, (types.int16,))
+
+    def codegen(context, builder, sig, args):
+        return _load(context, builder, sig.args[0], args[0], args[1], I16x16.llvm_type)
+    return I16x16(arr, types.intp), codegen
+
+
+def _widen_load(extend):
+    def typer(typingctx, arr, off):
+        _check_array(arr, _BYTES)
+
+        def codegen(context, builder, sig, args):
+            b = _load(context, builder, sig.args[0], args[0], args[1], ir.VectorType(_I8, 16))
+            return getattr(builder, extend)(b, I16x16.llvm_type)
+        return I16x16(arr, types.intp), codegen
+    return typer
+
+
+widen_u8 = intrinsic(_widen_load("zext"))  # 16 bytes arr[off:off+16] -> 16 x i16, as unsigned
+widen_s8 = intrinsic(_widen_load("sext"))  # ... as signed
+
+
+def _bytes_of(builder, words):
+    v = ir.Constant(ir.VectorType(_I32, len(words)), ir.Undefined)
+    for i, word in enumerate(words):
+        v = builder.insert_element(v, word, ir.Constant(_I32, i))
+    return builder.bitcast(v, ir.VectorType(_I8, 4 * len(words)))
+
+
+@intrinsic
+def widen_u32x4(typingctx, a, b, c, d):
+    """The 16 bytes of four little-endian uint32 (a first) -> 16 x i16 (zero-extended)."""
+    def codegen(context, builder, sig, args):
+        return builder.zext(_bytes_of(builder, args), I16x16.llvm_type)
+    return I16x16(types.uint32, types.uint32, types.uint32, types.uint32), codegen
+
+
+@intrinsic
+def widen_pairs(typingctx, a, b):
+    """The 8 bytes of two uint32, each repeated twice -> 16 x i16: pairs per-32 values with per-16 sums."""
+    def codegen(context, builder, sig, args):
+        v8 = _bytes_of(builder, args)
+        twice = builder.shuffle_vector(v8, v8, _vec(_I32, [i // 2 for i in range(16)]))
+        return builder.zext(twice, I16x16.llvm_type)
+    return I16x16(types.uint32, types.uint32), codegen
+
+
+@intrinsic
 def izero(typingctx):
     def codegen(context, builder, sig, args):
         return ir.Constant(I32x8.llvm_type, None)
@@ -281,8 +352,8 @@ def fmadd_i(typingctx, acc, v, s):
     """acc + float(v) * s."""
     def codegen(context, builder, sig, args):
         t = F32x8.llvm_type
-        scaled = builder.fmul(builder.sitofp(args[1], t), _splat(builder, args[2], t))
-        return builder.fadd(args[0], scaled)
+        scaled = builder.fmul(builder.sitofp(args[1], t), _splat(builder, args[2], t), flags=_CONTRACT)
+        return builder.fadd(args[0], scaled, flags=_CONTRACT)
     return F32x8(F32x8, I32x8, types.float32), codegen
 
 
@@ -290,7 +361,7 @@ def fmadd_i(typingctx, acc, v, s):
 def ffma(typingctx, acc, a, b):
     """acc + a * b, lane-wise."""
     def codegen(context, builder, sig, args):
-        return builder.fadd(args[0], builder.fmul(args[1], args[2]))
+        return builder.fadd(args[0], builder.fmul(args[1], args[2], flags=_CONTRACT), flags=_CONTRACT)
     return F32x8(F32x8, F32x8, F32x8), codegen
 
 
@@ -327,6 +398,9 @@ def load_f16x8(typingctx, arr, off):
     _check_array(arr, _BYTES)
 
     def codegen(context, builder, sig, args):
+        if USE_NATIVE_F16:
+            h = _load(context, builder, sig.args[0], args[0], args[1], ir.VectorType(ir.HalfType(), 8))
+            return builder.fpext(h, F32x8.llvm_type)
         h = _load(context, builder, sig.args[0], args[0], args[1], ir.VectorType(_I16, 8))
         return _f16_bits_to_f32(builder, builder.zext(h, ir.VectorType(_I32, 8)))
     return F32x8(arr, types.intp), codegen
@@ -343,6 +417,38 @@ def load_bf16x8(typingctx, arr, off):
         bits = builder.shl(builder.zext(h, v32), ir.Constant(v32, [16] * 8))
         return builder.bitcast(bits, F32x8.llvm_type)
     return F32x8(arr, types.intp), codegen
+
+
+@intrinsic
+def store_f32x8(typingctx, arr, off, v):
+    """arr[off:off+8] = v (float32 array)."""
+    _check_array(arr, (types.float32,))
+
+    def codegen(context, builder, sig, args):
+        builder.store(args[2], _pointer(context, builder, sig.args[0], args[0], args[1], F32x8.llvm_type), align=4)
+        return context.get_dummy_value()
+    return types.none(arr, types.intp, F32x8), codegen
+
+
+@intrinsic
+def store_scaled(typingctx, y, off, q, d0, m0, d1, m1):
+    """y[off+i] = d*float(q[i]) - m for the 32 signed bytes of q: (d0, m0) for i < 16, (d1, m1) after.
+
+    A plain multiply then subtract (never fused), so values are bit-identical to the reference dequantizers.
+    """
+    _check_array(y, (types.float32,))
+
+    def codegen(context, builder, sig, args):
+        ft = ir.VectorType(_F32, 32)
+        qf = builder.sitofp(builder.sext(args[2], ir.VectorType(_I32, 32)), ft)
+        halves = lambda a, b: builder.shuffle_vector(  # noqa: E731
+            _splat(builder, a, ir.VectorType(_F32, 16)), _splat(builder, b, ir.VectorType(_F32, 16)),
+            _vec(_I32, range(32)))
+        value = builder.fsub(builder.fmul(qf, halves(args[3], args[5])), halves(args[4], args[6]))
+        builder.store(value, _pointer(context, builder, sig.args[0], args[0], args[1], ft), align=4)
+        return context.get_dummy_value()
+    f32 = types.float32
+    return types.none(y, types.intp, U8x32, f32, f32, f32, f32), codegen
 
 
 @intrinsic
@@ -366,6 +472,9 @@ def f16_at(typingctx, arr, off):
     _check_array(arr, _BYTES)
 
     def codegen(context, builder, sig, args):
+        if USE_NATIVE_F16:
+            h = builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], ir.HalfType()), align=1)
+            return builder.fpext(h, _F32)
         h = builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], _I16), align=1)
         v = builder.insert_element(ir.Constant(ir.VectorType(_I32, 8), None), builder.zext(h, _I32),
                                    ir.Constant(_I32, 0))

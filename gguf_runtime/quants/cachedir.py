@@ -1,0 +1,56 @@
+"""Where numba caches the compiled kernels, and dropping that cache when the kernel sources change.
+
+Imported before numba: an installed package cannot write next to its own sources, so the cache defaults to
+~/.cache/gguf-runtime/numba (an explicit NUMBA_CACHE_DIR wins). numba checks only the timestamp of the file
+that defines a cached function, but the drivers in kernels.py embed code from every other module here, so a
+hash of all of them decides whether the cached code may be reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+from pathlib import Path
+
+SOURCE_DIR = Path(__file__).resolve().parent
+
+
+def configure() -> Path:
+    if "NUMBA_CACHE_DIR" not in os.environ:
+        os.environ["NUMBA_CACHE_DIR"] = str(Path.home() / ".cache" / "gguf-runtime" / "numba")
+        if "numba" in sys.modules:  # imported before us: point its live config there too
+            sys.modules["numba"].config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
+    cache_dir = Path(os.environ["NUMBA_CACHE_DIR"])
+    _drop_if_stale(cache_dir)
+    return cache_dir
+
+
+def sources_digest() -> str:
+    h = hashlib.sha256()
+    for path in sorted(SOURCE_DIR.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def package_cache_dir(cache_dir: Path) -> Path:
+    """numba's subdirectory for functions defined in this package (numba.core.caching's naming)."""
+    return cache_dir / f"{SOURCE_DIR.name}_{hashlib.sha1(str(SOURCE_DIR).encode()).hexdigest()}"
+
+
+def _drop_if_stale(cache_dir: Path) -> None:
+    subdir = package_cache_dir(cache_dir)
+    marker = subdir / "sources.sha256"
+    digest = sources_digest()
+    try:
+        if marker.read_text() == digest:
+            return
+    except OSError:
+        pass
+    try:
+        shutil.rmtree(subdir, ignore_errors=True)
+        subdir.mkdir(parents=True, exist_ok=True)
+        marker.write_text(digest)
+    except OSError:
+        pass  # read-only or missing home: numba falls back to no caching, still correct

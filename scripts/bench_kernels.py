@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Benchmark the quantized kernels against numpy float32 on the dequantized matrix.
+
+For each type and shape (rows N x cols K, numpy order: N outputs of K inputs):
+  matvec  GB/s of weight bytes streamed (one token), and numpy's sgemv time over ours (x np)
+  matmul  GFLOP/s (2*N*K*T) at T = 32 and 256 tokens, beside numpy's sgemm on the float32 matrix
+Each thread count runs in its own process so numpy's BLAS gets the same number of threads as numba.
+Times are the best of several rounds (the machine may be shared: best-of filters out preemption).
+
+    .venv/bin/python scripts/bench_kernels.py            # all types, all shapes, 1 and 2 threads
+    .venv/bin/python scripts/bench_kernels.py --quick    # Q4_0 Q4_1 Q8_0 Q4_K Q6_K on two shapes
+    .venv/bin/python scripts/bench_kernels.py --crossover Q4_K 1536x8960   # integer vs tiled matmul per T
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+SHAPES = ["576x1536", "1536x576", "1536x8960", "8960x1536", "151936x896"]
+QUICK_SHAPES = ["576x1536", "1536x8960"]
+QUICK_TYPES = ["Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q6_K"]
+TOKENS = (32, 256)
+
+
+def best_time(fn, min_reps: int = 3, budget_s: float = 0.3, rounds: int = 3) -> float:
+    """Best wall time of fn() over `rounds` rounds of at least min_reps calls or budget_s seconds each."""
+    fn()
+    best = float("inf")
+    for _ in range(rounds):
+        start, n = time.perf_counter(), 0
+        while n < min_reps or time.perf_counter() - start < budget_s:
+            t = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t)
+            n += 1
+        time.sleep(0.05)  # let a competing process run between rounds
+    return best
+
+
+def make_matrix(np, quants, ggml_type: int, n: int, k: int):
+    """Raw rows for an (n, k) matrix: 64 quantized random rows tiled (quantizing 100M values takes long)."""
+    rng = np.random.default_rng(0)
+    block = quants.quantize(rng.standard_normal((min(64, n), k)).astype(np.float32), ggml_type)
+    reps = -(-n // block.shape[0])
+    return np.ascontiguousarray(np.tile(block, (reps, 1))[:n])
+
+
+def run_child(threads: int, types: list[str], shapes: list[str], with_numpy: bool, tokens) -> list[dict]:
+    import numpy as np
+
+    from gguf_runtime import quants
+
+    quants.set_threads(threads)
+    by_name = {q.name: code for code, q in quants.QTYPES.items()}
+    rng = np.random.default_rng(1)
+    rows = []
+    for shape in shapes:
+        n, k = (int(v) for v in shape.split("x"))
+        x = rng.standard_normal(k).astype(np.float32)
+        xs = {t: rng.standard_normal((t, k)).astype(np.float32) for t in tokens}
+        for name in types:
+            raw = make_matrix(np, quants, by_name[name], n, k)
+            m = quants.QMatrix(raw, by_name[name], name)
+            row = {"threads": threads, "type": name, "shape": shape, "bytes": raw.nbytes}
+            out = np.empty(n, np.float32)
+            row["matvec_s"] = best_time(lambda: m.matvec(x, out))
+            for t in tokens:
+                outm = np.empty((t, n), np.float32)
+                row[f"matmul{t}_s"] = best_time(lambda: m.matmul(xs[t], outm), min_reps=2, budget_s=0.2, rounds=2)
+            if with_numpy:
+                wf = quants.dequantize(raw, by_name[name])
+                row["np_matvec_s"] = best_time(lambda: wf @ x)
+                for t in tokens:
+                    row[f"np_matmul{t}_s"] = best_time(lambda: xs[t] @ wf.T, min_reps=2, budget_s=0.2, rounds=2)
+                del wf
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def run_crossover(name: str, shape: str, threads: int) -> None:
+    import numpy as np
+
+    from gguf_runtime import quants
+
+    quants.set_threads(threads)
+    code = next(c for c, q in quants.QTYPES.items() if q.name == name)
+    n, k = (int(v) for v in shape.split("x"))
+    m = quants.QMatrix(make_matrix(np, quants, code, n, k), code, name)
+    rng = np.random.default_rng(1)
+    print(f"{name} {shape}, {threads} thread(s): ms per call (integer kernels | dequantized tiles + BLAS)")
+    for t in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64):
+        X = rng.standard_normal((t, k)).astype(np.float32)
+        out = np.empty((t, n), np.float32)
+        ti = best_time(lambda: m.matmul_integer(X, out), budget_s=0.2)
+        tt = best_time(lambda: m.matmul_tiled(X, out), budget_s=0.2)
+        print(f"  T={t:3d}  {ti * 1e3:8.2f} | {tt * 1e3:8.2f}   {'integer' if ti < tt else 'tiles'}")
+
+
+def print_table(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="quantized kernels vs numpy float32 on the dequantized matrix (best of rounds)")
+    for col in ("thr", "type", "N x K", "matvec GB/s", "x np", *[f"mm{t} GF/s" for t in TOKENS],
+                *[f"np{t} GF/s" for t in TOKENS]):
+        table.add_column(col, justify="right")
+    for r in rows:
+        n, k = (int(v) for v in r["shape"].split("x"))
+        gf = lambda t, key: f"{2 * n * k * t / r[key] / 1e9:.1f}" if key in r else "-"  # noqa: E731
+        table.add_row(str(r["threads"]), r["type"], r["shape"], f"{r['bytes'] / r['matvec_s'] / 1e9:.2f}",
+                      f"{r['np_matvec_s'] / r['matvec_s']:.2f}" if "np_matvec_s" in r else "-",
+                      *[gf(t, f"matmul{t}_s") for t in TOKENS], *[gf(t, f"np_matmul{t}_s") for t in TOKENS])
+    Console(width=200).print(table)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="five types on two shapes")
+    ap.add_argument("--types", help="comma-separated type names (default: all supported quantized types)")
+    ap.add_argument("--shapes", help="comma-separated NxK shapes")
+    ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    ap.add_argument("--no-numpy", action="store_true", help="skip the numpy float32 baselines")
+    ap.add_argument("--json", help="also write the rows to this file")
+    ap.add_argument("--crossover", nargs=2, metavar=("TYPE", "NxK"), help="integer vs tiled matmul per T")
+    ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.child is not None:
+        if args.crossover:
+            run_crossover(*args.crossover, threads=args.child)
+        else:
+            run_child(args.child, args.types.split(","), args.shapes.split(","), not args.no_numpy, TOKENS)
+        return
+
+    if args.types:
+        types = args.types.split(",")
+    elif args.quick:
+        types = QUICK_TYPES
+    else:
+        from gguf_runtime.quants import QTYPES
+        types = [q.name for q in QTYPES.values() if q.block_size > 1]
+    shapes = args.shapes.split(",") if args.shapes else QUICK_SHAPES if args.quick else SHAPES
+    rows: list[dict] = []
+    for threads in (int(t) for t in args.threads.split(",")):
+        env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
+                   MKL_NUM_THREADS=str(threads))
+        cmd = [sys.executable, __file__, "--child", str(threads), "--types", ",".join(types), "--shapes",
+               ",".join(shapes)] + (["--no-numpy"] if args.no_numpy else [])
+        if args.crossover:
+            subprocess.run(cmd + ["--crossover", *args.crossover], env=env, check=True)
+            continue
+        proc = subprocess.run(cmd, env=env, check=True, stdout=subprocess.PIPE, text=True)
+        rows += [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    if rows:
+        print_table(rows)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
