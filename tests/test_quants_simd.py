@@ -1,0 +1,143 @@
+"""The SIMD layer: half-precision conversions, and the portable LLVM IR path (what non-AVX2 CPUs and
+Apple Silicon run) against the x86 fast path this machine uses."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as GT
+from numba import njit
+
+from gguf_runtime.quants import QTYPES, dequantize, quantize, simd
+from gguf_runtime.quants.activation import quantize_q8_0, quantize_q8_k
+from gguf_runtime.quants.halves import f16_bits_to_f32, f32_to_f16_bits
+from gguf_runtime.quants.registry import ACT_Q8_0
+
+ALL_HALVES = np.arange(65536, dtype=np.uint32).astype(np.uint16)
+
+
+@pytest.fixture
+def generic_ir(monkeypatch):
+    """Kernels compiled inside this fixture use only target-independent IR (no AVX2, no F16C)."""
+    monkeypatch.setattr(simd, "USE_X86_AVX2", False)
+    monkeypatch.setattr(simd, "USE_NATIVE_F16", False)
+
+
+def fresh(dispatcher):
+    """A new, uncached compilation of a kernel, so the current code-generation flags apply."""
+    return njit(dispatcher.py_func)
+
+
+@njit
+def _decode_all(h, out):
+    for i in range(h.size):
+        out[i] = f16_bits_to_f32(h[i])
+
+
+@njit
+def _encode_all(x, out):
+    for i in range(x.size):
+        out[i] = f32_to_f16_bits(x[i])
+
+
+def _f16_at_all(raw, out):
+    for i in range(out.size):
+        out[i] = simd.f16_at(raw, 2 * i)
+
+
+def _f16x8_all(raw, out):
+    for i in range(0, out.size, 8):
+        simd.store_f32x8(out, i, simd.load_f16x8(raw, 2 * i))
+
+
+def _nan_aware_equal(a, b):
+    nan = np.isnan(b)
+    return np.array_equal(np.isnan(a), nan) and np.array_equal(a[~nan].view(np.uint32), b[~nan].view(np.uint32))
+
+
+def test_half_decode_exhaustive():
+    ref = ALL_HALVES.view(np.float16).astype(np.float32)
+    out = np.empty(65536, np.float32)
+    _decode_all(ALL_HALVES, out)
+    assert np.array_equal(out.view(np.uint32), ref.view(np.uint32))  # nan payloads included
+    for kernel in (njit(_f16_at_all), njit(_f16x8_all)):
+        kernel(ALL_HALVES.view(np.uint8), out)
+        assert _nan_aware_equal(out, ref)
+
+
+def test_half_decode_exhaustive_generic_ir(generic_ir):
+    ref = ALL_HALVES.view(np.float16).astype(np.float32)
+    out = np.empty(65536, np.float32)
+    for kernel in (njit(_f16_at_all), njit(_f16x8_all)):
+        kernel(ALL_HALVES.view(np.uint8), out)
+        assert np.array_equal(out.view(np.uint32), ref.view(np.uint32))
+
+
+def test_half_encode_matches_numpy():
+    halves = ALL_HALVES.view(np.float16).astype(np.float64)
+    finite = halves[np.isfinite(halves)]
+    finite.sort()
+    midpoints = (finite[:-1] + finite[1:]) / 2  # ties: round to even
+    rng = np.random.default_rng(0)
+    with np.errstate(invalid="ignore"):
+        x = np.concatenate([rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32).view(np.float32),
+                            halves.astype(np.float32), midpoints.astype(np.float32),
+                            np.nextafter(midpoints.astype(np.float32), np.float32(np.inf)),
+                            np.float32([65504, 65519.99, 65520, -65520, 1e-8, 2.0**-25, 3 * 2.0**-26])])
+    out = np.empty(x.size, np.uint16)
+    _encode_all(x, out)
+    with np.errstate(all="ignore"):
+        ref = x.astype(np.float16).view(np.uint16)
+    assert np.array_equal(out, ref)
+
+
+def _activation(qtype, x):
+    k = x.size
+    xq, xd, xs = np.zeros(k, np.int8), np.zeros(k // 32, np.float32), np.zeros(k // 16, np.int16)
+    (quantize_q8_0 if qtype.activation == ACT_Q8_0 else quantize_q8_k)(x, xq, xd, xs)
+    return xq, xd, xs
+
+
+# between them these use every intrinsic (compiling each costs ~1 s, so not all types)
+GENERIC_DOT_TYPES = [GT.Q4_0, GT.Q5_1, GT.Q8_0, GT.Q2_K, GT.Q3_K, GT.Q4_K, GT.Q6_K, GT.IQ4_XS]
+
+
+@pytest.mark.parametrize("t", GENERIC_DOT_TYPES, ids=[t.name for t in GENERIC_DOT_TYPES])
+def test_generic_ir_dot_matches_fast_path(t, generic_ir):
+    """Integer sums are exact either way, so both code paths give the same float32 result."""
+    qtype = QTYPES[t]
+    module = importlib.import_module(qtype.dot_row.py_func.__module__)
+    rng = np.random.default_rng(t)
+    x = rng.standard_normal(512).astype(np.float32)
+    raw = quantize(rng.standard_normal((4, 512)).astype(np.float32), t)
+    act = _activation(qtype, x)
+    generic = fresh(module.dot_row)
+    for row in raw:
+        assert np.isclose(generic(row, x, *act), qtype.dot_row(row, x, *act), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("t", [GT.Q6_K, GT.F16], ids=["Q6_K", "F16"])
+def test_generic_ir_dequantize_bit_exact(t, generic_ir):
+    qtype = QTYPES[t]
+    raw = np.random.default_rng(t).integers(0, 256, (3, qtype.row_bytes(512)), dtype=np.uint8)
+    generic = fresh(qtype.dequantize_row)
+    out = np.empty((3, 512), np.float32)
+    for row, y in zip(raw, out):
+        generic(row, y)
+    assert _nan_aware_equal(out, dequantize(raw, t))
+
+
+def test_fast_path_uses_vector_dot_instructions():
+    """On AVX2 hosts the Q4_K kernel runs on vpmaddubsw/vpmaddwd; elsewhere on LLVM's own vector code."""
+    qtype = QTYPES[GT.Q4_K]
+    module = importlib.import_module(qtype.dot_row.py_func.__module__)
+    kernel = fresh(module.dot_row)
+    x = np.ones(256, np.float32)
+    kernel(quantize(x[None], GT.Q4_K)[0], x, *_activation(qtype, x))
+    asm = kernel.inspect_asm(kernel.signatures[0])
+    if simd.USE_X86_AVX2:
+        assert "vpmaddubsw" in asm and "vpmaddwd" in asm
+    else:
+        assert "pmaddubs" not in asm  # the generic path must not emit x86-only instructions
