@@ -4,6 +4,7 @@
     dequantize, quantize, embed_rows           whole-array conversions (rows.py)
     QMatrix                                    W @ x on raw blocks (qmatrix.py)
     set_threads                                kernel threads (threads.py)
+    warm_up                                    compile a type's kernels ahead of use (warm.py)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from .qmatrix import QMatrix  # noqa: E402
 from .registry import QTYPES, QuantType, UnsupportedQuantError, get_qtype  # noqa: E402
 from .rows import dequantize, embed_rows, quantize  # noqa: E402
 from .threads import set_threads  # noqa: E402
+from .warm import warm_up  # noqa: E402
 
 __all__ = ["QTYPES", "QuantType", "UnsupportedQuantError", "get_qtype", "dequantize", "quantize", "QMatrix",
-           "embed_rows", "set_threads"]
+           "embed_rows", "set_threads", "warm_up"]

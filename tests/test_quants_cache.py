@@ -1,0 +1,60 @@
+"""The numba cache location and its invalidation, and `gguf-runtime warmup`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from gguf_runtime.cli import main
+from gguf_runtime.quants import cachedir
+
+SHOW_CACHE_DIR = "import os, gguf_runtime.quants; print(os.environ['NUMBA_CACHE_DIR'])"
+
+
+def _run(env: dict) -> str:
+    env = {k: v for k, v in env.items() if v is not None}
+    return subprocess.run([sys.executable, "-c", SHOW_CACHE_DIR], env=env, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def test_cache_dir_defaults_to_user_cache(tmp_path):
+    env = dict(os.environ, HOME=str(tmp_path), NUMBA_CACHE_DIR=None)
+    assert _run(env) == str(tmp_path / ".cache" / "gguf-runtime" / "numba")
+    marker = cachedir.package_cache_dir(tmp_path / ".cache" / "gguf-runtime" / "numba") / "sources.sha256"
+    assert marker.read_text() == cachedir.sources_digest()
+
+
+def test_cache_dir_respects_user_setting(tmp_path):
+    assert _run(dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "mine"))) == str(tmp_path / "mine")
+
+
+def test_stale_cache_is_dropped(tmp_path, monkeypatch):
+    """Compiled code from other kernel sources is removed; code from these sources is kept."""
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    sub = cachedir.package_cache_dir(tmp_path)
+    sub.mkdir(parents=True)
+    (sub / "sources.sha256").write_text("an older version")
+    (sub / "kernels._matmul_rows-1.py311.nbi").write_bytes(b"stale")
+    cachedir.configure()
+    assert sorted(p.name for p in sub.iterdir()) == ["sources.sha256"]
+    (sub / "kernels._matmul_rows-1.py311.nbi").write_bytes(b"current")
+    cachedir.configure()
+    assert (sub / "kernels._matmul_rows-1.py311.nbi").read_bytes() == b"current"
+
+
+def test_warmup_compiles_a_models_types(smollm2_path: Path):
+    result = CliRunner().invoke(main, ["warmup", str(smollm2_path)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert [line.split()[0] for line in lines[:-1]] == ["F32", "Q4_1", "Q8_0"]
+    assert lines[-1].startswith("kernels ready for F32, Q4_1, Q8_0")
+
+
+def test_warmup_reports_a_missing_model(tmp_path):
+    result = CliRunner().invoke(main, ["warmup", str(tmp_path / "nope.gguf")])
+    assert result.exit_code == 2
+    assert "no such file" in result.output
