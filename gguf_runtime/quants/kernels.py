@@ -20,7 +20,8 @@ from .registry import (ACT_Q8_0, ACT_Q8_K, BF16, F16, F32, IQ4_NL, IQ4_XS, Q2_K,
                        Q5_0, Q5_1, Q5_K, Q6_K, Q8_0)
 
 
-ROW_BLOCK_BYTES = 1 << 16
+ROW_BLOCK_BYTES = 1 << 16     # weight bytes per parallel task: fits L2 beside the activations
+PARALLEL_MIN_BYTES = 1 << 18  # below this (weight bytes x tokens) a call runs on one thread
 
 
 @njit(cache=True)
@@ -113,28 +114,40 @@ def quantize_activations(code, X, xq, xd, xs):
             quantize_q8_k(X[t], xq[t], xd[t], xs[t])
 
 
+@njit(cache=True)
+def _dot_rows(code, W, X, xq, xd, xs, out, r0, r1):
+    for t in range(X.shape[0]):
+        for r in range(r0, r1):
+            out[t, r] = dot_row(code, W[r], X[t], xq[t], xd[t], xs[t])
+
+
 @njit(parallel=True, cache=True)
 def _matmul_rows(code, W, X, xq, xd, xs, out):
     """out[t, r] = W[r] . X[t] for all rows r and tokens t, blocks of rows in parallel.
 
     X float32 (T, K); xq int8 (T, K), xd float32 (T, K/32), xs int16 (T, K/16) are scratch it fills.
     A block of rows (~64 KB) stays in L2 while every token's activation passes over it from L1, so
-    each weight byte comes from memory once per call whatever T is.
+    each weight byte comes from memory once per call whatever T is. Small jobs stay on the calling
+    thread: waking the others costs more than they would save.
     """
     quantize_activations(code, X, xq, xd, xs)
+    if W.size * X.shape[0] < PARALLEL_MIN_BYTES:
+        _dot_rows(code, W, X, xq, xd, xs, out, 0, W.shape[0])
+        return
     rows_per_block = max(1, ROW_BLOCK_BYTES // W.shape[1])
     n_blocks = (W.shape[0] + rows_per_block - 1) // rows_per_block
     for blk in prange(n_blocks):
         r0 = blk * rows_per_block
-        r1 = min(W.shape[0], r0 + rows_per_block)
-        for t in range(X.shape[0]):
-            for r in range(r0, r1):
-                out[t, r] = dot_row(code, W[r], X[t], xq[t], xd[t], xs[t])
+        _dot_rows(code, W, X, xq, xd, xs, out, r0, min(W.shape[0], r0 + rows_per_block))
 
 
 @njit(parallel=True, cache=True)
 def _dequantize_rows(code, W, ids, out):
-    """out[i] = dequantized W[ids[i]], rows in parallel."""
+    """out[i] = dequantized W[ids[i]], rows in parallel (unless there are few)."""
+    if ids.shape[0] * W.shape[1] < PARALLEL_MIN_BYTES:
+        for i in range(ids.shape[0]):
+            dequantize_row(code, W[ids[i]], out[i])
+        return
     for i in prange(ids.shape[0]):
         dequantize_row(code, W[ids[i]], out[i])
 

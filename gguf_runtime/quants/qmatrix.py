@@ -47,6 +47,8 @@ class QMatrix:
 
     def _input(self, x: np.ndarray, ndim: int) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
+        if not x.flags.writeable:  # one array type per kernel argument: numba compiles each kernel once
+            x = x.copy()
         if x.ndim != ndim or x.shape[-1] != self.n_cols:
             want = "(n_cols,)" if ndim == 1 else "(T, n_cols)"
             raise ValueError(f"{self!r}: input must be {want} with n_cols={self.n_cols}, got {x.shape}")
