@@ -7,7 +7,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Generator, Iterator, Sequence
 
 import numpy as np
 
@@ -117,6 +117,10 @@ class LLM:
     def detokenize(self, ids: Sequence[int], skip_special: bool = False) -> str:
         return self.tokenizer.decode(ids, skip_special=skip_special)
 
+    def prompt_token_ids(self, prompt: str | Sequence[int] | dict) -> list[int]:
+        """The token ids `generate` would run for this prompt (tokenized, validated, length-checked)."""
+        return self._prompt_ids(prompt)[1]
+
     def _prompt_ids(self, prompt: str | Sequence[int] | dict) -> tuple[str | None, list[int]]:
         """A string is tokenized like llama.cpp's completion (special tokens parsed, BOS per metadata);
         token ids are used as is; vLLM's {"prompt": ...} / {"prompt_token_ids": [...]} dicts also work."""
@@ -186,9 +190,14 @@ class LLM:
 
     def stream(self, prompt: str | Sequence[int] | dict, sampling_params: SamplingParams | None = None) -> Iterator[str]:
         """Yield text deltas as they are generated (UTF-8 safe, stop strings never leak)."""
+        yield from self.generate_stream(prompt, sampling_params)
+
+    def generate_stream(self, prompt: str | Sequence[int] | dict, sampling_params: SamplingParams | None = None,
+                        n_keep: int = 0) -> Generator[str, None, Generation]:
+        """Like `stream`, and the generator's return value is the finished Generation (text, ids, stats):
+        `result = yield from llm.generate_stream(...)`. n_keep: tokens a context shift must keep."""
         params = self._params(sampling_params)
-        _, ids = self._prompt_ids(prompt)
-        yield from self._run(ids, params, stream=0)
+        return self._run(self.prompt_token_ids(prompt), params, stream=0, n_keep=n_keep)
 
     def chat(self, messages: list[dict] | list[list[dict]], sampling_params: SamplingParams | None = None,
              add_generation_prompt: bool = True) -> list[RequestOutput]:

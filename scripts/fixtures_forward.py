@@ -47,21 +47,22 @@ def record(name: str, threads: int) -> dict:
         ids = llm.tokenize(text.encode(), add_bos=True, special=True)
         llm.reset()
         llm.eval(ids)
-        scores = np.array(llm.scores[: len(ids)], dtype=np.float32)  # (T, V)
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :TOP_N]
+        rows = [np.array(llm.scores[i], dtype=np.float32) for i in range(len(ids))]  # prompt positions
         greedy = []
-        last = scores[-1]
         for _ in range(N_GREEDY):
-            t = int(np.argmax(last))
+            t = int(np.argmax(rows[-1]))
             greedy.append(t)
             llm.eval([t])
-            last = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+            rows.append(np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32))
+        scores = np.stack(rows[:-1])  # (T + 64 - 1, V): logits after each prompt and continuation token
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :TOP_N]
         out["prompts"][key] = {
             "text": text,
             "ids": ids,
+            "greedy": greedy,
+            # rows cover ids + greedy[:-1]: the prompt by one batched pass, the continuation one token at a time
             "top_ids": top.tolist(),
             "top_logits": np.take_along_axis(scores, top, axis=1).round(4).tolist(),
-            "greedy": greedy,
         }
     out["perplexity"] = perplexity(llm, name)
     return out

@@ -34,20 +34,28 @@ def status(message: str) -> Iterator[None]:
         yield
 
 
-def load_llm(model: str, n_ctx: int, threads: int | None) -> LLM:
-    """The model `model` (catalog name or path), with one-line errors for the usual mistakes."""
+def load_llm(model: str, n_ctx: int, threads: int | None, **speculative) -> LLM:
+    """The model `model` (catalog name or path), with one-line errors for the usual mistakes.
+    `speculative` holds LLM()'s draft_model/speculative/draft_* arguments."""
+    path = _existing(model)
+    if speculative.get("draft_model"):
+        speculative["draft_model"] = str(_existing(speculative["draft_model"]))
+    with status(f"loading {path.name} ..."):
+        from ..api import LLM  # imports numba: inside the spinner, and never for `--help`
+
+        try:
+            return LLM(model=str(path), n_ctx=n_ctx, n_threads=threads, **speculative)
+        except ValueError as e:  # LLM refuses its arguments (e.g. more threads than cores) or the file
+            raise UserError(user_error_for(e) or str(e)) from e
+
+
+def _existing(model: str) -> Path:
     path = resolve_model(model)
     if model in CATALOG and not path.is_file():
         raise UserError(f"model {model!r} is not fetched yet; run `gguf-runtime pull {model}`")
     with open(path, "rb"):  # missing, a directory, unreadable: the OSError is reported before the slow import
         pass
-    with status(f"loading {path.name} ..."):
-        from ..api import LLM  # imports numba: inside the spinner, and never for `--help`
-
-        try:
-            return LLM(model=str(path), n_ctx=n_ctx, n_threads=threads)
-        except ValueError as e:  # LLM refuses its arguments (e.g. more threads than cores) or the file
-            raise UserError(user_error_for(e) or str(e)) from e
+    return path
 
 
 def first_wait_message() -> str:

@@ -68,6 +68,32 @@ def model_options(func: Callable) -> Callable:
     return func
 
 
+def speculative_options(func: Callable) -> Callable:
+    """--draft MODEL, --spec ngram, --draft-max, --draft-min, --draft-p-min (output is unchanged by them)."""
+    func = click.option("--draft-p-min", type=click.FloatRange(0, 1), default=0.75, show_default=True,
+                        help="Stop drafting when the draft model's top probability falls below this.")(func)
+    func = click.option("--draft-min", type=click.IntRange(min=1), default=1, show_default=True,
+                        help="Smallest number of tokens drafted per step.")(func)
+    func = click.option("--draft-max", type=click.IntRange(1, 16), default=16, show_default=True,
+                        help="Largest number of tokens drafted per step (the draft length adapts up to it).")(func)
+    func = click.option("--spec", type=click.Choice(["draft", "ngram"]), default=None,
+                        help="Speculative decoding: 'draft' (needs --draft) or 'ngram' (prompt lookup, no "
+                             "second model).")(func)
+    func = click.option("--draft", "draft_model", default=None, metavar="MODEL",
+                        help="A smaller model with the same vocabulary that drafts tokens for speculative "
+                             "decoding (catalog name or path).")(func)
+    return func
+
+
+def pop_speculative(kwargs: dict) -> dict:
+    """The speculative flags, as LLM() keyword arguments."""
+    spec = {k: kwargs.pop(k) for k in ("draft_model", "spec", "draft_max", "draft_min", "draft_p_min")}
+    spec["speculative"] = spec.pop("spec")
+    if spec["draft_min"] > spec["draft_max"]:
+        raise click.BadParameter(f"--draft-min {spec['draft_min']} is larger than --draft-max {spec['draft_max']}")
+    return spec
+
+
 def sampling_options(max_tokens: int) -> Callable[[Callable], Callable]:
     """Every sampling flag, defaulting to llama.cpp's values, and --max-tokens/-n defaulting to `max_tokens`."""
 

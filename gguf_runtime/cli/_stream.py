@@ -94,4 +94,11 @@ def stats_line(generation: Generation) -> str:
     reused = f", {s.reused_tokens} reused" if s.reused_tokens else ""
     return (f"prompt: {s.prompt_tokens} tokens{reused} in {s.prefill_seconds:.2f} s "
             f"({s.prefill_tokens_per_second:.1f} tok/s) | decode: {s.generated_tokens} tokens in "
-            f"{s.decode_seconds:.2f} s ({s.decode_tokens_per_second:.1f} tok/s)")
+            f"{s.decode_seconds:.2f} s ({s.decode_tokens_per_second:.1f} tok/s)" + _spec_part(s.speculative))
+
+
+def _spec_part(spec) -> str:
+    if spec is None or not spec.target_passes:
+        return ""
+    return (f" | speculative: {spec.accepted}/{spec.drafted} drafts accepted ({spec.acceptance_rate:.0%}), "
+            f"{spec.tokens_per_pass:.2f} tokens per target pass")

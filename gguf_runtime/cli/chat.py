@@ -21,7 +21,7 @@ from rich.text import Text
 from ._app import UserError, main
 from ._conversation import Conversation, ConversationFileError
 from ._load import THINKING, first_wait_message, load_llm
-from ._options import SETTABLE, build_params, model_options, pop_sampling_params, sampling_options
+from ._options import SETTABLE, build_params, model_options, pop_sampling_params, sampling_options, pop_speculative, speculative_options
 from ._stream import stats_line, stream_to
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ EXIT_HINT = "(use /bye or Ctrl-D to exit)"
 @main.command()
 @model_options
 @sampling_options(max_tokens=MAX_TOKENS)
+@speculative_options
 @click.option("--system", default=None, help="System message that starts the conversation.")
 @click.option("--stats", "show_stats", is_flag=True, help="Print prompt and decode speed after each reply.")
 def chat(model: str, n_ctx: int, threads: int | None, system: str | None, show_stats: bool, **sampling) -> None:
@@ -45,7 +46,7 @@ def chat(model: str, n_ctx: int, threads: int | None, system: str | None, show_s
     Sampling defaults are llama.cpp's; a reply is at most 512 tokens unless -n says otherwise.
     """
     params = pop_sampling_params(sampling)
-    llm = load_llm(model, n_ctx, threads)
+    llm = load_llm(model, n_ctx, threads, **pop_speculative(sampling))
     _ = llm.chat_template  # compile it now: a broken template is reported before the first prompt
     Repl(llm, model, Conversation(system), params, show_stats).run()
 
@@ -121,8 +122,6 @@ class Repl:
 
     def reply(self, message: str) -> None:
         from ..chat_template import ChatTemplateError
-        from ..generate import generate
-        from ..sampling import Sampler
         from ..session import ContextLengthError
 
         turns = self.conversation.turns
@@ -135,8 +134,7 @@ class Repl:
             return
         if prompt.dropped:
             self.note(f"(context full: forgot the {prompt.dropped} oldest messages)")
-        gen = generate(self.llm.session, self.llm.tokenizer, prompt.token_ids, self.params, Sampler(self.params),
-                       n_keep=prompt.n_keep)
+        gen = self.llm.generate_stream(prompt.token_ids, self.params, n_keep=prompt.n_keep)
         streamed = stream_to(sys.stdout, gen, self.waiting)
         self.waiting = THINKING
         if not streamed.clean:  # stopped inside the model: its cache may not match its tokens

@@ -12,7 +12,7 @@ import click
 
 from ._app import UserError, main
 from ._load import COMMAND_START, first_wait_message, load_llm
-from ._options import model_options, pop_sampling_params, sampling_options
+from ._options import model_options, pop_sampling_params, sampling_options, pop_speculative, speculative_options
 from ._stream import stats_fields, stats_line, stream_to
 
 MAX_TOKENS = 128
@@ -23,6 +23,7 @@ INTERRUPTED = 130  # the shell's code for "ended by SIGINT"
 @click.argument("prompt", required=False)
 @model_options
 @sampling_options(max_tokens=MAX_TOKENS)
+@speculative_options
 @click.option("--chat", "as_chat", is_flag=True,
               help="Wrap PROMPT in the model's chat template as one user message.")
 @click.option("--system", default=None, help="System message (implies --chat).")
@@ -38,17 +39,14 @@ def complete(prompt: str | None, model: str, n_ctx: int, threads: int | None, as
     """
     params = pop_sampling_params(sampling)
     prompt = read_prompt(prompt)
-    llm = load_llm(model, n_ctx, threads)
-    from ..generate import generate  # the engine is imported by load_llm, under its spinner
-    from ..sampling import Sampler
+    llm = load_llm(model, n_ctx, threads, **pop_speculative(sampling))
 
     if as_chat or system is not None:
         messages = ([{"role": "system", "content": system}] if system is not None else []) + \
                    [{"role": "user", "content": prompt}]
         prompt = llm.render_chat(messages)
-    _, prompt_ids = llm._prompt_ids(prompt)  # tokenized and length-checked exactly as LLM.generate does
     waiting = first_wait_message()
-    gen = generate(llm.session, llm.tokenizer, prompt_ids, params, Sampler(params))
+    gen = llm.generate_stream(prompt, params)  # tokenized and length-checked exactly as LLM.generate does
 
     out = io.StringIO() if as_json else sys.stdout
     try:
