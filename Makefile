@@ -35,7 +35,7 @@ clean:
 # of its own, then scripts/make_fixtures.py. Portable x86 flags: a native build uses AMX where the CPU has it and
 # segfaults in llama_decode; AVX-512 is enabled only where this CPU has it (elsewhere the library dies with
 # SIGILL). --no-cache-dir: pip's wheel cache ignores CMAKE_ARGS and could hand back a wheel built for another CPU.
-FIXTURES_VENV ?= ../llvenv
+FIXTURES_VENV ?= .fixtures-venv
 LLAMA_CPP_PYTHON ?= llama-cpp-python==0.3.36
 HAS_AVX512 := $(shell grep -qs avx512f /proc/cpuinfo && echo ON || echo OFF)
 HAS_AVX512_VNNI := $(shell grep -qs avx512_vnni /proc/cpuinfo && echo ON || echo OFF)
@@ -49,8 +49,10 @@ fixtures-env: $(FIXTURES_VENV)/.fixtures-installed
 $(FIXTURES_VENV)/.fixtures-installed:
 	$(PYTHON) -m venv $(FIXTURES_VENV)
 	CMAKE_ARGS="$(FIXTURES_CMAKE_ARGS)" $(FIXTURES_VENV)/bin/python -m pip install -q --disable-pip-version-check \
-		--no-cache-dir --force-reinstall "$(LLAMA_CPP_PYTHON)" gguf
+		--no-cache-dir --force-reinstall "$(LLAMA_CPP_PYTHON)" gguf transformers==4.57.6
 	touch $@
 
 fixtures: fixtures-env models-all
 	$(FIXTURES_VENV)/bin/python scripts/make_fixtures.py tokenizer
+	$(FIXTURES_VENV)/bin/python scripts/make_fixtures.py forward
+	$(FIXTURES_VENV)/bin/python scripts/make_fixtures.py chat

@@ -197,10 +197,25 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
+def add_delegated_command(subparsers, name: str, module: str, help_text: str) -> None:
+    """A subcommand implemented by scripts/<module>.py's main(argv)."""
+    parser = subparsers.add_parser(name, help=help_text, add_help=False)
+    parser.add_argument("rest", nargs=argparse.REMAINDER)
+
+    def run(args) -> None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        __import__(module).main(args.rest)
+
+    parser.set_defaults(handler=run)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_tokenizer_command(subparsers)
+    add_delegated_command(subparsers, "forward", "fixtures_forward",
+                          "logits, greedy continuations and perplexity (forward-pass parity)")
+    add_delegated_command(subparsers, "chat", "fixtures_chat", "chat-template renders (needs transformers)")
     args = parser.parse_args(argv)
     args.handler(args)
 

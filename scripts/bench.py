@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""gguf-runtime vs llama.cpp, same model, same threads, one run: open time, prefill and decode tok/s,
+time to first token (cold and warm numba cache), peak RSS.
+
+    .venv/bin/python scripts/bench.py [-m smollm2-135m -m qwen2.5-coder-1.5b] [-t 2] [--json]
+        [--llama-python .fixtures-venv/bin/python]
+
+Each measurement runs in a child process of its own (so peak RSS and start-up are per runtime); llama.cpp
+is driven through llama-cpp-python from the interpreter given by --llama-python (`make fixtures-env`).
+Prefill: a 256-token prompt (the first tokens of tests/fixtures/ppl_text.txt) from an empty cache.
+Decode: 128 greedy tokens after it. Both are the median of --reps runs after one warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXT = ROOT / "tests" / "fixtures" / "ppl_text.txt"
+N_PROMPT = 256
+N_GEN = 128
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def child_ours(model: str, threads: int, reps: int) -> dict:
+    sys.path.insert(0, str(ROOT))
+    from gguf_runtime.api import LLM
+    from gguf_runtime.sampling import SamplingParams
+
+    t0 = time.perf_counter()
+    llm = LLM(model, n_ctx=N_PROMPT + N_GEN + 8, n_threads=threads)
+    open_s = time.perf_counter() - t0
+    ids = llm.tokenize(TEXT.read_text(), add_special=True)[:N_PROMPT]
+    params = SamplingParams(temperature=0, max_tokens=N_GEN, ignore_eos=True)
+    prefill, decode = [], []
+    for i in range(reps + 1):
+        llm.session.reset()
+        stats = llm.generate(ids, params)[0].outputs[0].metrics
+        if i:  # the first run warms caches (and compiles on a cold numba cache)
+            prefill.append(stats.prefill_tokens_per_second)
+            decode.append(stats.decode_tokens_per_second)
+    return {"open_s": open_s, "prefill_tps": statistics.median(prefill), "decode_tps": statistics.median(decode),
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def child_llama(model: str, threads: int, reps: int) -> dict:
+    import numpy as np
+    from llama_cpp import Llama
+
+    sys.path.insert(0, str(ROOT))
+    from gguf_runtime.catalog import resolve_model
+
+    t0 = time.perf_counter()
+    llm = Llama(str(resolve_model(model)), n_ctx=N_PROMPT + N_GEN + 8, n_batch=512, n_threads=threads,
+                n_threads_batch=threads, verbose=False)
+    open_s = time.perf_counter() - t0
+    ids = llm.tokenize(TEXT.read_text().encode(), add_bos=True)[:N_PROMPT]
+    prefill, decode = [], []
+    for i in range(reps + 1):
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(ids)
+        t1 = time.perf_counter()
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        for _ in range(N_GEN - 1):
+            llm.eval([token])
+            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        t2 = time.perf_counter()
+        if i:
+            prefill.append(len(ids) / (t1 - t0))
+            decode.append((N_GEN - 1) / (t2 - t1))
+    return {"open_s": open_s, "prefill_tps": statistics.median(prefill), "decode_tps": statistics.median(decode),
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def ttft_ours(model: str, threads: int, cold: bool) -> float:
+    """Wall time of `gguf-runtime complete -n 1` from process start to its exit (first token printed)."""
+    env = dict(os.environ)
+    with tempfile.TemporaryDirectory() as empty:
+        if cold:
+            env["NUMBA_CACHE_DIR"] = empty
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "gguf_runtime", "complete", "-m", model, "-t", str(threads),
+                        "-n", "1", "--temperature", "0", "Hello"], env=env, check=True, capture_output=True)
+        return time.perf_counter() - t0
+
+
+def ttft_llama(python: str, model: str, threads: int) -> float:
+    code = ("import sys; sys.path.insert(0, %r)\n"
+            "from llama_cpp import Llama\nfrom gguf_runtime.catalog import resolve_model\n"
+            "llm = Llama(str(resolve_model(%r)), n_ctx=64, n_threads=%d, verbose=False)\n"
+            "llm.create_completion('Hello', max_tokens=1, temperature=0)\n") % (str(ROOT), model, threads)
+    t0 = time.perf_counter()
+    subprocess.run([python, "-c", code], check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def run_child(python: str, which: str, model: str, threads: int, reps: int) -> dict:
+    out = subprocess.run([python, __file__, "--child", which, "-m", model, "-t", str(threads), "--reps", str(reps)],
+                         check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-m", "--model", action="append", help="catalog name or path (repeatable)")
+    ap.add_argument("-t", "--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--llama-python", default=str(ROOT / ".fixtures-venv" / "bin" / "python"))
+    ap.add_argument("--no-ttft", action="store_true", help="skip the time-to-first-token runs")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--child", choices=["ours", "llama"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    models = args.model or ["smollm2-135m"]
+    if args.child:
+        fn = child_ours if args.child == "ours" else child_llama
+        print(json.dumps(fn(models[0], args.threads, args.reps)))
+        return
+    have_llama = Path(args.llama_python).exists()
+    if not have_llama:
+        print(f"note: {args.llama_python} not found (make fixtures-env); measuring gguf-runtime only",
+              file=sys.stderr)
+    results = []
+    for model in models:
+        row = {"model": model, "threads": args.threads, "ours": run_child(sys.executable, "ours", model,
+                                                                           args.threads, args.reps)}
+        if have_llama:
+            row["llama.cpp"] = run_child(args.llama_python, "llama", model, args.threads, args.reps)
+        if not args.no_ttft:
+            row["ours"]["ttft_cold_s"] = ttft_ours(model, args.threads, cold=True)
+            row["ours"]["ttft_warm_s"] = ttft_ours(model, args.threads, cold=False)
+            if have_llama:
+                row["llama.cpp"]["ttft_warm_s"] = ttft_llama(args.llama_python, model, args.threads)
+        results.append(row)
+        if not args.json:
+            print_row(row)
+    if args.json:
+        print(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": os.uname().machine,
+                          "cpus": os.cpu_count(), "results": results}, indent=1))
+
+
+def print_row(row: dict) -> None:
+    ours, ref = row["ours"], row.get("llama.cpp")
+    print(f"\n{row['model']} ({row['threads']} threads)")
+    print(f"  {'metric':<14}{'gguf-runtime':>14}{'llama.cpp':>12}{'ratio':>8}")
+    for key, label, higher_better in (("open_s", "open s", False), ("prefill_tps", "prefill tok/s", True),
+                                      ("decode_tps", "decode tok/s", True), ("ttft_warm_s", "ttft warm s", False),
+                                      ("ttft_cold_s", "ttft cold s", False), ("peak_rss_mb", "peak RSS MB", False)):
+        if key not in ours:
+            continue
+        theirs = ref.get(key) if ref else None
+        ratio = "" if not theirs else f"{ours[key] / theirs:.2f}x"
+        print(f"  {label:<14}{ours[key]:>14.3f}{theirs if theirs is not None else '':>12.5}{ratio:>8}")
+
+
+if __name__ == "__main__":
+    main()
