@@ -10,6 +10,7 @@ Times are the best of several rounds (the machine may be shared: best-of filters
     .venv/bin/python scripts/bench_kernels.py            # all types, all shapes, 1 and 2 threads
     .venv/bin/python scripts/bench_kernels.py --quick    # Q4_0 Q4_1 Q8_0 Q4_K Q6_K on two shapes
     .venv/bin/python scripts/bench_kernels.py --crossover Q4_K 1536x8960   # integer vs tiled matmul per T
+    .venv/bin/python scripts/bench_kernels.py --asm      # vector instructions in each row kernel
 """
 
 from __future__ import annotations
@@ -102,6 +103,39 @@ def run_crossover(name: str, shape: str, threads: int) -> None:
         print(f"  T={t:3d}  {ti * 1e3:8.2f} | {tt * 1e3:8.2f}   {'integer' if ti < tt else 'tiles'}")
 
 
+ASM_WATCH = ("vpmaddubsw", "vpmaddwd", "vpdpbusd", "vpsignb", "vpshufb", "vfmadd231ps", "vcvtph2ps", "vcvtdq2ps",
+             "sdot", "smull", "fmla")
+
+
+def asm_report(types: list[str]) -> None:
+    """How many of the interesting vector instructions each type's row dot product compiles to."""
+    import collections
+    import re
+
+    import numpy as np
+    from numba import njit
+
+    from gguf_runtime import quants
+    from gguf_runtime.quants.activation import quantize_q8_0, quantize_q8_k
+    from gguf_runtime.quants.registry import ACT_Q8_0
+
+    print("instruction counts in each dot_row (whole function; the hot loop holds one copy or an unrolled few)")
+    for name in types:
+        code = next(c for c, q in quants.QTYPES.items() if q.name == name)
+        qt = quants.QTYPES[code]
+        k = 256
+        x = np.ones(k, np.float32)
+        xq, xd, xs = np.zeros(k, np.int8), np.zeros(k // 32, np.float32), np.zeros(k // 16, np.int16)
+        if qt.block_size > 1:
+            (quantize_q8_0 if qt.activation == ACT_Q8_0 else quantize_q8_k)(x, xq, xd, xs)
+        fresh = njit(qt.dot_row.py_func)  # cached code cannot be inspected
+        fresh(quants.quantize(x[None], code)[0], x, xq, xd, xs)
+        asm = fresh.inspect_asm(fresh.signatures[0])
+        counts = collections.Counter(re.findall(r"^\s+([a-z][a-z0-9]*)", asm, re.M))
+        found = ", ".join(f"{op} {counts[op]}" for op in ASM_WATCH if counts[op])
+        print(f"  {name:7s} {sum(counts.values()):5d} instructions; {found}")
+
+
 def print_table(rows: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -128,6 +162,7 @@ def main() -> None:
     ap.add_argument("--no-numpy", action="store_true", help="skip the numpy float32 baselines")
     ap.add_argument("--json", help="also write the rows to this file")
     ap.add_argument("--crossover", nargs=2, metavar=("TYPE", "NxK"), help="integer vs tiled matmul per T")
+    ap.add_argument("--asm", action="store_true", help="count vector instructions in the row kernels")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -138,6 +173,10 @@ def main() -> None:
             run_child(args.child, args.types.split(","), args.shapes.split(","), not args.no_numpy, TOKENS)
         return
 
+    if args.asm:
+        from gguf_runtime.quants import QTYPES
+        asm_report(args.types.split(",") if args.types else [q.name for q in QTYPES.values()])
+        return
     if args.types:
         types = args.types.split(",")
     elif args.quick:

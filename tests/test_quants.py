@@ -203,7 +203,8 @@ def test_matmul_matches_matvec_per_token(t):
         Yt = m.matmul_tiled(X, out=np.empty((n_tokens, 29), np.float32))
         tol = k * 2.0 ** -24 * (np.abs(X.astype(np.float64)) @ np.abs(wd).T) + 1e-30
         assert np.all(np.abs(Yt - X.astype(np.float64) @ wd.T) <= tol)
-        assert np.array_equal(Y, Yi if n_tokens <= INTEGER_PATH_MAX_TOKENS and t != GT.F32 else Yt)
+        integer = n_tokens <= INTEGER_PATH_MAX_TOKENS[QTYPES[t].block_size] and t != GT.F32
+        assert np.array_equal(Y, Yi if integer else Yt)
     assert m.matmul(np.zeros((0, k), np.float32)).shape == (0, 29)
 
 

@@ -8,10 +8,11 @@ from . import kernels
 from .registry import ACT_F32, F32, get_qtype
 from .rows import as_rows
 
-# Prefill strategy (see scripts/bench_kernels.py): up to this many tokens the integer kernels run one
-# pass over the weights with every token's quantized activation; beyond it, tiles of rows are
-# dequantized to float32 and multiplied with BLAS, which wins once the work is compute-bound.
-INTEGER_PATH_MAX_TOKENS = 32
+# Prefill strategy, by block size (`bench_kernels.py --crossover`): up to this many tokens the row kernels run
+# one pass over the weights with every token's activation; beyond it, tiles of rows are dequantized to
+# float32 and multiplied with BLAS, which wins once the work is compute-bound. Blocks of 32 pay a float
+# scale per 32 products (K-quants one per 256), float rows convert every weight: they cross over sooner.
+INTEGER_PATH_MAX_TOKENS = {1: 8, 32: 16, 256: 32}
 TILE_BYTES = 1 << 23  # float32 bytes per dequantized tile: big enough for BLAS, small enough for L3
 
 
@@ -70,7 +71,7 @@ class QMatrix:
 
     def matmul(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """X @ W.T for T tokens: X float32 (T, n_cols) -> (T, n_rows), by the faster strategy for T."""
-        if np.shape(X)[0] <= INTEGER_PATH_MAX_TOKENS and self.ggml_type != F32:
+        if np.shape(X)[0] <= INTEGER_PATH_MAX_TOKENS[self.qtype.block_size] and self.ggml_type != F32:
             return self.matmul_integer(X, out)
         return self.matmul_tiled(X, out)
 

@@ -2,9 +2,11 @@
 
 numba's auto-vectoriser does not turn per-block quantized dot products into vector code, so the kernels
 spell them out with these intrinsics, written in plain LLVM vector IR (LLVM maps it to AVX2, AVX-512 or
-NEON). Two steps have an x86 fast path, used when numba targets the host CPU and it has AVX2:
-`maddubs` -> vpmaddubsw and `madd` -> vpmaddwd. Every bound the fast path relies on (no i16 saturation)
-holds for the callers: unsigned weights <= 63 times activations in [-127, 127].
+NEON). When numba targets the host CPU and it has AVX2, the multiply-add steps call the x86 instructions
+llama.cpp uses: `maddubs` -> vpmaddubsw, `maddubs_s8` -> vpabsb/vpsignb/vpmaddubsw, `madd`/`madd_v` ->
+vpmaddwd, `lookup16` -> vpshufb; with F16C (and on every AArch64) halves convert in hardware. Every bound
+those rely on (no i16 saturation) holds for the callers: unsigned weights <= 63, or signed ones in
+[-128, 127], times activations in [-127, 127].
 
 Vector values (`U8x32`, `I16x16`, `I32x8`, `F32x8`) live in registers inside one jitted function; they are
 never stored in arrays. Array arguments must be 1-D C-contiguous; offsets are in elements.
@@ -38,7 +40,7 @@ class _VectorModel(models.PrimitiveModel):
         super().__init__(dmm, fe_type, fe_type.llvm_type)
 
 
-U8x32 = VectorType("U8x32", 32, _I8)    # bytes; the kernels keep them in 0..63 (unsigned)
+U8x32 = VectorType("U8x32", 32, _I8)    # bytes: unsigned 0..63 for maddubs, signed for maddubs_s8
 I16x16 = VectorType("I16x16", 16, _I16)
 I32x8 = VectorType("I32x8", 8, _I32)
 F32x8 = VectorType("F32x8", 8, _F32)
