@@ -20,7 +20,9 @@ def _bf16_at(w, o):
 
 @njit(cache=True)
 def dequantize_row_f32(w, y):
-    y[:] = w.view(np.float32)
+    wf = w.view(np.float32)
+    for k in range(y.shape[0]):
+        y[k] = wf[k]
 
 
 @njit(cache=True, fastmath=True)

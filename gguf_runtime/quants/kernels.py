@@ -1,11 +1,11 @@
 """The generic drivers, specialised per type: one source per job, one compiled kernel per (job, type).
 
-numba cannot cache a kernel that takes another jitted function as an argument, so the per-row functions are
-chosen by an explicit switch on the ggml type id (one branch per entry of registry.QTYPES). The drivers are
-compiled with the type id as a compile-time literal (`Specialized`): numba prunes the other branches, so each
-type's kernel holds only its own inlined row function (as fast as a hand-written driver; a run-time switch
-inlines all of them into one body and costs ~30% in register allocation), compiles only when that type is
-first used, and is cached on disk per type.
+numba cannot cache a kernel that takes another jitted function as an argument, so the drivers take the ggml
+type id instead and are compiled with it as a compile-time literal (`Specialized`). `dot_row`,
+`dequantize_row` and `quantize_activation` resolve that literal to the type's own row function in
+registry.QTYPES while numba types the driver, so each type's kernel holds only its own inlined row function
+(a run-time switch would inline all of them into one body, costing ~30% in register allocation and every
+type's compile time), compiles when that type is first used, and is cached on disk per type.
 """
 
 from __future__ import annotations
@@ -13,111 +13,63 @@ from __future__ import annotations
 import numba
 import numpy as np
 from numba import njit, prange, types
+from numba.core.errors import TypingError
+from numba.extending import overload
 
-from . import floats, iq4_nl, iq4_xs, q2_k, q3_k, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0
 from .activation import quantize_q8_0, quantize_q8_k
-from .registry import (ACT_Q8_0, ACT_Q8_K, BF16, F16, F32, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K,
-                       Q5_0, Q5_1, Q5_K, Q6_K, Q8_0)
-
+from .registry import ACT_F32, ACT_Q8_0, QTYPES
 
 ROW_BLOCK_BYTES = 1 << 16     # weight bytes per parallel task: fits L2 beside the activations
 PARALLEL_MIN_BYTES = 1 << 18  # below this (weight bytes x tokens) a call runs on one thread
 
 
-@njit(cache=True)
-def activation_kind(code):
-    if code == Q4_0 or code == Q4_1 or code == Q5_0 or code == Q5_1 or code == Q8_0 or code == IQ4_NL:
-        return ACT_Q8_0
-    if code == Q2_K or code == Q3_K or code == Q4_K or code == Q5_K or code == Q6_K or code == IQ4_XS:
-        return ACT_Q8_K
-    return 0
+def _qtype_of(code):
+    if not isinstance(code, types.IntegerLiteral) or code.literal_value not in QTYPES:
+        raise TypingError(f"the type id must be a compile-time literal of a supported type, got {code}")
+    return QTYPES[code.literal_value]
 
 
-@njit(cache=True)
 def dot_row(code, w, x, xq, xd, xs):
-    """w (one weight row as bytes) . x, through the type's kernel; xq/xd/xs are x quantized (activation.py)."""
-    if code == Q4_0:
-        return q4_0.dot_row(w, x, xq, xd, xs)
-    if code == Q4_1:
-        return q4_1.dot_row(w, x, xq, xd, xs)
-    if code == Q5_0:
-        return q5_0.dot_row(w, x, xq, xd, xs)
-    if code == Q5_1:
-        return q5_1.dot_row(w, x, xq, xd, xs)
-    if code == Q8_0:
-        return q8_0.dot_row(w, x, xq, xd, xs)
-    if code == Q2_K:
-        return q2_k.dot_row(w, x, xq, xd, xs)
-    if code == Q3_K:
-        return q3_k.dot_row(w, x, xq, xd, xs)
-    if code == Q4_K:
-        return q4_k.dot_row(w, x, xq, xd, xs)
-    if code == Q5_K:
-        return q5_k.dot_row(w, x, xq, xd, xs)
-    if code == Q6_K:
-        return q6_k.dot_row(w, x, xq, xd, xs)
-    if code == IQ4_NL:
-        return iq4_nl.dot_row(w, x, xq, xd, xs)
-    if code == IQ4_XS:
-        return iq4_xs.dot_row(w, x, xq, xd, xs)
-    if code == F32:
-        return floats.dot_row_f32(w, x, xq, xd, xs)
-    if code == F16:
-        return floats.dot_row_f16(w, x, xq, xd, xs)
-    if code == BF16:
-        return floats.dot_row_bf16(w, x, xq, xd, xs)
-    return np.float32(np.nan)
+    """w (one weight row as bytes) . x through type `code`'s kernel; xq/xd/xs are x quantized
+    (activation.py). Jitted code only, with `code` a compile-time literal."""
+    raise NotImplementedError
 
 
-@njit(cache=True)
 def dequantize_row(code, w, y):
-    """One row of raw bytes -> float32, exactly as gguf-py / ggml dequantize it."""
-    if code == Q4_0:
-        q4_0.dequantize_row(w, y)
-    elif code == Q4_1:
-        q4_1.dequantize_row(w, y)
-    elif code == Q5_0:
-        q5_0.dequantize_row(w, y)
-    elif code == Q5_1:
-        q5_1.dequantize_row(w, y)
-    elif code == Q8_0:
-        q8_0.dequantize_row(w, y)
-    elif code == Q2_K:
-        q2_k.dequantize_row(w, y)
-    elif code == Q3_K:
-        q3_k.dequantize_row(w, y)
-    elif code == Q4_K:
-        q4_k.dequantize_row(w, y)
-    elif code == Q5_K:
-        q5_k.dequantize_row(w, y)
-    elif code == Q6_K:
-        q6_k.dequantize_row(w, y)
-    elif code == IQ4_NL:
-        iq4_nl.dequantize_row(w, y)
-    elif code == IQ4_XS:
-        iq4_xs.dequantize_row(w, y)
-    elif code == F32:
-        floats.dequantize_row_f32(w, y)
-    elif code == F16:
-        floats.dequantize_row_f16(w, y)
-    elif code == BF16:
-        floats.dequantize_row_bf16(w, y)
+    """One row of raw bytes -> float32 y, exactly as gguf-py / ggml dequantize it. Jitted code only."""
+    raise NotImplementedError
+
+
+def quantize_activation(code, x, xq, xd, xs):
+    """x -> (xq, xd, xs) in the form type `code`'s dot_row wants (nothing for float weights). Jitted code only."""
+    raise NotImplementedError
+
+
+@overload(dot_row, prefer_literal=True)
+def _dot_row(code, w, x, xq, xd, xs):
+    kernel = _qtype_of(code).dot_row
+    return lambda code, w, x, xq, xd, xs: kernel(w, x, xq, xd, xs)
+
+
+@overload(dequantize_row, prefer_literal=True)
+def _dequantize_row(code, w, y):
+    kernel = _qtype_of(code).dequantize_row
+    return lambda code, w, y: kernel(w, y)
+
+
+@overload(quantize_activation, prefer_literal=True)
+def _quantize_activation(code, x, xq, xd, xs):
+    activation = _qtype_of(code).activation
+    if activation == ACT_F32:
+        return lambda code, x, xq, xd, xs: None
+    kernel = quantize_q8_0 if activation == ACT_Q8_0 else quantize_q8_k
+    return lambda code, x, xq, xd, xs: kernel(x, xq, xd, xs)
 
 
 @njit(cache=True)
-def quantize_activations(code, X, xq, xd, xs):
-    kind = activation_kind(code)
+def _row_block(code, W, X, xq, xd, xs, out, block, rows_per_block):
     for t in range(X.shape[0]):
-        if kind == ACT_Q8_0:
-            quantize_q8_0(X[t], xq[t], xd[t], xs[t])
-        elif kind == ACT_Q8_K:
-            quantize_q8_k(X[t], xq[t], xd[t], xs[t])
-
-
-@njit(cache=True)
-def _dot_rows(code, W, X, xq, xd, xs, out, r0, r1):
-    for t in range(X.shape[0]):
-        for r in range(r0, r1):
+        for r in range(block * rows_per_block, min(W.shape[0], (block + 1) * rows_per_block)):
             out[t, r] = dot_row(code, W[r], X[t], xq[t], xd[t], xs[t])
 
 
@@ -130,34 +82,25 @@ def _matmul_rows(code, W, X, xq, xd, xs, out):
     each weight byte comes from memory once per call whatever T is. Small jobs stay on the calling
     thread: waking the others costs more than they would save.
     """
-    quantize_activations(code, X, xq, xd, xs)
-    if W.size * X.shape[0] < PARALLEL_MIN_BYTES:
-        _dot_rows(code, W, X, xq, xd, xs, out, 0, W.shape[0])
-        return
+    for t in range(X.shape[0]):
+        quantize_activation(code, X[t], xq[t], xd[t], xs[t])
     rows_per_block = max(1, ROW_BLOCK_BYTES // W.shape[1])
     n_blocks = (W.shape[0] + rows_per_block - 1) // rows_per_block
-    for blk in prange(n_blocks):
-        r0 = blk * rows_per_block
-        _dot_rows(code, W, X, xq, xd, xs, out, r0, min(W.shape[0], r0 + rows_per_block))
-
-
-@njit(parallel=True, cache=True)
-def _dequantize_rows(code, W, ids, out):
-    """out[i] = dequantized W[ids[i]], rows in parallel (unless there are few)."""
-    if ids.shape[0] * W.shape[1] < PARALLEL_MIN_BYTES:
-        for i in range(ids.shape[0]):
-            dequantize_row(code, W[ids[i]], out[i])
-        return
-    for i in prange(ids.shape[0]):
-        dequantize_row(code, W[ids[i]], out[i])
+    if W.size * X.shape[0] < PARALLEL_MIN_BYTES:
+        for block in range(n_blocks):
+            _row_block(code, W, X, xq, xd, xs, out, block, rows_per_block)
+    else:
+        for block in prange(n_blocks):  # prange counts in uint64: cast, or _row_block compiles twice
+            _row_block(code, W, X, xq, xd, xs, out, np.int64(block), rows_per_block)
 
 
 @njit(cache=True)
-def _dequantize_row_range(code, W, start, out):
-    """out[i] = dequantized W[start + i], on the calling thread (between BLAS calls, whose threads own the
-    cores: waking numba's threads there makes both pools fight over them)."""
-    for i in range(out.shape[0]):
-        dequantize_row(code, W[start + i], out[i])
+def _dequantize_rows(code, W, ids, out):
+    """out[i] = dequantized W[ids[i]], on the calling thread: it is bandwidth-bound and fast enough (a 14M-value
+    matrix in ~3 ms), and between BLAS calls of the tiled matmul waking numba's threads would make both
+    thread pools fight over the cores. One kernel fewer to compile per type, too."""
+    for i in range(ids.shape[0]):
+        dequantize_row(code, W[ids[i]], out[i])
 
 
 class Specialized:
@@ -194,4 +137,3 @@ class Specialized:
 
 matmul_rows = Specialized(_matmul_rows)
 dequantize_rows = Specialized(_dequantize_rows)
-dequantize_row_range = Specialized(_dequantize_row_range)

@@ -93,6 +93,6 @@ class QMatrix:
         tile = np.empty((rows_per_tile, self.n_cols), np.float32)
         for r0 in range(0, self.n_rows, rows_per_tile):
             part = tile[:min(rows_per_tile, self.n_rows - r0)]
-            kernels.dequantize_row_range(self.ggml_type, self.data, r0, part)
+            kernels.dequantize_rows(self.ggml_type, self.data, np.arange(r0, r0 + part.shape[0], dtype=np.int64), part)
             out[:, r0:r0 + part.shape[0]] = X @ part.T
         return out
