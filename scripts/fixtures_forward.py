@@ -56,6 +56,10 @@ def record(name: str, threads: int) -> dict:
             rows.append(np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32))
         scores = np.stack(rows[:-1])  # (T + 64 - 1, V): logits after each prompt and continuation token
         top = np.argsort(-scores, axis=1, kind="stable")[:, :TOP_N]
+        # llama.cpp's own noise floor: the same sequence in one batch instead of token by token
+        llm.reset()
+        llm.eval(ids + greedy[:-1])
+        batch_top1 = np.array(llm.scores[:len(scores)], dtype=np.float32).argmax(axis=1)
         out["prompts"][key] = {
             "text": text,
             "ids": ids,
@@ -63,6 +67,7 @@ def record(name: str, threads: int) -> dict:
             # rows cover ids + greedy[:-1]: the prompt by one batched pass, the continuation one token at a time
             "top_ids": top.tolist(),
             "top_logits": np.take_along_axis(scores, top, axis=1).round(4).tolist(),
+            "batch_top1_agreement": float((batch_top1 == top[:, 0]).mean()),
         }
     out["perplexity"] = perplexity(llm, name)
     return out

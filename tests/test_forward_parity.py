@@ -31,7 +31,7 @@ def case(request, fixtures_dir):
 def test_logits_match_llama_cpp(case):
     llm, ref = case
     top1_agree = positions = 0
-    overlaps, diffs, far_misses = [], [], []
+    overlaps, diffs, far_misses, floor = [], [], [], []
     for key, p in ref["prompts"].items():
         seq = p["ids"] + p["greedy"][:-1]  # the reference rows cover the prompt and its greedy continuation
         logits = llm.logits(seq)  # (T, V)
@@ -40,6 +40,7 @@ def test_logits_match_llama_cpp(case):
         ours_top5 = np.argsort(-logits, axis=1, kind="stable")[:, :5]
         top1_agree += int((ours_top5[:, 0] == ref_ids[:, 0]).sum())
         positions += len(seq)
+        floor.append(p["batch_top1_agreement"] * len(seq))
         for t in np.flatnonzero(ours_top5[:, 0] != ref_ids[:, 0]):
             # how far below llama.cpp's best does llama.cpp rank our choice?
             ours_in_ref = np.flatnonzero(ref_ids[t] == ours_top5[t, 0])
@@ -49,7 +50,11 @@ def test_logits_match_llama_cpp(case):
         overlaps += [len(set(a) & set(b)) for a, b in zip(ours_top5.tolist(), ref_ids[:, :5].tolist())]
         diffs.append(np.abs(np.take_along_axis(logits, ref_ids, axis=1) - ref_vals))
     diffs = np.concatenate(diffs)
-    assert top1_agree / positions >= 0.99, f"top-1 agreement {top1_agree}/{positions}"
+    # llama.cpp agrees with itself only this often when the same tokens run in one batch instead of one by
+    # one (SmolLM2: ~96%, its near-ties flip): the target is 99% or that floor, whichever is lower
+    self_agreement = sum(floor) / positions
+    assert top1_agree / positions >= min(0.99, self_agreement - 0.01), \
+        f"top-1 agreement {top1_agree}/{positions}; llama.cpp batch vs sequential: {self_agreement:.3f}"
     assert not far_misses, f"top-1 differs where llama.cpp has no near-tie: {far_misses}"
     assert min(overlaps) >= 3 and np.mean(overlaps) >= 4.5, f"top-5 overlaps {overlaps}"
     # Same quantized weights; the rest is activation rounding. For scale: an exact float64 evaluation of
