@@ -20,8 +20,10 @@ GREEDY = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
 def tiny_pair(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny")
     target = write_tiny_model(d / "target.gguf", seed=0, logit_scale=3.0)
-    draft = write_tiny_model(d / "draft.gguf", seed=1, logit_scale=3.0)
-    return target, draft
+    # same weights, flatter output: drafts are often right (acceptance > 0) but q differs clearly from p
+    draft = write_tiny_model(d / "draft.gguf", seed=0, logit_scale=1.5)
+    unrelated = write_tiny_model(d / "unrelated.gguf", seed=1, logit_scale=3.0)
+    return target, draft, unrelated
 
 
 def _run(llm: LLM, prompt, params: SamplingParams, drafter=None, stream: int = 0):
@@ -59,8 +61,8 @@ def test_qwen_pair_greedy_identical(qwen05_path, qwen15_path):
 
 
 def test_rollback_after_rejections_matches_fresh_evaluation(tiny_pair):
-    target_path, draft_path = tiny_pair
-    llm = LLM(target_path, n_ctx=256, draft_model=draft_path)
+    target_path, _, unrelated_path = tiny_pair
+    llm = LLM(target_path, n_ctx=256, draft_model=unrelated_path)
     prompt = [1, 2, 3, 4]
     drafter = llm.new_drafter()
     spec = _run(llm, prompt, GREEDY, drafter)
@@ -104,7 +106,7 @@ CHI2_CRIT_0001 = {d: c for d, c in zip(range(1, 31), (
 
 
 def test_sampling_distribution_is_preserved(tiny_pair):
-    target_path, draft_path = tiny_pair
+    target_path, draft_path, _ = tiny_pair
     llm = LLM(target_path, n_ctx=64, draft_model=draft_path)
     prompt = [5, 6, 7]
     params = SamplingParams(temperature=1.0, max_tokens=2, ignore_eos=True, seed=1234)
@@ -124,8 +126,8 @@ def test_sampling_distribution_is_preserved(tiny_pair):
     assert stat < CHI2_CRIT_0001[dof], f"speculative samples differ from the target: chi2 {stat:.1f}, dof {dof}"
     # the test has power: the same samples are far from the draft model's own distribution
     wrong, wrong_dof = _chi_square(counts, draft_exact)
-    assert wrong > 5 * CHI2_CRIT_0001[wrong_dof]
-    assert accepted > 0
+    assert wrong > CHI2_CRIT_0001[wrong_dof], "too few samples to tell the draft from the target"
+    assert accepted > n / 4
 
 
 def test_ngram_drafter_proposes_what_followed_the_last_match():
