@@ -26,7 +26,8 @@ def ids(types):
 
 
 def cols_for(t, n_blocks=2):
-    return max(1, QTYPES[t].block_size) * n_blocks if QTYPES[t].block_size > 1 else 96
+    """Row length: whole blocks, or for float types a length that leaves a tail after the 8-wide vectors."""
+    return QTYPES[t].block_size * n_blocks if QTYPES[t].block_size > 1 else 100
 
 
 def weights(rng, n, k):

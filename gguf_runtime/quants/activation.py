@@ -4,8 +4,8 @@ Both write the same three arrays for a float32 row x of length K:
   xq int8[K]      the quantized values, in [-127, 127]
   xd float32[]    one scale per block: x ~= xd[b] * xq (block of 32 for Q8_0, 256 for Q8_K)
   xs int16[K/16]  block sums. Q8_K: sums of xq over each 16 values (the `bsums`). Q8_0: the float32 xd[b] *
-                  sum(xq of block b) (llama.cpp's Q8_1 `s`), stored bit-for-bit in xs[2b:2b+2] (read via
-                  xs.view(np.float32)) for the types with a min (Q4_1, Q5_1).
+                  sum(xq of block b) (llama.cpp's Q8_1 `s`), stored bit-for-bit in xs[2b:2b+2] (read with
+                  simd.f32_at(xs, 2b)) for the types with a min (Q4_1, Q5_1).
 The scales stay float32 (llama.cpp rounds the Q8_0 scale to half); everything else follows
 `quantize_row_q8_0` / `quantize_row_q8_K_ref`, with ties rounded to even.
 """

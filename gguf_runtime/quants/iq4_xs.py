@@ -8,7 +8,8 @@ import numpy as np
 from numba import njit
 
 from .iq4_nl import KVALUES, KVALUES_X2, quantize_groups
-from .simd import f16_at, fmadd_i, fzero, hsum, iadd, izero, load_nibbles, load_u8x32, lookup16, madd, maddubs_s8, store_scaled
+from .simd import (f16_at, fmadd_i, fzero, hsum, iadd, izero, load_nibbles, load_u8x32, lookup16, madd, maddubs_s8,
+                   store_scaled)
 
 BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 256, 136, "q8_K"
 
@@ -29,7 +30,8 @@ def dequantize_row(w, y):
         d = f16_at(w, o)
         for ib in range(8):
             dl = d * np.float32(group_scale(ib, w, o))
-            store_scaled(y, yo + 32 * ib, lookup16(table, load_nibbles(w, o + 8 + 16 * ib)), dl, np.float32(0), dl, np.float32(0))
+            q = lookup16(table, load_nibbles(w, o + 8 + 16 * ib))
+            store_scaled(y, yo + 32 * ib, q, dl, np.float32(0), dl, np.float32(0))
 
 @njit(cache=True)
 def dot_row(w, x, xq, xd, xs):

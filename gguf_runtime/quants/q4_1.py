@@ -7,7 +7,7 @@ from numba import njit
 
 from .blocks import inverse, min_max, truncate_u8
 from .halves import store_f16
-from .simd import f16_at, fmadd_i, fzero, hsum, load_nibbles, madd, maddubs, store_scaled
+from .simd import f16_at, f32_at, fmadd_i, fzero, hsum, load_nibbles, madd, maddubs, store_scaled
 
 BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 32, 20, "q8_0"
 
@@ -24,11 +24,10 @@ def dot_row(w, x, xq, xd, xs):
     """sum_b d_w*d_x*(q.xq) + m_w*d_x*sum(xq)."""
     acc = fzero()
     mins = np.float32(0)
-    xsf = xs.view(np.float32)
     for b in range(w.shape[0] // TYPE_SIZE):
         o = b * TYPE_SIZE
         acc = fmadd_i(acc, madd(maddubs(load_nibbles(w, o + 4), xq, 32 * b), 1, 1), f16_at(w, o) * xd[b])
-        mins += f16_at(w, o + 2) * xsf[b]
+        mins += f16_at(w, o + 2) * f32_at(xs, 2 * b)  # d_x * sum(xq), see activation.py
     return hsum(acc) + mins
 
 

@@ -7,7 +7,7 @@ from numba import njit
 
 from .blocks import inverse, min_max, truncate_u8
 from .halves import store_f16
-from .simd import f16_at, fmadd_i, fzero, hsum, load_bits, load_nibbles, madd, maddubs, store_scaled, vor, vshl
+from .simd import f16_at, f32_at, fmadd_i, fzero, hsum, load_bits, load_nibbles, madd, maddubs, store_scaled, vor, vshl
 
 BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 32, 24, "q8_0"
 
@@ -23,12 +23,11 @@ def dequantize_row(w, y):
 def dot_row(w, x, xq, xd, xs):
     acc = fzero()
     mins = np.float32(0)
-    xsf = xs.view(np.float32)
     for b in range(w.shape[0] // TYPE_SIZE):
         o = b * TYPE_SIZE
         q = vor(load_nibbles(w, o + 8), vshl(load_bits(w, o + 4), 4))
         acc = fmadd_i(acc, madd(maddubs(q, xq, 32 * b), 1, 1), f16_at(w, o) * xd[b])
-        mins += f16_at(w, o + 2) * xsf[b]
+        mins += f16_at(w, o + 2) * f32_at(xs, 2 * b)  # d_x * sum(xq), see activation.py
     return hsum(acc) + mins
 
 

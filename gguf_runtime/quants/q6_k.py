@@ -17,6 +17,14 @@ BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 256, 210, "q8_K"
 
 
 @njit(cache=True)
+def _six_bit(ql0, ql1, qh, grp):
+    """The 6-bit q (0..63) of group grp (0..3) of a half super-block, from its 64 ql and 32 qh bytes."""
+    low = ql0 if grp % 2 == 0 else ql1
+    nibble = vand(low, 15) if grp < 2 else vshr(low, 4)
+    return vor(nibble, vshl(vand(vshr(qh, 2 * grp), 3), 4))
+
+
+@njit(cache=True)
 def dequantize_row(w, y):
     for i in range(w.shape[0] // TYPE_SIZE):
         o, yo = i * TYPE_SIZE, i * 256
@@ -25,17 +33,10 @@ def dequantize_row(w, y):
             ql0, ql1 = load_u8x32(w, o + 64 * n), load_u8x32(w, o + 64 * n + 32)
             qh = load_u8x32(w, o + 128 + 32 * n)
             for grp in range(4):
-                nib = vand(ql0 if grp % 2 == 0 else ql1, 15) if grp < 2 else vshr(ql0 if grp % 2 == 0 else ql1, 4)
-                q = vsub(vor(nib, vshl(vand(vshr(qh, 2 * grp), 3), 4)), 32)
                 s = o + 192 + 8 * n + 2 * grp
                 d0, d1 = d * np.float32(np.int8(w[s])), d * np.float32(np.int8(w[s + 1]))
+                q = vsub(_six_bit(ql0, ql1, qh, grp), 32)
                 store_scaled(y, yo + 128 * n + 32 * grp, q, d0, np.float32(0), d1, np.float32(0))
-
-@njit(cache=True)
-def _group(isum, nib, qh, grp, scales, s, xq, xo):
-    """One group of 32: 6-bit q = nib | high bits, scales s and s+1 (one per 16)."""
-    q = vor(nib, vshl(vand(vshr(qh, 2 * grp), 3), 4))
-    return iadd(isum, madd(maddubs(q, xq, xo), lane(scales, s), lane(scales, s + 1)))
 
 
 @njit(cache=True)
@@ -47,14 +48,12 @@ def dot_row(w, x, xq, xd, xs):
         scales = widen_s8(w, o + 192)
         isum = izero()
         for n in range(2):
-            ql0 = load_u8x32(w, o + 64 * n)
-            ql1 = load_u8x32(w, o + 64 * n + 32)
+            ql0, ql1 = load_u8x32(w, o + 64 * n), load_u8x32(w, o + 64 * n + 32)
             qh = load_u8x32(w, o + 128 + 32 * n)
-            s, xn = 8 * n, xo + 128 * n
-            isum = _group(isum, vand(ql0, 15), qh, 0, scales, s, xq, xn)
-            isum = _group(isum, vand(ql1, 15), qh, 1, scales, s + 2, xq, xn + 32)
-            isum = _group(isum, vshr(ql0, 4), qh, 2, scales, s + 4, xq, xn + 64)
-            isum = _group(isum, vshr(ql1, 4), qh, 3, scales, s + 6, xq, xn + 96)
+            for grp in range(4):
+                s = 8 * n + 2 * grp
+                p = maddubs(_six_bit(ql0, ql1, qh, grp), xq, xo + 128 * n + 32 * grp)
+                isum = iadd(isum, madd(p, lane(scales, s), lane(scales, s + 1)))
         dd = f16_at(w, o + 208) * xd[i]
         acc = fmadd_i(acc, isum, dd)
         acc = fmadd_i(acc, madd_v(scales, load_i16x16(xs, 16 * i)), np.float32(-32) * dd)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from . import kernels
@@ -10,10 +12,19 @@ from .rows import as_rows
 
 # Prefill strategy, by block size (`bench_kernels.py --crossover`): up to this many tokens the row kernels run
 # one pass over the weights with every token's activation; beyond it, tiles of rows are dequantized to
-# float32 and multiplied with BLAS, which wins once the work is compute-bound. Blocks of 32 pay a float
-# scale per 32 products (K-quants one per 256), float rows convert every weight: they cross over sooner.
-INTEGER_PATH_MAX_TOKENS = {1: 8, 32: 16, 256: 32}
+# float32 and multiplied with BLAS, which wins once the work is compute-bound (around 16-32 tokens on AVX2
+# for the quantized types; float rows convert every weight in the row kernel and cross over sooner).
+INTEGER_PATH_MAX_TOKENS = {1: 8, 32: 16, 256: 16}
 TILE_BYTES = 1 << 23  # float32 bytes per dequantized tile: big enough for BLAS, small enough for L3
+
+_scratch = threading.local()  # one tile buffer per Python thread, reused (fresh pages cost ~1 ms per 8 MB)
+
+
+def _tile_buffer(n_floats: int) -> np.ndarray:
+    buf = getattr(_scratch, "tile", None)
+    if buf is None or buf.size < n_floats:
+        buf = _scratch.tile = np.empty(n_floats, np.float32)
+    return buf[:n_floats]
 
 
 class QMatrix:
@@ -90,7 +101,7 @@ class QMatrix:
             np.matmul(X, self.data.view(np.float32).T, out=out)
             return out
         rows_per_tile = max(16, min(self.n_rows, TILE_BYTES // (4 * self.n_cols)))
-        tile = np.empty((rows_per_tile, self.n_cols), np.float32)
+        tile = _tile_buffer(rows_per_tile * self.n_cols).reshape(rows_per_tile, self.n_cols)
         for r0 in range(0, self.n_rows, rows_per_tile):
             part = tile[:min(rows_per_tile, self.n_rows - r0)]
             kernels.dequantize_rows(self.ggml_type, self.data, np.arange(r0, r0 + part.shape[0], dtype=np.int64), part)

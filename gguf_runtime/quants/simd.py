@@ -485,6 +485,16 @@ def f16_at(typingctx, arr, off):
 
 
 @intrinsic
+def f32_at(typingctx, arr, off):
+    """The float32 stored at element offset off of any 1-D array (e.g. a float kept in two int16 slots)."""
+    _check_array(arr)
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], _F32), align=1)
+    return types.float32(arr, types.intp), codegen
+
+
+@intrinsic
 def u32_at(typingctx, arr, off):
     """The little-endian uint32 at arr[off:off+4]."""
     _check_array(arr, _BYTES)
