@@ -58,6 +58,7 @@ _FEATURES = _host_features()
 # Both read at compile time; tests flip them to exercise the generic IR.
 USE_X86_AVX2 = bool(_FEATURES.get("avx2"))
 # Hardware half -> float (x86 F16C, every AArch64); elsewhere LLVM would call a runtime helper numba may lack.
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 USE_NATIVE_F16 = bool(_FEATURES.get("f16c")) or platform.machine().lower() in ("arm64", "aarch64")
 
 
@@ -470,17 +471,38 @@ def hsum(typingctx, v):
 
 @intrinsic
 def f16_at(typingctx, arr, off):
-    """The IEEE half stored little-endian at arr[off:off+2] as float32 (exact)."""
+    """The IEEE half stored little-endian at arr[off:off+2] as float32 (exact).
+
+    On x86 a scalar half -> float (vcvtph2ps) first inserts the half into a vector register (vpinsrw),
+    merging into whatever register LLVM picks; that can chain every block's scale to the previous
+    block's accumulator (it halved Q4_1). So the half goes into a zeroed vector behind an empty inline-asm
+    barrier LLVM cannot see through. Without F16C: integer operations.
+    """
     _check_array(arr, _BYTES)
 
     def codegen(context, builder, sig, args):
-        if USE_NATIVE_F16:
-            h = builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], ir.HalfType()), align=1)
-            return builder.fpext(h, _F32)
         h = builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], _I16), align=1)
-        v = builder.insert_element(ir.Constant(ir.VectorType(_I32, 8), None), builder.zext(h, _I32),
-                                   ir.Constant(_I32, 0))
-        return builder.extract_element(_f16_bits_to_f32(builder, v), ir.Constant(_I32, 0))
+        if USE_NATIVE_F16 and _X86:
+            v8 = ir.VectorType(_I16, 8)
+            fresh = builder.insert_element(ir.Constant(v8, None), h, ir.Constant(_I32, 0))
+            opaque = builder.asm(ir.FunctionType(v8, [v8]), "", "=x,0", [fresh], False)
+            four = builder.shuffle_vector(opaque, opaque, _vec(_I32, range(4)))
+            f = builder.fpext(builder.bitcast(four, ir.VectorType(ir.HalfType(), 4)), ir.VectorType(_F32, 4))
+            return builder.extract_element(f, ir.Constant(_I32, 0))
+        if USE_NATIVE_F16:
+            return builder.fpext(builder.bitcast(h, ir.HalfType()), _F32)
+        h = builder.zext(h, _I32)
+        c = lambda v: ir.Constant(_I32, v)  # noqa: E731
+        sign = builder.shl(builder.and_(h, c(0x8000)), c(16))
+        em = builder.and_(h, c(0x7FFF))
+        exp = builder.and_(em, c(0x7C00))
+        rebias = builder.select(builder.icmp_unsigned("==", exp, c(0x7C00)), c(224 << 23), c(112 << 23))
+        normal = builder.add(builder.shl(em, c(13)), rebias)
+        # subnormal m * 2^-24 = 2^-14 * (1 + m/1024) - 2^-14, exact (Sterbenz), no int->float conversion
+        biased = builder.bitcast(builder.or_(builder.shl(em, c(13)), c(113 << 23)), _F32)
+        sub = builder.bitcast(builder.fsub(biased, ir.Constant(_F32, 2.0 ** -14)), _I32)
+        bits = builder.select(builder.icmp_unsigned("==", exp, c(0)), sub, normal)
+        return builder.bitcast(builder.or_(bits, sign), _F32)
     return types.float32(arr, types.intp), codegen
 
 
