@@ -46,6 +46,12 @@ def f16_bits_to_f32(h):
 
 
 @njit(cache=True)
+def round_to_f16(x):
+    """x rounded to the nearest half, as float32 (GGML_FP16_TO_FP32(GGML_FP32_TO_FP16(x)))."""
+    return f16_bits_to_f32(f32_to_f16_bits(x))
+
+
+@njit(cache=True)
 def store_f16(out, off, x):
     """Write x as a little-endian half at out[off:off+2]; returns the stored value as float32."""
     h = f32_to_f16_bits(x)

@@ -16,7 +16,7 @@ from numba import njit, prange, types
 from numba.core.errors import TypingError
 from numba.extending import overload
 
-from .activation import quantize_q8_0, quantize_q8_k
+from .activation import dequantize_into, quantize_q8_0, quantize_q8_k
 from .registry import ACT_F32, ACT_Q8_0, QTYPES
 
 ROW_BLOCK_BYTES = 1 << 16     # weight bytes per parallel task: fits L2 beside the activations
@@ -45,6 +45,11 @@ def quantize_activation(code, x, xq, xd, xs):
     raise NotImplementedError
 
 
+def dequantize_activation(code, xq, xd, out):
+    """out = the activation type `code`'s dot_row multiplies by (xq times its block scales). Jitted code only."""
+    raise NotImplementedError
+
+
 @overload(dot_row, prefer_literal=True)
 def _dot_row(code, w, x, xq, xd, xs):
     kernel = _qtype_of(code).dot_row
@@ -64,6 +69,15 @@ def _quantize_activation(code, x, xq, xd, xs):
         return lambda code, x, xq, xd, xs: None
     kernel = quantize_q8_0 if activation == ACT_Q8_0 else quantize_q8_k
     return lambda code, x, xq, xd, xs: kernel(x, xq, xd, xs)
+
+
+@overload(dequantize_activation, prefer_literal=True)
+def _dequantize_activation(code, xq, xd, out):
+    activation = _qtype_of(code).activation
+    if activation == ACT_F32:
+        raise TypingError("float weights multiply the activation itself")
+    block = 32 if activation == ACT_Q8_0 else 256
+    return lambda code, xq, xd, out: dequantize_into(xq, xd, block, out)
 
 
 @njit(cache=True)
@@ -103,6 +117,15 @@ def _dequantize_rows(code, W, ids, out):
         dequantize_row(code, W[ids[i]], out[i])
 
 
+@njit(cache=True)
+def _rounded_activations(code, X, xq, xd, xs, out):
+    """out[t] = X[t] as the integer kernels see it after activation quantization (for the tiled matmul, so
+    both strategies, like llama.cpp, multiply quantized weights by the Q8-rounded activation)."""
+    for t in range(X.shape[0]):
+        quantize_activation(code, X[t], xq[t], xd[t], xs[t])
+        dequantize_activation(code, xq[t], xd[t], out[t])
+
+
 class Specialized:
     """Calls a driver compiled for a literal type id, skipping numba's per-call type dispatch.
 
@@ -137,3 +160,4 @@ class Specialized:
 
 matmul_rows = Specialized(_matmul_rows)
 dequantize_rows = Specialized(_dequantize_rows)
+rounded_activations = Specialized(_rounded_activations)

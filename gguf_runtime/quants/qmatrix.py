@@ -94,12 +94,21 @@ class QMatrix:
         return out
 
     def matmul_tiled(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """X @ W.T by BLAS on float32 tiles of rows dequantized in turn: W is read once, never copied whole."""
+        """X @ W.T by BLAS on float32 tiles of rows dequantized in turn: W is read once, never copied whole.
+
+        For quantized weights X is first rounded as the integer kernels (and llama.cpp, at every batch size)
+        round activations, so the two strategies differ only in float summation order, not in what they
+        multiply. It matters on outlier-heavy rows: without it Qwen2.5's first position changes its top token.
+        """
         X = self._input(X, 2)
         out = self._output(out, (X.shape[0], self.n_rows))
         if self.ggml_type == F32:
             np.matmul(X, self.data.view(np.float32).T, out=out)
             return out
+        if self.qtype.activation != ACT_F32:
+            rounded = np.empty_like(X)
+            kernels.rounded_activations(self.ggml_type, X, *self._activation_scratch(X.shape[0]), rounded)
+            X = rounded
         rows_per_tile = max(16, min(self.n_rows, TILE_BYTES // (4 * self.n_cols)))
         tile = _tile_buffer(rows_per_tile * self.n_cols).reshape(rows_per_tile, self.n_cols)
         for r0 in range(0, self.n_rows, rows_per_tile):
