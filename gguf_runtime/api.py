@@ -121,7 +121,7 @@ class LLM:
         """The token ids `generate` would run for this prompt (tokenized, validated, length-checked)."""
         return self._prompt_ids(prompt)[1]
 
-    def _prompt_ids(self, prompt: str | Sequence[int] | dict) -> tuple[str | None, list[int]]:
+    def _prompt_ids(self, prompt: str | Sequence[int] | dict, room: int = 1) -> tuple[str | None, list[int]]:
         """A string is tokenized like llama.cpp's completion (special tokens parsed, BOS per metadata);
         token ids are used as is; vLLM's {"prompt": ...} / {"prompt_token_ids": [...]} dicts also work."""
         if isinstance(prompt, dict):
@@ -142,7 +142,7 @@ class LLM:
                 raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary [0, {self.tokenizer.n_vocab})")
         if not ids:
             raise ValueError("the prompt is empty (no tokens); give some text or token ids")
-        if len(ids) >= self.n_ctx:
+        if len(ids) + room > self.n_ctx:  # generation needs room for at least one new token
             raise ContextLengthError(f"prompt is {len(ids)} tokens but the context holds {self.n_ctx} "
                                      f"(raise n_ctx or shorten the prompt)")
         return text, ids
@@ -228,7 +228,7 @@ class LLM:
 
     def logits(self, token_ids: Sequence[int]) -> np.ndarray:
         """float32 logits (n_tokens, n_vocab) for every position, evaluated in a fresh context."""
-        _, ids = self._prompt_ids(list(token_ids))
+        _, ids = self._prompt_ids(list(token_ids), room=0)
         self.session.reset()
         return self.session.eval_prompt(ids, all_logits=True)
 
