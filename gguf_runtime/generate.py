@@ -67,6 +67,68 @@ class StopMatcher:
         return len(text)
 
 
+class OutputBuilder:
+    """One request's output from its sampled tokens: end-of-generation and stop tokens, stop strings (never
+    leaked into the text), the token limit, logprobs, and the text deltas to stream. Shared by the
+    single-sequence loop below and the batch scheduler."""
+
+    def __init__(self, tokenizer: Tokenizer, params: SamplingParams, limit: int):
+        self.result = Generation(logprobs=[] if params.logprobs is not None else None)
+        stop_ids = set(params.stop_token_ids or ())
+        if not params.ignore_eos:
+            stop_ids |= set(tokenizer.eog_ids)
+        self.stop_ids = stop_ids
+        self.stop_ids_array = np.fromiter(stop_ids, dtype=np.int64) if stop_ids else None
+        self.limit = limit
+        self.done = False
+        self._params = params
+        self._matcher = StopMatcher(params.stop or [])
+        self._decoder = StreamDecoder(tokenizer, skip_special=params.skip_special_tokens)
+        self._text, self._emitted = "", 0
+
+    def push(self, sampled: SampledToken) -> str:
+        """Take the next sampled token; returns the text that became final ("" if none). Sets `done`."""
+        result, token = self.result, sampled.token_id
+        if token in self.stop_ids:
+            self.finish("stop", token)
+            return ""
+        result.stats.generated_tokens += 1
+        result.token_ids.append(token)
+        if result.logprobs is not None:
+            result.logprobs.append(sampled)
+        self._text += self._decoder.push(token)
+        hit = self._matcher.find(self._text, self._emitted) if self._matcher.stops else None
+        if hit is not None:
+            cut, stop = hit
+            if self._params.include_stop_str_in_output:
+                cut += len(stop)
+            self._text = self._text[:cut]
+            self.finish("stop", stop)
+            return self._advance(cut)
+        delta = self._advance(self._matcher.safe_end(self._text))
+        if result.stats.generated_tokens >= self.limit:
+            self.finish("length")
+        return delta
+
+    def _advance(self, end: int) -> str:
+        delta = self._text[self._emitted:end] if end > self._emitted else ""
+        self._emitted = max(self._emitted, end)
+        return delta
+
+    def finish(self, reason: str, stop_reason: int | str | None = None) -> None:
+        if not self.done:
+            self.done = True
+            self.result.finish_reason, self.result.stop_reason = reason, stop_reason
+
+    def close(self) -> str:
+        """Finish the text; returns what was held back (a partial character or stop-string prefix)."""
+        self.finish("length")
+        if not isinstance(self.result.stop_reason, str):  # nothing was cut at a stop string: release the rest
+            self._text += self._decoder.flush()
+        self.result.text = self._text
+        return self._advance(len(self._text))
+
+
 def generate(session: Session, tokenizer: Tokenizer, prompt: list[int], params: SamplingParams,
              sampler: Sampler | None = None, n_keep: int = 0, drafter=None) -> Generator[str, None, Generation]:
     """Yield text deltas as they become final; return the Generation (`result = yield from generate(...)`).
@@ -77,69 +139,36 @@ def generate(session: Session, tokenizer: Tokenizer, prompt: list[int], params: 
     proposes several tokens per target pass; the output is what plain sampling would give.
     """
     sampler = sampler or Sampler(params)
-    result = Generation(logprobs=[] if params.logprobs is not None else None)
-    stats = result.stats
-    stats.prompt_tokens = len(prompt)
-    stop_ids = set(params.stop_token_ids or ())
-    if not params.ignore_eos:
-        stop_ids |= set(tokenizer.eog_ids)
-    stop_ids_arr = np.fromiter(stop_ids, dtype=np.int64) if stop_ids else None
-    matcher = StopMatcher(params.stop or [])
-    decoder = StreamDecoder(tokenizer, skip_special=params.skip_special_tokens)
     limit = params.max_tokens if params.max_tokens is not None else session.n_ctx - len(prompt)
+    out = OutputBuilder(tokenizer, params, limit)
+    stats = out.result.stats
+    stats.prompt_tokens = len(prompt)
     history = list(prompt)
 
     t0 = time.perf_counter()
-    stats.reused_tokens = min(session.cache.common_prefix(prompt), len(prompt) - 1)
     logits = session.eval_prompt(prompt)[-1]
+    stats.reused_tokens = session.reused
     t1 = time.perf_counter()
     stats.prefill_seconds = t1 - t0
     stats.speculative = drafter.stats if drafter is not None else None
-    steps = (drafter.steps(session, sampler, logits, history, n_keep, params.min_tokens, stop_ids_arr)
-             if drafter is not None else
-             plain_steps(session, sampler, logits, history, n_keep, params.min_tokens, stop_ids_arr))
+    args = (session, sampler, logits, history, n_keep, params.min_tokens, out.stop_ids_array)
+    steps = drafter.steps(*args) if drafter is not None else plain_steps(*args)
 
-    text, emitted = "", 0
     for sampled in chain.from_iterable(steps):
-        token = sampled.token_id
-        if token in stop_ids:
-            result.finish_reason, result.stop_reason = "stop", token
+        history.append(sampled.token_id)
+        delta = out.push(sampled)
+        if delta:
+            yield delta
+        if out.done:
             break
-        stats.generated_tokens += 1
-        result.token_ids.append(token)
-        history.append(token)
-        if result.logprobs is not None:
-            result.logprobs.append(sampled)
-        text += decoder.push(token)
-        hit = matcher.find(text, emitted) if matcher.stops else None
-        if hit is not None:
-            cut, stop = hit
-            if params.include_stop_str_in_output:
-                cut += len(stop)
-            text = text[:cut]
-            if cut > emitted:
-                yield text[emitted:cut]
-            emitted = cut
-            result.finish_reason, result.stop_reason = "stop", stop
+        if session.cache.free == 0 and params.max_tokens is None:
             break
-        end = matcher.safe_end(text)
-        if end > emitted:
-            yield text[emitted:end]
-            emitted = end
-        if stats.generated_tokens >= limit or (session.cache.free == 0 and params.max_tokens is None):
-            result.finish_reason = "length"
-            break
-    else:  # the steps ran out: the context could not make room
-        result.finish_reason = "length"
-    steps.close()
-
-    if not isinstance(result.stop_reason, str):  # nothing was cut at a stop string: release held-back text
-        text += decoder.flush()
-        if len(text) > emitted:
-            yield text[emitted:]
-    result.text = text
+    steps.close()  # the steps running out means the context could not make room: "length" below
+    tail = out.close()
+    if tail:
+        yield tail
     stats.decode_seconds = time.perf_counter() - t1
-    return result
+    return out.result
 
 
 def mask_stop_tokens(logits: np.ndarray, n_generated: int, min_tokens: int, stop_ids: np.ndarray | None) -> np.ndarray:

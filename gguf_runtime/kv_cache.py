@@ -1,32 +1,150 @@
-"""Key/value cache of one sequence: n_ctx preallocated slots per layer, slot i holds position i.
+"""The paged KV cache: one pool of fixed-size blocks per model, a block table per sequence.
 
-Storage is float32: numba has no float16 on the CPU, and converting on every attention read would cost more
-than the memory saves at the context sizes laptops use (SmolLM2 at n_ctx 2048: 94 MB). The arrays come from
-np.zeros, so pages are only committed as positions are written.
+KVPool holds K and V for every layer in blocks of `block_tokens` positions (vLLM's PagedAttention layout,
+see attention.py for how rows are stored and read). KVCache is one sequence's view of it: the tokens it
+holds and the blocks they live in. Blocks are reference counted, so sequences can share a prefix:
 
-When the context is full, `shift` does what llama.cpp's context shift does: keep the first n_keep positions
-(attention sinks), drop the n_discard after them, slide the rest down and re-rotate their keys by −n_discard
-(RoPE rotations compose, so this equals having computed them at the new positions). Keys are stored rotated
-so attention never re-applies RoPE; the shift is the only place they are touched again.
+- `fork()` gives a second sequence the same blocks (n > 1 samples of one prompt compute the prompt once);
+  whichever writes into a shared block first copies it (copy-on-write at the divergence);
+- every full block is registered under a hash of all tokens up to its end, and a finished sequence's blocks
+  stay in the pool, least recently freed first to be reused, so a later prompt with the same prefix (a
+  system prompt, a chat history) picks them up with `reuse_prefix` instead of recomputing them.
+
+A block whose content is registered never changes; writing into one (a truncated or shifted sequence
+continuing in the middle of it) unregisters or copies it first.
+
+The single-sequence context shift works on the same structure: keep the first n_keep positions, drop the
+n_discard after them, move the rest down and re-rotate their keys by −n_discard (RoPE rotations compose),
+which is what llama.cpp's context shift does. Freed tail blocks return to the pool.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from typing import Callable
 
 import numpy as np
+
+from .attention import gather_rows, store_rows
+from .quants.registry import F16, F32, IQ4_NL, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, get_qtype
+
+# KV cache types, as llama.cpp's --cache-type-k/-v names them
+KV_TYPES = {"f32": F32, "f16": F16, "q8_0": Q8_0, "q4_0": Q4_0, "q4_1": Q4_1, "q5_0": Q5_0, "q5_1": Q5_1,
+            "iq4_nl": IQ4_NL}
+BLOCK_TOKENS = 32
 
 
 class ContextFullError(Exception):
     """No room for the tokens and shifting was not allowed."""
 
 
+class PoolFullError(Exception):
+    """The pool has no free block left."""
+
+
+class KVPool:
+    """K/V storage for all sequences of one model: uint8 (n_layers, n_blocks, H_kv, block_tokens, row_bytes).
+
+    np.zeros commits pages only when blocks are first written, so an idle pool costs address space only.
+    """
+
+    def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, n_blocks: int,
+                 block_tokens: int = BLOCK_TOKENS, kv_type: str = "f16"):
+        if kv_type not in KV_TYPES:
+            raise ValueError(f"unknown KV cache type {kv_type!r}; choose one of {', '.join(KV_TYPES)}")
+        if n_blocks < 1 or block_tokens < 1:
+            raise ValueError(f"a KV pool needs at least one block of at least one token")
+        self.kv_type = kv_type
+        self.qtype = get_qtype(KV_TYPES[kv_type])
+        self.code = self.qtype.ggml_type
+        if head_dim % self.qtype.block_size:
+            raise ValueError(f"KV cache type {kv_type} needs head_dim divisible by {self.qtype.block_size}, "
+                             f"this model has {head_dim}")
+        self.head_dim = head_dim
+        self.block_tokens = block_tokens
+        self.n_blocks = n_blocks
+        row_bytes = self.qtype.row_bytes(head_dim)
+        shape = (n_layers, n_blocks, n_kv_heads, block_tokens, row_bytes)
+        self.k = np.zeros(shape, np.uint8)
+        self.v = np.zeros(shape, np.uint8)
+        self.refs = np.zeros(n_blocks, np.int32)
+        self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(n_blocks))  # oldest first
+        self._by_hash: dict[bytes, int] = {}
+        self._hash_of: dict[int, bytes] = {}
+
+    @property
+    def n_free(self) -> int:
+        return len(self._free)
+
+    @property
+    def n_used(self) -> int:
+        return self.n_blocks - len(self._free)
+
+    @property
+    def bytes_per_token(self) -> int:
+        """K and V bytes one cached position takes over all layers."""
+        n_layers, _, n_kv, _, row_bytes = self.k.shape
+        return 2 * n_layers * n_kv * row_bytes
+
+    def allocate(self) -> int:
+        """A block for one owner, evicting the least recently freed cached block."""
+        if not self._free:
+            raise PoolFullError(f"the KV pool's {self.n_blocks} blocks are all in use")
+        block, _ = self._free.popitem(last=False)
+        self.forget(block)
+        self.refs[block] = 1
+        return block
+
+    def retain(self, block: int) -> None:
+        if self.refs[block] == 0:
+            del self._free[block]
+        self.refs[block] += 1
+
+    def release(self, block: int) -> None:
+        self.refs[block] -= 1
+        if self.refs[block] == 0:
+            self._free[block] = None  # keeps its hash: a later prompt may still reuse it
+        elif self.refs[block] < 0:
+            raise AssertionError(f"KV block {block} released more often than retained")
+
+    def copy(self, block: int) -> int:
+        """A private copy of a shared block (copy-on-write)."""
+        new = self.allocate()
+        self.k[:, new] = self.k[:, block]
+        self.v[:, new] = self.v[:, block]
+        return new
+
+    def register(self, block: int, key: bytes) -> None:
+        if key not in self._by_hash:
+            self._by_hash[key] = block
+            self._hash_of[block] = key
+
+    def lookup(self, key: bytes) -> int | None:
+        return self._by_hash.get(key)
+
+    def forget(self, block: int) -> None:
+        """The block's content is about to change: it no longer stands for its tokens."""
+        key = self._hash_of.pop(block, None)
+        if key is not None:
+            del self._by_hash[key]
+
+
+def _chain_hash(parent: bytes, tokens: list[int]) -> bytes:
+    return hashlib.blake2b(np.asarray(tokens, np.int64).tobytes(), digest_size=16, key=parent).digest()
+
+
 class KVCache:
-    def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, n_ctx: int):
+    """One sequence in a pool: its tokens (position i holds tokens[i]) and the blocks holding their K/V."""
+
+    def __init__(self, pool: KVPool, n_ctx: int):
+        self.pool = pool
         self.n_ctx = n_ctx
-        self.k = np.zeros((n_layers, n_kv_heads, n_ctx, head_dim), dtype=np.float32)  # rotated keys
-        self.v = np.zeros((n_layers, n_kv_heads, n_ctx, head_dim), dtype=np.float32)
-        self.tokens: list[int] = []  # token id at each cached position
+        self.tokens: list[int] = []
+        self.blocks: list[int] = []  # block table
+        self._hashes: list[bytes] = []  # chain hash of each leading full block that is registered
+        # blocks from this index on hold K/V computed in another context (a shift): never shared
+        self._shifted_from: int | None = None
 
     @property
     def n(self) -> int:
@@ -37,19 +155,121 @@ class KVCache:
     def free(self) -> int:
         return self.n_ctx - self.n
 
+    def table(self) -> np.ndarray:
+        return np.asarray(self.blocks, dtype=np.int32)
+
+    def blocks_for(self, n_tokens: int) -> int:
+        return -(-n_tokens // self.pool.block_tokens)
+
+    def blocks_needed(self, n_new: int) -> int:
+        """New blocks `prepare(n_new)` would take from the pool (a shared tail block is copied)."""
+        bt = self.pool.block_tokens
+        need = self.blocks_for(self.n + n_new) - len(self.blocks)
+        tail = self.n // bt
+        if n_new and tail < len(self.blocks) and self.pool.refs[self.blocks[tail]] > 1:
+            need += 1
+        return need
+
+    def prepare(self, n_new: int) -> None:
+        """Make positions n..n+n_new-1 writable: allocate blocks, copy or unregister a partial tail block."""
+        if n_new <= 0:
+            return
+        if self.n + n_new > self.n_ctx:
+            raise ContextFullError(f"{n_new} tokens at position {self.n} do not fit a context of {self.n_ctx}")
+        if self.blocks_needed(n_new) > self.pool.n_free:
+            raise PoolFullError(f"{n_new} more tokens need {self.blocks_needed(n_new)} KV blocks, "
+                                f"{self.pool.n_free} are free")
+        self._own_from(self.n // self.pool.block_tokens, self.blocks_for(self.n + n_new))
+        while len(self.blocks) < self.blocks_for(self.n + n_new):
+            self.blocks.append(self.pool.allocate())
+
+    def _own_from(self, first: int, end: int) -> None:
+        """Blocks first..end-1 (those that exist) become private and unregistered."""
+        del self._hashes[first:]
+        for i in range(first, min(end, len(self.blocks))):
+            block = self.blocks[i]
+            if self.pool.refs[block] > 1:
+                self.blocks[i] = self.pool.copy(block)
+                self.pool.release(block)
+            else:
+                self.pool.forget(block)
+
     def store(self, layer: int, start: int, k: np.ndarray, v: np.ndarray) -> None:
-        """k, v: (T, H_kv, hd) for positions start..start+T-1."""
-        end = start + k.shape[0]
-        self.k[layer, :, start:end] = k.transpose(1, 0, 2)
-        self.v[layer, :, start:end] = v.transpose(1, 0, 2)
+        """k, v: (T, H_kv, hd) float32 for positions start..start+T-1 (prepared)."""
+        pos = np.arange(start, start + k.shape[0])
+        table = self.table()
+        bt = self.pool.block_tokens
+        store_rows(self.pool.code, self.pool.k[layer], self.pool.v[layer], table[pos // bt], pos % bt,
+                   np.ascontiguousarray(k, np.float32), np.ascontiguousarray(v, np.float32))
+
+    def rows(self, layer: int, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The first n cached positions of a layer, dequantized: k, v each float32 (H_kv, n, hd)."""
+        n = self.n if n is None else n
+        shape = (self.pool.k.shape[2], n, self.pool.head_dim)
+        k, v = np.empty(shape, np.float32), np.empty(shape, np.float32)
+        table = self.table()
+        gather_rows(self.pool.code, self.pool.k[layer], table, n, k)
+        gather_rows(self.pool.code, self.pool.v[layer], table, n, v)
+        return k, v
+
+    def commit(self, tokens) -> None:
+        """Record tokens whose K/V were just stored and register the blocks they complete."""
+        self.tokens.extend(int(t) for t in tokens)
+        bt = self.pool.block_tokens
+        clean = self.n // bt if self._shifted_from is None else min(self.n // bt, self._shifted_from)
+        for i in range(len(self._hashes), clean):
+            parent = self._hashes[-1] if self._hashes else b""
+            key = _chain_hash(parent, self.tokens[i * bt:(i + 1) * bt])
+            self.pool.register(self.blocks[i], key)
+            self._hashes.append(key)
+
+    def reuse_prefix(self, tokens, limit: int) -> int:
+        """Append cached blocks of the pool that hold tokens[n:limit] (whole blocks only); returns how many
+        tokens were taken. Works only from a block boundary, which is where registered blocks start."""
+        bt = self.pool.block_tokens
+        if self.n % bt or len(self._hashes) != self.n // bt:
+            return 0
+        taken = 0
+        while self.n + bt <= min(limit, self.n_ctx):
+            chunk = [int(t) for t in tokens[self.n:self.n + bt]]
+            key = _chain_hash(self._hashes[-1] if self._hashes else b"", chunk)
+            block = self.pool.lookup(key)
+            if block is None:
+                break
+            self.pool.retain(block)
+            self.blocks.append(block)
+            self._hashes.append(key)
+            self.tokens.extend(chunk)
+            taken += bt
+        return taken
 
     def truncate(self, n: int) -> None:
-        """Forget positions n.. (speculative rollback, prompt reuse). Stale slots are overwritten later."""
+        """Forget positions n.. (speculative rollback, prompt reuse); whole blocks past n go back to the pool."""
         if not 0 <= n <= self.n:
             raise ValueError(f"cannot truncate a cache of {self.n} positions to {n}")
         del self.tokens[n:]
+        del self._hashes[n // self.pool.block_tokens:]
+        keep = self.blocks_for(n)
+        for block in self.blocks[keep:]:
+            self.pool.release(block)
+        del self.blocks[keep:]
 
-    def common_prefix(self, tokens: list[int] | np.ndarray) -> int:
+    def release(self) -> None:
+        """Give every block back (they stay cached in the pool for prefix reuse until evicted)."""
+        self.truncate(0)
+
+    def fork(self) -> "KVCache":
+        """A second sequence sharing all of this one's blocks; either copies a block before writing to it."""
+        other = KVCache(self.pool, self.n_ctx)
+        for block in self.blocks:
+            self.pool.retain(block)
+        other.blocks = list(self.blocks)
+        other.tokens = list(self.tokens)
+        other._hashes = list(self._hashes)
+        other._shifted_from = self._shifted_from
+        return other
+
+    def common_prefix(self, tokens) -> int:
         """How many leading tokens are already cached (a chat turn then evaluates only the rest)."""
         n = min(self.n, len(tokens))
         cached = np.asarray(self.tokens[:n])
@@ -64,10 +284,14 @@ class KVCache:
         if n_discard <= 0 or n_keep + n_discard > self.n:
             raise ValueError(f"bad context shift: keep {n_keep}, discard {n_discard} of {self.n}")
         src, end = n_keep + n_discard, self.n
-        moved = end - src
-        for layer in range(self.k.shape[0]):
-            keys = self.k[layer, :, src:end].transpose(1, 0, 2).copy()  # (T, H_kv, hd)
+        moved = [self.rows(layer) for layer in range(self.pool.k.shape[0])]
+        kept_tokens = self.tokens[src:end]
+        self.truncate(n_keep)
+        first = n_keep // self.pool.block_tokens
+        self._shifted_from = first if self._shifted_from is None else min(first, self._shifted_from)
+        self.prepare(end - src)
+        for layer, (k, v) in enumerate(moved):
+            keys = k[:, src:end].transpose(1, 0, 2).copy()  # (T, H_kv, hd)
             rotate_keys(keys, -n_discard)
-            self.k[layer, :, n_keep:n_keep + moved] = keys.transpose(1, 0, 2)
-            self.v[layer, :, n_keep:n_keep + moved] = self.v[layer, :, src:end]
-        del self.tokens[n_keep:src]
+            self.store(layer, n_keep, keys, v[:, src:end].transpose(1, 0, 2))
+        self.commit(kept_tokens)

@@ -1,8 +1,8 @@
 """The Llama-family forward pass (llama; qwen2 = llama + Q/K/V bias and NeoX RoPE) on quantized weights.
 
-Weights stay in the memory-mapped file: every matrix is a QMatrix over its raw GGUF blocks. One call runs T
-tokens at the cache's next positions: T = 1 goes through the matvec kernels (decode), T > 1 through the
-matmul kernels (prefill, speculative verify). No sampling, tokenizer or I/O in here.
+Weights stay in the memory-mapped file: every matrix is a QMatrix over its raw GGUF blocks. One call runs the
+next tokens of one or more sequences (a batched decode step, a prefill chunk, a speculative verify), each
+at its cache's next positions, through every weight once. No sampling, tokenizer or I/O in here.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import numpy as np
 
 from .config import ModelConfig
 from .gguf_file import GGUFError, GGUFFile
-from .kv_cache import KVCache
-from .ops import attend_many, attend_one, rms_norm, rope, rope_tables, swiglu
+from .attention import attend_many, attend_rows, store_rows
+from .kv_cache import BLOCK_TOKENS, KVCache, KVPool
+from .ops import rms_norm, rope, rope_tables, swiglu
 from .quants import QMatrix, embed_rows
 
 # Up to this many tokens a forward pass uses decode's numerics token by token (integer matmul on Q8
@@ -90,9 +91,14 @@ class Model:
             raise GGUFError(f"tensor {name} is missing from {self._gguf.path.name}")
         return info
 
-    def new_cache(self, n_ctx: int) -> KVCache:
+    def new_pool(self, n_tokens: int, kv_type: str = "f16", block_tokens: int = BLOCK_TOKENS) -> KVPool:
+        """A KV pool for n_tokens cached positions in all (plus one block of copy-on-write slack)."""
         c = self.config
-        return KVCache(c.n_layers, c.n_kv_heads, c.head_dim, n_ctx)
+        return KVPool(c.n_layers, c.n_kv_heads, c.head_dim, -(-n_tokens // block_tokens) + 1, block_tokens, kv_type)
+
+    def new_cache(self, n_ctx: int, kv_type: str = "f16") -> KVCache:
+        """One sequence in a pool of its own."""
+        return KVCache(self.new_pool(n_ctx, kv_type), n_ctx)
 
     def rotate(self, x: np.ndarray, positions: np.ndarray) -> None:
         """Apply RoPE in place to x: (T, heads, hd) at the given (T,) positions (may be negative deltas)."""
@@ -105,65 +111,94 @@ class Model:
         self.rotate(keys, np.full(keys.shape[0], delta))
 
     def forward(self, tokens: np.ndarray, cache: KVCache, logits: str | None = "last") -> np.ndarray | None:
-        """Run tokens at positions cache.n.. and append them to the cache.
+        """Run tokens at positions cache.n.. of one sequence; see forward_batch."""
+        return self.forward_batch([cache], [tokens], logits)
 
-        Returns float32 logits: (T, V) for logits="all", (1, V) of the last token for "last", None for None
-        (a prefill chunk whose logits nobody reads skips the vocabulary projection).
+    def forward_batch(self, caches: list[KVCache], token_lists: list, logits: str | None = "last") -> np.ndarray | None:
+        """Run each sequence's tokens at its next positions, all sequences through each weight at once,
+        and append them to the caches (which share one pool).
+
+        Returns float32 logits: (ΣT, V) for logits="all", (B, V) of each sequence's last token for "last",
+        None for None (a prefill chunk whose logits nobody reads skips the vocabulary projection).
         """
         c = self.config
-        n_tok = len(tokens)
-        start = cache.n
-        if n_tok == 0 or start + n_tok > cache.n_ctx:
-            raise ValueError(f"{n_tok} tokens at position {start} do not fit a context of {cache.n_ctx}")
         H, H_kv, hd = c.n_heads, c.n_kv_heads, c.head_dim
-        cos, sin = rope_tables(np.arange(start, start + n_tok), c.n_rot, c.rope_base, c.rope_freq_scale,
-                               self.rope_freq_factors)
+        runs = [len(t) for t in token_lists]  # tokens per sequence
+        pool = caches[0].pool
+        if min(runs) == 0 or any(cache.pool is not pool for cache in caches):
+            raise ValueError("every sequence of a batch needs tokens, and all must share one KV pool")
+        for cache, n in zip(caches, runs):
+            cache.prepare(n)
+        tokens = np.concatenate([np.asarray(t, dtype=np.int64) for t in token_lists])  # (T,)
+        seq = np.repeat(np.arange(len(caches)), runs)  # (T,) sequence of each row
+        pos = np.concatenate([np.arange(cache.n, cache.n + n) for cache, n in zip(caches, runs)])  # (T,)
+        n_tok = len(tokens)
+        tables = np.zeros((len(caches), max(len(cache.blocks) for cache in caches)), np.int32)  # (B, blocks)
+        for b, cache in enumerate(caches):
+            tables[b, :len(cache.blocks)] = cache.blocks
+        blk, slot = tables[seq, pos // pool.block_tokens], pos % pool.block_tokens  # (T,) where each row goes
+        # a few tokens per sequence take decode's numerics: per-token attention and integer matmuls whose
+        # rows equal one-token matvecs, so batching or verifying drafts never changes a sequence's logits
+        decode = max(runs) <= DECODE_NUMERICS_MAX_TOKENS
+        cos, sin = rope_tables(pos, c.n_rot, c.rope_base, c.rope_freq_scale, self.rope_freq_factors)
         neox = c.rope_style == "neox"
+        code = pool.code
 
-        x = embed_rows(self.tok_embd, self.tok_embd_type, np.asarray(tokens, dtype=np.int64),
+        x = embed_rows(self.tok_embd, self.tok_embd_type, tokens,
                        np.empty((n_tok, c.n_embd), dtype=np.float32))  # (T, D) residual stream
         h = np.empty_like(x)  # (T, D) normed input of each sublayer
-        scores = np.empty((H, start + n_tok), dtype=np.float32)  # decode attention scratch
+        if decode:
+            act = np.empty((n_tok, H, hd if pool.qtype.activation else 0), np.int8)  # queries as the key type
+            act_d = np.empty((n_tok, H, act.shape[2] // 32), np.float32)            # wants them for its dot
+            act_s = np.empty((n_tok, H, act.shape[2] // 16), np.int16)
+            scores = np.empty((n_tok, H, int(pos.max()) + 1), np.float32)  # (T, H, S) attention weights
+            v_row = np.empty((n_tok, H, hd), np.float32)
+            attn = np.empty((n_tok, H, hd), np.float32)  # (T, H, hd)
 
         for i, L in enumerate(self.layers):
             # attention
             rms_norm(x, L.attn_norm, c.rms_eps, h)
-            q = _linear(L.wq, h, L.bq).reshape(n_tok, H, hd)  # (T, H, hd)
-            k = _linear(L.wk, h, L.bk).reshape(n_tok, H_kv, hd)  # (T, H_kv, hd)
-            v = _linear(L.wv, h, L.bv).reshape(n_tok, H_kv, hd)  # (T, H_kv, hd)
+            q = _linear(L.wq, h, L.bq, decode).reshape(n_tok, H, hd)  # (T, H, hd)
+            k = _linear(L.wk, h, L.bk, decode).reshape(n_tok, H_kv, hd)  # (T, H_kv, hd)
+            v = _linear(L.wv, h, L.bv, decode).reshape(n_tok, H_kv, hd)  # (T, H_kv, hd)
             rope(q, cos, sin, neox)
             rope(k, cos, sin, neox)
-            cache.store(i, start, k, v)
-            if n_tok <= DECODE_NUMERICS_MAX_TOKENS:
-                attn = np.empty((n_tok, H, hd), dtype=np.float32)  # (T, H, hd)
-                for t in range(n_tok):
-                    attend_one(q[t], cache.k[i], cache.v[i], start + t + 1, np.float32(self.attn_scale),
-                               scores, attn[t])
+            store_rows(code, pool.k[i], pool.v[i], blk, slot, k, v)
+            if decode:
+                attend_rows(code, q, pool.k[i], pool.v[i], tables, seq, pos, np.float32(self.attn_scale),
+                            act, act_d, act_s, scores, v_row, attn)
             else:
-                attn = attend_many(q, cache.k[i], cache.v[i], start, self.attn_scale)  # (T, H, hd)
-            x += _linear(L.wo, attn.reshape(n_tok, H * hd))
+                attn = np.empty((n_tok, H, hd), dtype=np.float32)
+                row = 0
+                for cache, n in zip(caches, runs):
+                    keys, values = cache.rows(i, cache.n + n)  # (H_kv, S, hd) each
+                    attn[row:row + n] = attend_many(q[row:row + n], keys, values, cache.n, self.attn_scale)
+                    row += n
+            x += _linear(L.wo, attn.reshape(n_tok, H * hd), None, decode)
 
             # feed-forward (SwiGLU)
             rms_norm(x, L.ffn_norm, c.rms_eps, h)
-            gate = _linear(L.w_gate, h)  # (T, F)
-            up = _linear(L.w_up, h)  # (T, F)
-            x += _linear(L.w_down, swiglu(gate, up, gate))
+            gate = _linear(L.w_gate, h, None, decode)  # (T, F)
+            up = _linear(L.w_up, h, None, decode)  # (T, F)
+            x += _linear(L.w_down, swiglu(gate, up, gate), None, decode)
 
-        cache.tokens.extend(int(t) for t in tokens)
+        for cache, t in zip(caches, token_lists):
+            cache.commit(t)
         if logits is None:
             return None
         if logits == "last":
-            x = x[-1:]
+            x = x[np.cumsum(runs) - 1]  # (B, D)
         rms_norm(x, self.output_norm, c.rms_eps, x)
-        return _linear(self.output, x)  # (T or 1, V)
+        return _linear(self.output, x, None, decode)  # (T or B, V)
 
 
-def _linear(w: QMatrix, x: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
-    """x (T, in) → (T, out): matvec for one token, decode-identical integer matmul for a few, else matmul."""
+def _linear(w: QMatrix, x: np.ndarray, bias: np.ndarray | None, decode: bool) -> np.ndarray:
+    """x (T, in) → (T, out): matvec for one token, decode-identical integer matmul for decode steps, else
+    whichever matmul is faster."""
     n_tok = x.shape[0]
     if n_tok == 1:
         y = w.matvec(x[0])[None]
-    elif n_tok <= DECODE_NUMERICS_MAX_TOKENS:
+    elif decode:
         y = w.matmul_integer(x)
     else:
         y = w.matmul(x)

@@ -1,4 +1,4 @@
-"""The forward pass's non-matmul operations: RMSNorm, RoPE, SwiGLU, attention over the KV cache.
+"""The forward pass's elementwise operations: RMSNorm, RoPE, SwiGLU (attention is in attention.py).
 
 Each is one compiled call on whole activations so a decode step makes few Python→numba transitions.
 Reductions accumulate in float64 where llama.cpp does (RMSNorm) and float32 elsewhere.
@@ -68,59 +68,4 @@ def swiglu(gate, up, out):
     o = out.ravel()
     for i in range(g.shape[0]):
         o[i] = g[i] / (np.float32(1.0) + np.exp(-g[i])) * u[i]
-    return out
-
-
-@nb.njit(parallel=True, **_JIT)
-def attend_one(q, k_cache, v_cache, n_ctx_used, scale, scores, out):
-    """Attention of one query token over the first n_ctx_used cached positions.
-
-    q: (H, hd)   k_cache, v_cache: (H_kv, n_ctx, hd)   scores: (H, n_ctx) scratch   out: (H, hd)
-    """
-    n_head, hd = q.shape
-    group = n_head // k_cache.shape[0]
-    for h in nb.prange(n_head):
-        kv = h // group
-        best = np.float32(-np.inf)
-        for t in range(n_ctx_used):
-            s = np.float32(0.0)
-            for i in range(hd):
-                s += q[h, i] * k_cache[kv, t, i]
-            s *= scale
-            scores[h, t] = s
-            best = max(best, s)
-        total = np.float32(0.0)
-        for t in range(n_ctx_used):
-            e = np.exp(scores[h, t] - best)
-            scores[h, t] = e
-            total += e
-        for i in range(hd):
-            out[h, i] = 0.0
-        for t in range(n_ctx_used):
-            w = scores[h, t] / total
-            for i in range(hd):
-                out[h, i] += w * v_cache[kv, t, i]
-    return out
-
-
-def attend_many(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start: int, scale: float) -> np.ndarray:
-    """Causal attention of T query tokens at positions start..start+T-1 over the cache, through BLAS.
-
-    q: (T, H, hd)   k_cache, v_cache: (H_kv, n_ctx, hd) holding positions 0..start+T-1   → (T, H, hd)
-    """
-    n_tok, n_head, hd = q.shape
-    n_kv = k_cache.shape[0]
-    group = n_head // n_kv
-    n_keys = start + n_tok
-    # key s is visible to query t when s <= start + t
-    masked = np.arange(n_keys)[None, :] > (start + np.arange(n_tok))[:, None]  # (T, S)
-    out = np.empty_like(q)
-    for kv in range(n_kv):
-        qg = q[:, kv * group:(kv + 1) * group, :].transpose(1, 0, 2)  # (G, T, hd)
-        scores = (qg @ k_cache[kv, :n_keys].T) * np.float32(scale)  # (G, T, S)
-        scores[:, masked] = -np.inf
-        scores -= scores.max(axis=-1, keepdims=True)
-        np.exp(scores, out=scores)
-        scores /= scores.sum(axis=-1, keepdims=True)
-        out[:, kv * group:(kv + 1) * group, :] = (scores @ v_cache[kv, :n_keys]).transpose(1, 0, 2)
     return out

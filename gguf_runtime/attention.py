@@ -1,0 +1,139 @@
+"""Attention over the paged KV cache, and the kernels that write and read its blocks.
+
+The pool (kv_cache.py) stores every cached key/value row — one head at one position, head_dim values — as
+one row of a ggml type (F16 by default, Q8_0, F32, ...), in blocks of positions:
+
+    K, V of one layer: uint8 (n_blocks, H_kv, block_tokens, row_bytes)
+
+so the type's own row kernels (quants/) quantize, dot and dequantize them: a Q8_0 key is scored against a
+Q8_0-quantized query with the integer dot product, as llama.cpp does for a quantized cache. A sequence
+reaches its positions through its block table: position p lives in block table[p // block_tokens], slot
+p % block_tokens.
+
+Every kernel takes rows of several sequences at once (a batched decode step): row t belongs to sequence
+seq[t] and sits at position pos[t]. Drivers are compiled per KV type like the matmul drivers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+from numba.extending import overload
+
+from .quants.halves import store_f16
+from .quants.kernels import Specialized, _qtype_of, dequantize_row, dot_row, quantize_activation
+from .quants.registry import F16, F32
+from .quants.simd import f32_bits
+
+_JIT = dict(cache=True, fastmath=True, nogil=True)
+
+
+def quantize_row(code, x, out):
+    """One float32 row x (1, K) -> out (1, row_bytes) in type `code`'s layout. Jitted code only."""
+    raise NotImplementedError
+
+
+@njit(**_JIT)
+def _store_f32_row(x, out):
+    for i in range(x.shape[1]):
+        b = f32_bits(x[0, i])
+        for j in range(4):
+            out[0, 4 * i + j] = (b >> (8 * j)) & 0xFF
+
+
+@njit(**_JIT)
+def _store_f16_row(x, out):
+    for i in range(x.shape[1]):
+        store_f16(out[0], 2 * i, x[0, i])
+
+
+@overload(quantize_row, prefer_literal=True)
+def _quantize_row(code, x, out):
+    qtype = _qtype_of(code)
+    # the float types' quantize_rows are numpy code; the block types' are jitted
+    kernel = {F32: _store_f32_row, F16: _store_f16_row}.get(qtype.ggml_type, qtype.quantize_rows)
+    return lambda code, x, out: kernel(x, out)
+
+
+@njit(**_JIT)
+def _store(code, K, V, blk, slot, k, v):
+    """Write rows: K[blk[t], h, slot[t]] = k[t, h] (quantized), the same for V.   k, v: (T, H_kv, hd)"""
+    for t in range(k.shape[0]):
+        for h in range(k.shape[1]):
+            quantize_row(code, k[t, h:h + 1], K[blk[t], h, slot[t]:slot[t] + 1])
+            quantize_row(code, v[t, h:h + 1], V[blk[t], h, slot[t]:slot[t] + 1])
+
+
+@njit(**_JIT)
+def _gather(code, K, table, n_pos, out):
+    """out[h, p] = the row at position p < n_pos of a sequence, dequantized.   out: (H_kv, n_pos, hd)"""
+    bt = K.shape[2]
+    for h in range(K.shape[1]):
+        for p in range(n_pos):
+            dequantize_row(code, K[table[p // bt], h, p % bt], out[h, p])
+
+
+@njit(parallel=True, **_JIT)
+def _attend(code, q, K, V, tables, seq, pos, scale, qq, qd, qs, scores, vrow, out):
+    """Causal attention of T query rows, each over its own sequence's positions 0..pos[t].
+
+    q: (T, H, hd)   K, V: one layer's blocks   tables: (B, max_blocks) int32   seq, pos: (T,)
+    qq, qd, qs: the queries quantized as the key type's dot wants them (T, H, ...)
+    scores: (T, H, max_pos + 1) scratch   vrow: (T, H, hd) scratch   out: (T, H, hd)
+    """
+    n_tok, n_head, hd = q.shape
+    group = n_head // K.shape[1]
+    bt = K.shape[2]
+    for job in prange(n_tok * n_head):
+        t, h = np.int64(job) // n_head, np.int64(job) % n_head
+        kv = h // group
+        table = tables[seq[t]]
+        sc = scores[t, h]
+        quantize_activation(code, q[t, h], qq[t, h], qd[t, h], qs[t, h])
+        best = np.float32(-np.inf)
+        for p in range(pos[t] + 1):
+            s = dot_row(code, K[table[p // bt], kv, p % bt], q[t, h], qq[t, h], qd[t, h], qs[t, h]) * scale
+            sc[p] = s
+            best = max(best, s)
+        total = np.float32(0.0)
+        for p in range(pos[t] + 1):
+            e = np.exp(sc[p] - best)
+            sc[p] = e
+            total += e
+        o = out[t, h]
+        o[:] = 0.0
+        row = vrow[t, h]
+        for p in range(pos[t] + 1):
+            dequantize_row(code, V[table[p // bt], kv, p % bt], row)
+            w = sc[p] / total
+            for i in range(hd):
+                o[i] += w * row[i]
+    return out
+
+
+store_rows = Specialized(_store)
+gather_rows = Specialized(_gather)
+attend_rows = Specialized(_attend)
+
+
+def attend_many(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int, scale: float) -> np.ndarray:
+    """Causal attention of T query tokens at positions start..start+T-1 of one sequence, through BLAS.
+
+    q: (T, H, hd)   k, v: (H_kv, start+T, hd) the sequence's gathered rows   → (T, H, hd)
+    """
+    n_tok, n_head, hd = q.shape
+    n_kv = k.shape[0]
+    group = n_head // n_kv
+    n_keys = start + n_tok
+    # key s is visible to query t when s <= start + t
+    masked = np.arange(n_keys)[None, :] > (start + np.arange(n_tok))[:, None]  # (T, S)
+    out = np.empty_like(q)
+    for kv in range(n_kv):
+        qg = q[:, kv * group:(kv + 1) * group, :].transpose(1, 0, 2)  # (G, T, hd)
+        scores = (qg @ k[kv].T) * np.float32(scale)  # (G, T, S)
+        scores[:, masked] = -np.inf
+        scores -= scores.max(axis=-1, keepdims=True)
+        np.exp(scores, out=scores)
+        scores /= scores.sum(axis=-1, keepdims=True)
+        out[:, kv * group:(kv + 1) * group, :] = (scores @ v[kv]).transpose(1, 0, 2)
+    return out
