@@ -16,11 +16,17 @@ from numba import njit, prange, types
 from numba.core.errors import TypingError
 from numba.extending import overload
 
+from . import q4_k, q6_k
 from .activation import dequantize_into, quantize_q8_0, quantize_q8_k
-from .registry import ACT_F32, ACT_Q8_0, QTYPES
+from .registry import ACT_F32, ACT_Q8_0, Q4_K, Q6_K, QTYPES
+from .simd import fmadd_i, fzero, hsum, iadd, izero, load_f32x8, load_i16x16, load_u8x32, madd_v, maddubs, store_f32x8
 
 ROW_BLOCK_BYTES = 1 << 16     # weight bytes per parallel task: fits L2 beside the activations
 PARALLEL_MIN_BYTES = 1 << 18  # below this (weight bytes x tokens) a call runs on one thread
+PANEL_BYTES = 1 << 16         # quantized activation bytes per token panel of the GEMM: stays in L2
+
+# Types with an integer GEMM (`matmul_panels`): their super-blocks unpack to unsigned bytes times per-32 scales.
+GEMM_TYPES = {Q4_K: q4_k.unpack_superblock, Q6_K: q6_k.unpack_superblock}
 
 
 def _qtype_of(code):
@@ -48,6 +54,20 @@ def quantize_activation(code, x, xq, xd, xs):
 def dequantize_activation(code, xq, xd, out):
     """out = the activation type `code`'s dot_row multiplies by (xq times its block scales). Jitted code only."""
     raise NotImplementedError
+
+
+def unpack_superblock(code, w, o, q, s):
+    """Super-block at w[o] of a GEMM_TYPES type -> q (256 unsigned bytes), s (8 scale vectors, then the 16
+    block-sum weights); returns the float factors (d, m) of the integer dot and of the block-sum term."""
+    raise NotImplementedError
+
+
+@overload(unpack_superblock, prefer_literal=True)
+def _unpack_superblock(code, w, o, q, s):
+    if not isinstance(code, types.IntegerLiteral) or code.literal_value not in GEMM_TYPES:
+        raise TypingError(f"no integer GEMM for type {code}")
+    kernel = GEMM_TYPES[code.literal_value]
+    return lambda code, w, o, q, s: kernel(w, o, q, s)
 
 
 @overload(dot_row, prefer_literal=True)
@@ -109,6 +129,72 @@ def _matmul_rows(code, W, X, xq, xd, xs, out):
 
 
 @njit(cache=True)
+def _superblock_isum(q, s, xq, xo):
+    """The integer part of one super-block's dot with one token: sum_j scale_j * (q_j . xq_j), 8 lanes."""
+    isum = izero()
+    for j in range(8):
+        isum = iadd(isum, madd_v(maddubs(load_u8x32(q, 32 * j), xq, xo + 32 * j), load_i16x16(s, 16 * j)))
+    return isum
+
+
+@njit(cache=True)
+def _superblock_update(acc, isum, q, s, d, m, xd, xs, so):
+    """acc + isum * (d*xd) + (bias . block sums) * (m*xd): dot_row's float steps, in its order."""
+    acc = fmadd_i(acc, isum, d * xd)
+    return fmadd_i(acc, madd_v(load_i16x16(s, 128), load_i16x16(xs, so)), m * xd)
+
+
+@njit(cache=True)
+def _panel(code, W, xq, xd, xs, out, r0, r1, t0, t1, q, s, acc):
+    """out[t, r] for rows r0..r1 and tokens t0..t1: each super-block of a row is unpacked once (to q, s in
+    L1) and multiplied with every token of the panel, two at a time so each weight load serves both.
+    acc holds one F32x8 per token; its lanes and update order are dot_row's, so results match it bitwise."""
+    n_super = xq.shape[1] // 256
+    type_size = W.shape[1] // n_super
+    for r in range(r0, r1):
+        w = W[r]
+        for t in range(t1 - t0):
+            store_f32x8(acc, 8 * t, fzero())
+        for i in range(n_super):
+            d, m = unpack_superblock(code, w, i * type_size, q, s)
+            for t in range(t0, t1 - 1, 2):
+                isum0 = _superblock_isum(q, s, xq[t], 256 * i)
+                isum1 = _superblock_isum(q, s, xq[t + 1], 256 * i)
+                a = 8 * (t - t0)
+                store_f32x8(acc, a, _superblock_update(load_f32x8(acc, a), isum0, q, s, d, m, xd[t, i], xs[t],
+                                                       16 * i))
+                store_f32x8(acc, a + 8, _superblock_update(load_f32x8(acc, a + 8), isum1, q, s, d, m, xd[t + 1, i],
+                                                           xs[t + 1], 16 * i))
+            if (t1 - t0) % 2:
+                t = t1 - 1
+                a = 8 * (t - t0)
+                isum = _superblock_isum(q, s, xq[t], 256 * i)
+                store_f32x8(acc, a, _superblock_update(load_f32x8(acc, a), isum, q, s, d, m, xd[t, i], xs[t], 16 * i))
+        for t in range(t0, t1):
+            out[t, r] = hsum(load_f32x8(acc, 8 * (t - t0)))
+
+
+@njit(parallel=True, cache=True)
+def _matmul_panels(code, W, X, xq, xd, xs, out):
+    """out = X @ W.T by the integer GEMM (GEMM_TYPES): bit-identical per row to _matmul_rows, faster for many
+    tokens. Blocks of rows in parallel; within a block, panels of tokens whose activations stay in L2 while
+    the block's rows (also in L2) pass over them."""
+    for t in prange(X.shape[0]):
+        quantize_activation(code, X[t], xq[t], xd[t], xs[t])
+    rows_per_block = max(1, ROW_BLOCK_BYTES // W.shape[1])
+    n_blocks = (W.shape[0] + rows_per_block - 1) // rows_per_block
+    panel = max(2, PANEL_BYTES // xq.shape[1])
+    for block in prange(n_blocks):
+        q = np.empty(256, np.uint8)
+        s = np.empty(144, np.int16)
+        acc = np.empty(8 * panel, np.float32)
+        r0 = np.int64(block) * rows_per_block
+        r1 = min(W.shape[0], r0 + rows_per_block)
+        for t0 in range(0, X.shape[0], panel):
+            _panel(code, W, xq, xd, xs, out, r0, r1, t0, min(X.shape[0], t0 + panel), q, s, acc)
+
+
+@njit(cache=True)
 def _dequantize_rows(code, W, ids, out):
     """out[i] = dequantized W[ids[i]], on the calling thread: it is bandwidth-bound and fast enough (a 14M-value
     matrix in ~3 ms), and between BLAS calls of the tiled matmul waking numba's threads would make both
@@ -159,5 +245,6 @@ class Specialized:
 
 
 matmul_rows = Specialized(_matmul_rows)
+matmul_panels = Specialized(_matmul_panels)
 dequantize_rows = Specialized(_dequantize_rows)
 rounded_activations = Specialized(_rounded_activations)

@@ -11,7 +11,7 @@ from .blocks import nearest_int
 from .halves import store_f16
 from .kquants import make_qkx2_quants, pack_scale_min_k4, scale_min_k4, scales_mins_k4
 from .simd import (f16_at, fmadd_i, fzero, hsum, iadd, izero, lane, load_i16x16, load_u8x32, madd, madd_v, maddubs,
-                   store_scaled, vand, vshr)
+                   scale_pair, store_i16x16, store_scaled, store_u8x32, vand, vshr)
 
 BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 256, 144, "q8_K"
 
@@ -30,6 +30,7 @@ def dequantize_row(w, y):
             store_scaled(y, yo + 64 * j, vand(q, 15), d0, min0, d0, min0)
             store_scaled(y, yo + 64 * j + 32, vshr(q, 4), d1, min1, d1, min1)
 
+
 @njit(cache=True)
 def dot_row(w, x, xq, xd, xs):
     """Per super-block: d*dx*sum_s sc_s*(q.xq)_s - dmin*dx*sum_s m_s*bsum_s, integer sums inside."""
@@ -46,6 +47,23 @@ def dot_row(w, x, xq, xd, xs):
         acc = fmadd_i(acc, isum, f16_at(w, o) * xd[i])
         acc = fmadd_i(acc, madd_v(mins2, load_i16x16(xs, 16 * i)), -(f16_at(w, o + 2) * xd[i]))
     return hsum(acc)
+
+
+@njit(cache=True)
+def unpack_superblock(w, o, q, s):
+    """Super-block at w[o] in the integer GEMM's form (kernels.py): q = its 256 nibbles, s[16j:16j+16] = the
+    scale of sub-block j in every lane, s[128:144] = the mins (each twice, for the block sums); returns
+    (d, -dmin). The GEMM then computes what dot_row does, in the same lanes and float order."""
+    scales, mins2 = scales_mins_k4(w, o + 4)
+    for j in range(4):
+        qv = load_u8x32(w, o + 16 + 32 * j)
+        store_u8x32(q, 64 * j, vand(qv, 15))
+        store_u8x32(q, 64 * j + 32, vshr(qv, 4))
+        s0, s1 = lane(scales, 2 * j), lane(scales, 2 * j + 1)
+        store_i16x16(s, 32 * j, scale_pair(s0, s0))
+        store_i16x16(s, 32 * j + 16, scale_pair(s1, s1))
+    store_i16x16(s, 128, mins2)
+    return f16_at(w, o), -f16_at(w, o + 2)
 
 
 @njit(cache=True)

@@ -11,7 +11,7 @@ from .blocks import nearest_int
 from .halves import store_f16
 from .kquants import GROUP_MAX_EPS, make_qx_quants
 from .simd import (f16_at, fmadd_i, fzero, hsum, iadd, izero, lane, load_i16x16, load_u8x32, madd, madd_v, maddubs,
-                   store_scaled, vand, vor, vshl, vshr, vsub, widen_s8)
+                   scale_pair, store_i16x16, store_scaled, store_u8x32, vand, vor, vshl, vshr, vsub, widen_s8)
 
 BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 256, 210, "q8_K"
 
@@ -54,10 +54,28 @@ def dot_row(w, x, xq, xd, xs):
                 s = 8 * n + 2 * grp
                 p = maddubs(_six_bit(ql0, ql1, qh, grp), xq, xo + 128 * n + 32 * grp)
                 isum = iadd(isum, madd(p, lane(scales, s), lane(scales, s + 1)))
-        dd = f16_at(w, o + 208) * xd[i]
-        acc = fmadd_i(acc, isum, dd)
-        acc = fmadd_i(acc, madd_v(scales, load_i16x16(xs, 16 * i)), np.float32(-32) * dd)
+        d = f16_at(w, o + 208)
+        acc = fmadd_i(acc, isum, d * xd[i])
+        acc = fmadd_i(acc, madd_v(scales, load_i16x16(xs, 16 * i)), (np.float32(-32) * d) * xd[i])
     return hsum(acc)
+
+
+@njit(cache=True)
+def unpack_superblock(w, o, q, s):
+    """Super-block at w[o] in the integer GEMM's form (kernels.py): q = its 256 unsigned 6-bit values,
+    s[16j:16j+16] = the two scales of group j (8 lanes each), s[128:144] = the 16 scales (for -32 * block
+    sums); returns (d, -32*d), the factors dot_row applies."""
+    scales = widen_s8(w, o + 192)
+    for n in range(2):
+        ql0, ql1 = load_u8x32(w, o + 64 * n), load_u8x32(w, o + 64 * n + 32)
+        qh = load_u8x32(w, o + 128 + 32 * n)
+        for grp in range(4):
+            j = 4 * n + grp
+            store_u8x32(q, 32 * j, _six_bit(ql0, ql1, qh, grp))
+            store_i16x16(s, 16 * j, scale_pair(lane(scales, 2 * j), lane(scales, 2 * j + 1)))
+    store_i16x16(s, 128, scales)
+    d = f16_at(w, o + 208)
+    return d, np.float32(-32) * d
 
 
 @njit(cache=True)

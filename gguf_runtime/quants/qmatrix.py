@@ -82,15 +82,21 @@ class QMatrix:
 
     def matmul(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """X @ W.T for T tokens: X float32 (T, n_cols) -> (T, n_rows), by the faster strategy for T."""
-        if np.shape(X)[0] <= INTEGER_PATH_MAX_TOKENS[self.qtype.block_size] and self.ggml_type != F32:
+        if self.ggml_type in kernels.GEMM_TYPES or (
+                np.shape(X)[0] <= INTEGER_PATH_MAX_TOKENS[self.qtype.block_size] and self.ggml_type != F32):
             return self.matmul_integer(X, out)
         return self.matmul_tiled(X, out)
 
     def matmul_integer(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """X @ W.T with the integer dot-product kernels: one pass over W, every token per row."""
+        """X @ W.T with the integer dot-product kernels, each row bit-identical to matvec: one pass over W with
+        every token per row, or for the types with an integer GEMM (kernels.GEMM_TYPES) and several tokens,
+        each weight block unpacked once per panel of tokens."""
         X = self._input(X, 2)
         out = self._output(out, (X.shape[0], self.n_rows))
-        kernels.matmul_rows(self.ggml_type, self.data, X, *self._activation_scratch(X.shape[0]), out)
+        if self.ggml_type in kernels.GEMM_TYPES and X.shape[0] > 1:
+            kernels.matmul_panels(self.ggml_type, self.data, X, *self._activation_scratch(X.shape[0]), out)
+        else:
+            kernels.matmul_rows(self.ggml_type, self.data, X, *self._activation_scratch(X.shape[0]), out)
         return out
 
     def matmul_tiled(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

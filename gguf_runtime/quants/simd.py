@@ -200,6 +200,29 @@ def maddubs(typingctx, u, x, off):
     return I16x16(U8x32, x, types.intp), codegen
 
 
+def _scale_pair(builder, s0, s1):
+    """16 x i16: s0 in lanes 0..7, s1 in lanes 8..15."""
+    v16 = I16x16.llvm_type
+    a = _splat(builder, builder.trunc(s0, _I16), v16)
+    b = _splat(builder, builder.trunc(s1, _I16), v16)
+    return builder.shuffle_vector(a, b, _vec(_I32, list(range(8)) + list(range(24, 32))))
+
+
+def _madd_wd(builder, a, b):
+    if USE_X86_AVX2:
+        return _x86(builder, "llvm.x86.avx2.pmadd.wd", I32x8.llvm_type, [a, b])
+    wide = ir.VectorType(_I32, 16)
+    return _pairwise_add(builder, builder.mul(builder.sext(a, wide), builder.sext(b, wide)), 8)
+
+
+@intrinsic
+def scale_pair(typingctx, s0, s1):
+    """16 x i16 with s0 in lanes 0..7 and s1 in lanes 8..15: `madd`'s scales as a vector, for `madd_v`."""
+    def codegen(context, builder, sig, args):
+        return _scale_pair(builder, args[0], args[1])
+    return I16x16(types.intp, types.intp), codegen
+
+
 @intrinsic
 def madd(typingctx, p, s0, s1):
     """Lanes of p times a scale (s0 for lanes 0..7, s1 for lanes 8..15); adjacent products summed -> 8 x i32.
@@ -207,15 +230,7 @@ def madd(typingctx, p, s0, s1):
     After `maddubs`, I32x8 lanes 0..3 hold s0 * (sums of elements 0..15) and lanes 4..7 s1 * (16..31).
     """
     def codegen(context, builder, sig, args):
-        v16 = I16x16.llvm_type
-        a = _splat(builder, builder.trunc(args[1], _I16), v16)
-        b = _splat(builder, builder.trunc(args[2], _I16), v16)
-        scales = builder.shuffle_vector(a, b, _vec(_I32, list(range(8)) + list(range(24, 32))))
-        if USE_X86_AVX2:
-            return _x86(builder, "llvm.x86.avx2.pmadd.wd", I32x8.llvm_type, [args[0], scales])
-        wide = ir.VectorType(_I32, 16)
-        products = builder.mul(builder.sext(args[0], wide), builder.sext(scales, wide))
-        return _pairwise_add(builder, products, 8)
+        return _madd_wd(builder, args[0], _scale_pair(builder, args[1], args[2]))
     return I32x8(I16x16, types.intp, types.intp), codegen
 
 
@@ -261,11 +276,7 @@ def lookup16(typingctx, table, idx):
 def madd_v(typingctx, a, b):
     """a * b lane-wise (16 x i16), adjacent products summed -> 8 x i32."""
     def codegen(context, builder, sig, args):
-        if USE_X86_AVX2:
-            return _x86(builder, "llvm.x86.avx2.pmadd.wd", I32x8.llvm_type, [args[0], args[1]])
-        wide = ir.VectorType(_I32, 16)
-        products = builder.mul(builder.sext(args[0], wide), builder.sext(args[1], wide))
-        return _pairwise_add(builder, products, 8)
+        return _madd_wd(builder, args[0], args[1])
     return I32x8(I16x16, I16x16), codegen
 
 
@@ -431,6 +442,24 @@ def store_f32x8(typingctx, arr, off, v):
         builder.store(args[2], _pointer(context, builder, sig.args[0], args[0], args[1], F32x8.llvm_type), align=4)
         return context.get_dummy_value()
     return types.none(arr, types.intp, F32x8), codegen
+
+
+def _store_vector(vtype: VectorType, dtypes):
+    def typer(typingctx, arr, off, v):
+        _check_array(arr, dtypes)
+        if v != vtype:
+            raise TypingError(f"simd: expected a {vtype} value")
+
+        def codegen(context, builder, sig, args):
+            builder.store(args[2], _pointer(context, builder, sig.args[0], args[0], args[1], vtype.llvm_type),
+                          align=1)
+            return context.get_dummy_value()
+        return types.none(arr, types.intp, vtype), codegen
+    return typer
+
+
+store_u8x32 = intrinsic(_store_vector(U8x32, _BYTES))           # arr[off:off+32] = v (bytes)
+store_i16x16 = intrinsic(_store_vector(I16x16, (types.int16,)))  # arr[off:off+16] = v (int16)
 
 
 @intrinsic
