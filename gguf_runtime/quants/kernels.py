@@ -19,11 +19,11 @@ from numba.extending import overload
 from . import q4_k, q6_k
 from .activation import dequantize_into, quantize_q8_0, quantize_q8_k
 from .registry import ACT_F32, ACT_Q8_0, Q4_K, Q6_K, QTYPES
-from .simd import fmadd_i, fzero, hsum, iadd, izero, load_f32x8, load_i16x16, load_u8x32, madd_v, maddubs, store_f32x8
+from .simd import fmadd_i, fzero, hsum, iadd, izero, load_i16x16, load_u8x32, madd_v, maddubs
 
 ROW_BLOCK_BYTES = 1 << 16     # weight bytes per parallel task: fits L2 beside the activations
 PARALLEL_MIN_BYTES = 1 << 18  # below this (weight bytes x tokens) a call runs on one thread
-PANEL_BYTES = 1 << 16         # quantized activation bytes per token panel of the GEMM: stays in L2
+PANEL_BYTES = 1 << 18         # quantized activation bytes per token panel of the GEMM: stays in L2
 
 # Types with an integer GEMM (`matmul_panels`): their super-blocks unpack to unsigned bytes times per-32 scales.
 GEMM_TYPES = {Q4_K: q4_k.unpack_superblock, Q6_K: q6_k.unpack_superblock}
@@ -129,49 +129,50 @@ def _matmul_rows(code, W, X, xq, xd, xs, out):
 
 
 @njit(cache=True)
-def _superblock_isum(q, s, xq, xo):
-    """The integer part of one super-block's dot with one token: sum_j scale_j * (q_j . xq_j), 8 lanes."""
+def _superblock_isum(q, s, i, xq, xo):
+    """The integer part of super-block i's dot with one token: sum_j scale_j * (q_j . xq_j), 8 lanes."""
     isum = izero()
     for j in range(8):
-        isum = iadd(isum, madd_v(maddubs(load_u8x32(q, 32 * j), xq, xo + 32 * j), load_i16x16(s, 16 * j)))
+        p = maddubs(load_u8x32(q, 256 * i + 32 * j), xq, xo + 32 * j)
+        isum = iadd(isum, madd_v(p, load_i16x16(s, 144 * i + 16 * j)))
     return isum
 
 
 @njit(cache=True)
-def _superblock_update(acc, isum, q, s, d, m, xd, xs, so):
+def _superblock_update(acc, isum, s, i, dm, xd, xs, so):
     """acc + isum * (d*xd) + (bias . block sums) * (m*xd): dot_row's float steps, in its order."""
-    acc = fmadd_i(acc, isum, d * xd)
-    return fmadd_i(acc, madd_v(load_i16x16(s, 128), load_i16x16(xs, so)), m * xd)
+    acc = fmadd_i(acc, isum, dm[2 * i] * xd)
+    return fmadd_i(acc, madd_v(load_i16x16(s, 144 * i + 128), load_i16x16(xs, so)), dm[2 * i + 1] * xd)
 
 
 @njit(cache=True)
-def _panel(code, W, xq, xd, xs, out, r0, r1, t0, t1, q, s, acc):
-    """out[t, r] for rows r0..r1 and tokens t0..t1: each super-block of a row is unpacked once (to q, s in
-    L1) and multiplied with every token of the panel, two at a time so each weight load serves both.
-    acc holds one F32x8 per token; its lanes and update order are dot_row's, so results match it bitwise."""
+def _panel(code, W, xq, xd, xs, out, r0, r1, t0, t1, q, s, dm):
+    """out[t, r] for rows r0..r1 and tokens t0..t1. Each row is unpacked once (q, s, dm: its super-blocks in
+    the GEMM form, in L1), then every token of the panel passes over it, two at a time so each weight load
+    serves both. Per token the lanes and float steps are dot_row's, so results match it bitwise."""
     n_super = xq.shape[1] // 256
     type_size = W.shape[1] // n_super
     for r in range(r0, r1):
         w = W[r]
-        for t in range(t1 - t0):
-            store_f32x8(acc, 8 * t, fzero())
         for i in range(n_super):
-            d, m = unpack_superblock(code, w, i * type_size, q, s)
-            for t in range(t0, t1 - 1, 2):
-                isum0 = _superblock_isum(q, s, xq[t], 256 * i)
-                isum1 = _superblock_isum(q, s, xq[t + 1], 256 * i)
-                a = 8 * (t - t0)
-                store_f32x8(acc, a, _superblock_update(load_f32x8(acc, a), isum0, q, s, d, m, xd[t, i], xs[t],
-                                                       16 * i))
-                store_f32x8(acc, a + 8, _superblock_update(load_f32x8(acc, a + 8), isum1, q, s, d, m, xd[t + 1, i],
-                                                           xs[t + 1], 16 * i))
-            if (t1 - t0) % 2:
-                t = t1 - 1
-                a = 8 * (t - t0)
-                isum = _superblock_isum(q, s, xq[t], 256 * i)
-                store_f32x8(acc, a, _superblock_update(load_f32x8(acc, a), isum, q, s, d, m, xd[t, i], xs[t], 16 * i))
-        for t in range(t0, t1):
-            out[t, r] = hsum(load_f32x8(acc, 8 * (t - t0)))
+            dm[2 * i], dm[2 * i + 1] = unpack_superblock(code, w, i * type_size, q[256 * i:], s[144 * i:])
+        for t in range(t0, t1 - 1, 2):
+            x0, x1, s0, s1, d0, d1 = xq[t], xq[t + 1], xs[t], xs[t + 1], xd[t], xd[t + 1]
+            acc0, acc1 = fzero(), fzero()
+            for i in range(n_super):
+                isum0 = _superblock_isum(q, s, i, x0, 256 * i)
+                isum1 = _superblock_isum(q, s, i, x1, 256 * i)
+                acc0 = _superblock_update(acc0, isum0, s, i, dm, d0[i], s0, 16 * i)
+                acc1 = _superblock_update(acc1, isum1, s, i, dm, d1[i], s1, 16 * i)
+            out[t, r] = hsum(acc0)
+            out[t + 1, r] = hsum(acc1)
+        if (t1 - t0) % 2:
+            t = t1 - 1
+            acc = fzero()
+            for i in range(n_super):
+                acc = _superblock_update(acc, _superblock_isum(q, s, i, xq[t], 256 * i), s, i, dm, xd[t, i], xs[t],
+                                         16 * i)
+            out[t, r] = hsum(acc)
 
 
 @njit(parallel=True, cache=True)
@@ -184,14 +185,15 @@ def _matmul_panels(code, W, X, xq, xd, xs, out):
     rows_per_block = max(1, ROW_BLOCK_BYTES // W.shape[1])
     n_blocks = (W.shape[0] + rows_per_block - 1) // rows_per_block
     panel = max(2, PANEL_BYTES // xq.shape[1])
+    n_super = xq.shape[1] // 256
     for block in prange(n_blocks):
-        q = np.empty(256, np.uint8)
-        s = np.empty(144, np.int16)
-        acc = np.empty(8 * panel, np.float32)
+        q = np.empty(256 * n_super, np.uint8)
+        s = np.empty(144 * n_super, np.int16)
+        dm = np.empty(2 * n_super, np.float32)
         r0 = np.int64(block) * rows_per_block
         r1 = min(W.shape[0], r0 + rows_per_block)
         for t0 in range(0, X.shape[0], panel):
-            _panel(code, W, xq, xd, xs, out, r0, r1, t0, min(X.shape[0], t0 + panel), q, s, acc)
+            _panel(code, W, xq, xd, xs, out, r0, r1, t0, min(X.shape[0], t0 + panel), q, s, dm)
 
 
 @njit(cache=True)
