@@ -11,6 +11,7 @@ from typing import Any, Generator, Iterator, Sequence
 
 import numpy as np
 
+from .batch import BatchStats, generate_batch
 from .catalog import resolve_model
 from .chat_template import ChatTemplate
 from .config import ModelConfig
@@ -21,14 +22,14 @@ from .quants import set_threads
 from .sampling import SampledToken, Sampler, SamplingParams
 from .session import ContextLengthError, Session
 from .speculative import Drafter, ModelDrafter, NgramDrafter, check_vocab_compatible
+from .state import load_state, save_state
 from .tokenizer import Tokenizer
 
 # vLLM constructor arguments that mean nothing on one CPU: accepted at their vLLM default, refused otherwise.
 _VLLM_DEFAULTS: dict[str, Any] = {
     "tensor_parallel_size": 1, "pipeline_parallel_size": 1, "quantization": None, "dtype": "auto",
     "gpu_memory_utilization": 0.9, "trust_remote_code": False, "enforce_eager": False, "tokenizer": None,
-    "tokenizer_mode": "auto", "swap_space": 4, "cpu_offload_gb": 0, "enable_prefix_caching": None,
-    "kv_cache_dtype": "auto", "max_num_seqs": None, "revision": None, "download_dir": None,
+    "tokenizer_mode": "auto", "swap_space": 4, "cpu_offload_gb": 0, "revision": None, "download_dir": None,
 }
 
 
@@ -60,9 +61,16 @@ class LLM:
     def __init__(self, model: str | os.PathLike | None = None, n_ctx: int = 2048, n_threads: int | None = None,
                  n_batch: int = 256, seed: int | None = None, max_model_len: int | None = None,
                  draft_model: str | os.PathLike | None = None, speculative: str | None = None,
-                 draft_max: int = 16, draft_min: int = 1, draft_p_min: float = 0.75, **kwargs):
+                 draft_max: int = 16, draft_min: int = 1, draft_p_min: float = 0.75, max_num_seqs: int = 8,
+                 kv_cache_dtype: str = "f16", kv_cache_tokens: int | None = None,
+                 enable_prefix_caching: bool | None = True, **kwargs):
         """draft_model: a smaller model with the same vocabulary drafts tokens for speculative decoding;
-        speculative="ngram" drafts by prompt lookup instead (no second model). Output is unchanged either way."""
+        speculative="ngram" drafts by prompt lookup instead (no second model). Output is unchanged either way.
+
+        max_num_seqs: sequences `generate` decodes together (continuous batching). kv_cache_dtype: "f16"
+        (llama.cpp's default), "q8_0" (half the memory), "f32", or another llama.cpp cache type.
+        kv_cache_tokens: positions the shared KV pool holds for all sequences (default 2 x n_ctx).
+        enable_prefix_caching: reuse cached blocks of a prompt prefix computed by an earlier request."""
         self._check_vllm_kwargs(kwargs)
         if max_model_len is not None:
             n_ctx = max_model_len
@@ -78,7 +86,17 @@ class LLM:
         self.gguf, self.tokenizer, self.model = load(path)
         self.config = self.model.config
         self.n_ctx = int(n_ctx)
-        self.session = Session(self.model, self.n_ctx, n_batch=n_batch)
+        self.n_batch = n_batch
+        self.max_num_seqs = max_num_seqs
+        if kv_cache_dtype == "auto":
+            kv_cache_dtype = "f16"
+        pool_tokens = 2 * self.n_ctx if kv_cache_tokens is None else int(kv_cache_tokens)
+        if pool_tokens < self.n_ctx:
+            raise ValueError(f"kv_cache_tokens ({pool_tokens}) must hold at least one context (n_ctx {self.n_ctx})")
+        self.pool = self.model.new_pool(pool_tokens, kv_cache_dtype)
+        self.pool.prefix_caching = enable_prefix_caching is not False
+        self.session = Session(self.model, self.n_ctx, n_batch=n_batch, pool=self.pool)
+        self.batch_stats: BatchStats | None = None  # of the last generate call
         if speculative not in (None, "draft", "ngram"):
             raise ValueError(f"speculative must be None, 'draft' or 'ngram', got {speculative!r}")
         if speculative == "draft" and draft_model is None:
@@ -170,7 +188,8 @@ class LLM:
     def generate(self, prompts: str | Sequence[int] | Sequence[str | Sequence[int] | dict] | dict,
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
                  use_tqdm: bool = False) -> list[RequestOutput]:
-        """Generate for each prompt (a string, a list of token ids, or a list of those)."""
+        """Generate for each prompt (a string, a list of token ids, or a list of those). Prompts run together,
+        up to max_num_seqs sequences at a time (continuous batching); each result equals running it alone."""
         single = isinstance(prompts, (str, dict)) or (
             isinstance(prompts, Sequence) and len(prompts) > 0 and isinstance(prompts[0], (int, np.integer)))
         batch = [prompts] if single else list(prompts)
@@ -178,13 +197,21 @@ class LLM:
                        else [sampling_params] * len(batch))
         if len(params_list) != len(batch):
             raise ValueError(f"{len(params_list)} sampling params for {len(batch)} prompts")
+        params_list = [self._params(p) for p in params_list]
+        prompts = [self._prompt_ids(p) for p in batch]
+        if self.speculative is not None:  # drafts are per sequence: one request at a time
+            generations = [[_drain(self._run(ids, p, stream=i)) for i in range(p.n)]
+                           for (_, ids), p in zip(prompts, params_list)]
+        else:
+            self.session.reset()  # its blocks stay cached in the pool for the requests to reuse
+            self.batch_stats = BatchStats()
+            generations = generate_batch(self.model, self.tokenizer, self.pool, [ids for _, ids in prompts],
+                                         params_list, self.n_ctx, self.n_batch, self.max_num_seqs,
+                                         self.batch_stats)
         outputs = []
-        for prompt, params in zip(batch, params_list):
-            params = self._params(params)
-            text, ids = self._prompt_ids(prompt)
-            completions = [self._completion(i, _drain(self._run(ids, params, stream=i))) for i in range(params.n)]
-            outputs.append(RequestOutput(str(self._requests), text, ids, completions,
-                                         metrics=completions[0].metrics))
+        for (text, ids), gens in zip(prompts, generations):
+            completions = [self._completion(i, g) for i, g in enumerate(gens)]
+            outputs.append(RequestOutput(str(self._requests), text, ids, completions, metrics=completions[0].metrics))
             self._requests += 1
         return outputs
 
@@ -224,13 +251,25 @@ class LLM:
         return CompletionOutput(index, gen.text, gen.token_ids, gen.finish_reason, gen.stop_reason,
                                 cumulative, logprobs, gen.stats)
 
+    # ---- saved state ------------------------------------------------------------------------------------------
+
+    def save_state(self, path: str | os.PathLike) -> None:
+        """Save the conversation's KV cache (the tokens `stream`/`generate_stream` last ran) to a file."""
+        save_state(self.session.cache, self.model.fingerprint, path)
+
+    def load_state(self, path: str | os.PathLike) -> list[int]:
+        """Restore a saved KV cache; a following prompt that starts with its tokens evaluates only the rest.
+        Returns the restored tokens. A file of another model, cache type or context is refused."""
+        load_state(self.session.cache, self.model.fingerprint, path, self.tokenizer.n_vocab)
+        return list(self.session.tokens)
+
     # ---- raw model access ------------------------------------------------------------------------------------
 
     def logits(self, token_ids: Sequence[int]) -> np.ndarray:
         """float32 logits (n_tokens, n_vocab) for every position, evaluated in a fresh context."""
         _, ids = self._prompt_ids(list(token_ids), room=0)
         self.session.reset()
-        return self.session.eval_prompt(ids, all_logits=True)
+        return self.session.eval_prompt(ids, all_logits=True, reuse_pool=False)
 
 
 def load(path: Path) -> tuple[GGUFFile, Tokenizer, Model]:

@@ -72,6 +72,7 @@ class KVPool:
         self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(n_blocks))  # oldest first
         self._by_hash: dict[bytes, int] = {}
         self._hash_of: dict[int, bytes] = {}
+        self.prefix_caching = True  # off: registered blocks are never handed to another sequence
 
     @property
     def n_free(self) -> int:
@@ -121,7 +122,7 @@ class KVPool:
             self._hash_of[block] = key
 
     def lookup(self, key: bytes) -> int | None:
-        return self._by_hash.get(key)
+        return self._by_hash.get(key) if self.prefix_caching else None
 
     def forget(self, block: int) -> None:
         """The block's content is about to change: it no longer stands for its tokens."""

@@ -85,6 +85,13 @@ class Model:
         self.n_vocab = self.output.n_rows
         self.attn_scale = 1.0 / math.sqrt(config.head_dim)
 
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the weights a saved KV state belongs to (architecture, shape, name, file size)."""
+        c, g = self.config, self._gguf
+        return (f"{c.arch}/{c.n_layers}x{c.n_embd}/{self.n_vocab}/{g.get('general.name', '')}/"
+                f"{g.path.stat().st_size}")
+
     def _tensor(self, name: str):
         info = self._gguf.tensors.get(name)
         if info is None:

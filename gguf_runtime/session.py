@@ -50,27 +50,28 @@ class Session:
         """A session continuing from the same cached tokens, sharing their blocks (copy-on-write)."""
         return Session(self.model, self.n_ctx, self.n_batch, cache=self.cache.fork())
 
-    def eval_prompt(self, tokens: list[int], all_logits: bool = False) -> np.ndarray:
+    def eval_prompt(self, tokens: list[int], all_logits: bool = False, reuse_pool: bool = True) -> np.ndarray:
         """Make the cache hold exactly `tokens`, reusing the longest cached prefix; logits of what ran.
 
         At least the last token is always re-run so its logits exist. Returns (1, V) or, with all_logits,
         (n_new, V) for the newly evaluated positions.
         """
-        self.start_prompt(tokens, all_logits)
+        self.start_prompt(tokens, all_logits, reuse_pool)
         while (logits := self.step_prompt()) is None:
             pass
         return logits
 
-    def start_prompt(self, tokens: list[int], all_logits: bool = False) -> int:
-        """Begin evaluating a prompt: keep the cached common prefix, then take whole cached blocks of the
-        pool (a prefix another request computed); returns the tokens left for `step_prompt` to run."""
+    def start_prompt(self, tokens: list[int], all_logits: bool = False, reuse_pool: bool = True) -> int:
+        """Begin evaluating a prompt: keep the cached common prefix, then (reuse_pool) take whole cached
+        blocks of the pool (a prefix another request computed); returns the tokens left for `step_prompt`."""
         if not tokens:
             raise ValueError("cannot evaluate an empty token sequence")
         if len(tokens) > self.n_ctx:
             raise ContextLengthError(f"prompt has {len(tokens)} tokens but the context holds {self.n_ctx}")
         keep = min(self.cache.common_prefix(tokens), len(tokens) - 1)
         self.cache.truncate(keep)
-        keep += self.cache.reuse_prefix(tokens, limit=len(tokens) - 1)
+        if reuse_pool:
+            keep += self.cache.reuse_prefix(tokens, limit=len(tokens) - 1)
         self.reused = keep
         self._pending = np.asarray(tokens[keep:], dtype=np.int64)
         self._all_logits = all_logits
