@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """gguf-runtime vs llama.cpp, same model, same threads, one run: open time, prefill and decode tok/s,
-time to first token (cold and warm numba cache), peak RSS.
+time to first token (cold and warm numba cache), peak RSS (against the file size).
 
     .venv/bin/python scripts/bench.py [-m smollm2-135m -m qwen2.5-coder-1.5b] [-t 2] [--json]
         [--llama-python .fixtures-venv/bin/python]
@@ -9,6 +9,8 @@ Each measurement runs in a child process of its own (so peak RSS and start-up ar
 is driven through llama-cpp-python from the interpreter given by --llama-python (`make fixtures-env`).
 Prefill: a 256-token prompt (the first tokens of tests/fixtures/ppl_text.txt) from an empty cache.
 Decode: 128 greedy tokens after it. Both are the median of --reps runs after one warm-up.
+Time to first token: `gguf-runtime complete -n 1` (default n_ctx) from process start to exit, the median of
+--ttft-reps runs with a warm numba cache and one run with an empty one; its peak RSS is reported too.
 """
 
 from __future__ import annotations
@@ -29,14 +31,32 @@ N_PROMPT = 256
 N_GEN = 128
 
 
-def peak_rss_mb() -> float:
+def peak_rss_mb(who: int | None = None) -> float:
+    """This process's peak RSS, or that of the rusage `who` (from os.wait4)."""
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    maxrss = (who if who is not None else resource.getrusage(resource.RUSAGE_SELF)).ru_maxrss
+    return maxrss / (1 << 20 if sys.platform == "darwin" else 1 << 10)  # bytes on macOS, KiB on Linux
+
+
+def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
+    """Run `cmd`; its wall time in seconds and its own peak RSS in MB."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    stderr = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    proc.stderr.close()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise subprocess.CalledProcessError(os.waitstatus_to_exitcode(status), cmd, stderr=stderr)
+    return seconds, peak_rss_mb(usage)
 
 
 def child_ours(model: str, threads: int, reps: int) -> dict:
     sys.path.insert(0, str(ROOT))
+    import numba
+
     from gguf_runtime.api import LLM
     from gguf_runtime.sampling import SamplingParams
 
@@ -53,7 +73,7 @@ def child_ours(model: str, threads: int, reps: int) -> dict:
             prefill.append(stats.prefill_tokens_per_second)
             decode.append(stats.decode_tokens_per_second)
     return {"open_s": open_s, "prefill_tps": statistics.median(prefill), "decode_tps": statistics.median(decode),
-            "peak_rss_mb": peak_rss_mb()}
+            "peak_rss_mb": peak_rss_mb(), "threading_layer": numba.threading_layer()}
 
 
 def child_llama(model: str, threads: int, reps: int) -> dict:
@@ -86,16 +106,15 @@ def child_llama(model: str, threads: int, reps: int) -> dict:
             "peak_rss_mb": peak_rss_mb()}
 
 
-def ttft_ours(model: str, threads: int, cold: bool) -> float:
-    """Wall time of `gguf-runtime complete -n 1` from process start to its exit (first token printed)."""
+def ttft_ours(model: str, threads: int, cold: bool) -> tuple[float, float]:
+    """Wall time of `gguf-runtime complete -n 1` from process start to its exit (first token printed), and
+    its peak RSS."""
     env = dict(os.environ)
     with tempfile.TemporaryDirectory() as empty:
         if cold:
             env["NUMBA_CACHE_DIR"] = empty
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "gguf_runtime", "complete", "-m", model, "-t", str(threads),
-                        "-n", "1", "--temperature", "0", "Hello"], env=env, check=True, capture_output=True)
-        return time.perf_counter() - t0
+        return run_measured([sys.executable, "-m", "gguf_runtime", "complete", "-m", model, "-t", str(threads),
+                             "-n", "1", "--temperature", "0", "Hello"], env)
 
 
 def ttft_llama(python: str, model: str, threads: int) -> float:
@@ -103,9 +122,7 @@ def ttft_llama(python: str, model: str, threads: int) -> float:
             "from llama_cpp import Llama\nfrom gguf_runtime.catalog import resolve_model\n"
             "llm = Llama(str(resolve_model(%r)), n_ctx=64, n_threads=%d, verbose=False)\n"
             "llm.create_completion('Hello', max_tokens=1, temperature=0)\n") % (str(ROOT), model, threads)
-    t0 = time.perf_counter()
-    subprocess.run([python, "-c", code], check=True, capture_output=True)
-    return time.perf_counter() - t0
+    return run_measured([python, "-c", code])[0]
 
 
 def run_child(python: str, which: str, model: str, threads: int, reps: int) -> dict:
@@ -120,6 +137,7 @@ def main() -> None:
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--llama-python", default=str(ROOT / ".fixtures-venv" / "bin" / "python"))
+    ap.add_argument("--ttft-reps", type=int, default=5, help="warm time-to-first-token runs (median)")
     ap.add_argument("--no-ttft", action="store_true", help="skip the time-to-first-token runs")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", choices=["ours", "llama"], help=argparse.SUPPRESS)
@@ -133,17 +151,24 @@ def main() -> None:
     if not have_llama:
         print(f"note: {args.llama_python} not found (make fixtures-env); measuring gguf-runtime only",
               file=sys.stderr)
+    sys.path.insert(0, str(ROOT))
+    from gguf_runtime.catalog import resolve_model
+
     results = []
     for model in models:
-        row = {"model": model, "threads": args.threads, "ours": run_child(sys.executable, "ours", model,
-                                                                           args.threads, args.reps)}
+        row = {"model": model, "threads": args.threads, "file_mb": resolve_model(model).stat().st_size / 2**20,
+               "ours": run_child(sys.executable, "ours", model, args.threads, args.reps)}
         if have_llama:
             row["llama.cpp"] = run_child(args.llama_python, "llama", model, args.threads, args.reps)
         if not args.no_ttft:
-            row["ours"]["ttft_cold_s"] = ttft_ours(model, args.threads, cold=True)
-            row["ours"]["ttft_warm_s"] = ttft_ours(model, args.threads, cold=False)
+            ours = row["ours"]
+            ours["ttft_cold_s"], _ = ttft_ours(model, args.threads, cold=True)
+            warm = [ttft_ours(model, args.threads, cold=False) for _ in range(args.ttft_reps)]
+            ours["ttft_warm_s"] = statistics.median(seconds for seconds, _ in warm)
+            ours["ttft_peak_rss_mb"] = max(rss for _, rss in warm)
             if have_llama:
-                row["llama.cpp"]["ttft_warm_s"] = ttft_llama(args.llama_python, model, args.threads)
+                row["llama.cpp"]["ttft_warm_s"] = statistics.median(
+                    ttft_llama(args.llama_python, model, args.threads) for _ in range(args.ttft_reps))
         results.append(row)
         if not args.json:
             print_row(row)
@@ -154,11 +179,13 @@ def main() -> None:
 
 def print_row(row: dict) -> None:
     ours, ref = row["ours"], row.get("llama.cpp")
-    print(f"\n{row['model']} ({row['threads']} threads)")
+    layer = f", numba {ours['threading_layer']} layer" if "threading_layer" in ours else ""
+    print(f"\n{row['model']} ({row['threads']} threads{layer}; file {row['file_mb']:.0f} MB)")
     print(f"  {'metric':<14}{'gguf-runtime':>14}{'llama.cpp':>12}{'ratio':>8}")
     for key, label, higher_better in (("open_s", "open s", False), ("prefill_tps", "prefill tok/s", True),
                                       ("decode_tps", "decode tok/s", True), ("ttft_warm_s", "ttft warm s", False),
-                                      ("ttft_cold_s", "ttft cold s", False), ("peak_rss_mb", "peak RSS MB", False)):
+                                      ("ttft_cold_s", "ttft cold s", False), ("peak_rss_mb", "peak RSS MB", False),
+                                      ("ttft_peak_rss_mb", "ttft RSS MB", False)):
         if key not in ours:
             continue
         theirs = ref.get(key) if ref else None

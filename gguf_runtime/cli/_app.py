@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from importlib import import_module
 
 import click
 
@@ -31,7 +32,23 @@ class _InternalError(UserError):
 
 
 class _Group(click.Group):
-    """Turns exceptions escaping a subcommand into one line on stderr (the traceback too under --debug)."""
+    """Turns exceptions escaping a subcommand into one line on stderr (the traceback too under --debug).
+
+    Subcommands are imported when named (`lazy`: command name -> module in this package, which registers it
+    with `@main.command()`), so `complete` does not pay for the imports of `pull`, `info` or `chat`.
+    """
+
+    def __init__(self, *args, lazy: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            import_module(f".{self.lazy[cmd_name]}", __package__)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -60,7 +77,12 @@ def _debug(ctx: click.Context) -> bool:
     return bool(ctx.meta.get(_DEBUG_KEY)) or os.environ.get("GGUF_RUNTIME_DEBUG") not in (None, "", "0")
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+# Command name -> the module defining it.
+_COMMANDS = {"pull": "pull", "models": "pull", "info": "info", "complete": "complete", "chat": "chat",
+             "bench": "bench", "perplexity": "perplexity", "tokenize": "tokenize", "warmup": "warmup"}
+
+
+@click.group(cls=_Group, lazy=_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="gguf-runtime")
 @click.option("--debug", is_flag=True, help="Show the full traceback when a command fails.")
 @click.pass_context

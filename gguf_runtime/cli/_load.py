@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
@@ -24,6 +25,9 @@ COMMAND_START = time.perf_counter()
 @contextlib.contextmanager
 def status(message: str) -> Iterator[None]:
     """A transient rich spinner on stderr, only when stderr is a terminal (never in pipes, logs or tests)."""
+    if not _may_be_interactive():
+        yield  # rich would decide the same; importing it costs ~50 ms of start-up
+        return
     from rich.console import Console
 
     console = Console(stderr=True)
@@ -32,6 +36,13 @@ def status(message: str) -> Iterator[None]:
         return
     with console.status(message, spinner="dots"):
         yield
+
+
+def _may_be_interactive() -> bool:
+    """False when rich certainly sees no interactive terminal on stderr (the variables are those rich reads)."""
+    env = os.environ
+    return (sys.stderr.isatty() or env.get("TTY_COMPATIBLE") == "1" or env.get("TTY_INTERACTIVE") == "1"
+            or bool(env.get("FORCE_COLOR")))
 
 
 def load_llm(model: str, n_ctx: int, threads: int | None, **speculative) -> LLM:

@@ -1,15 +1,81 @@
-"""How many threads the parallel kernels use."""
+"""How many threads the kernels use, and which numba threading layer runs them.
+
+`configure()` runs in quants/__init__.py before the first parallel kernel: numba picks its threading layer
+once, at the first launch of a parallel region, from NUMBA_THREADING_LAYER(_PRIORITY).
+"""
 
 from __future__ import annotations
 
-import numba
+import ctypes
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+# numba's threading layer: the first of these that loads (an explicit NUMBA_THREADING_LAYER or
+# NUMBA_THREADING_LAYER_PRIORITY wins). Measured 2026-11-27, SmolLM2 Q4_1 decode at 2 threads on the shared
+# 2-core dev box (load 4.5-7.6 from other work), tok/s over 3-4 interleaved runs each:
+#   omp, spinning (libgomp's default)   4.7-17, burning 4-8x the CPU time: a thread spinning at the barrier
+#                                       of each of ~200 parallel regions per token waits for one descheduled
+#   omp, GOMP_SPINCOUNT=20000           2.7-4.6
+#   omp, OMP_WAIT_POLICY=PASSIVE        24-39
+#   tbb (pip install tbb, not a dep)    20-49, the best median
+#   workqueue                           17-32
+# So: tbb where the user installed it, else OpenMP with passive waiting (always there with GNU libgomp on
+# Linux; threadsafe, which workqueue is not: QMatrix keeps per-Python-thread scratch for callers that run
+# kernels from several threads, and workqueue aborts the process on concurrent launches), else workqueue
+# (macOS without libomp). Not yet measured on a quiet machine, where spinning wakes threads sooner.
+LAYER_PRIORITY = ("tbb", "omp", "workqueue")
+OMP_WAIT_POLICY = "PASSIVE"  # read by the OpenMP runtime when numba first loads it; the user's setting wins
+
+
+def configure() -> None:
+    """Set numba's threading layer order and OpenMP's wait policy unless the environment chose them."""
+    os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
+    if "NUMBA_THREADING_LAYER" in os.environ or "NUMBA_THREADING_LAYER_PRIORITY" in os.environ:
+        return
+    os.environ["NUMBA_THREADING_LAYER_PRIORITY"] = " ".join(LAYER_PRIORITY)
+    numba = sys.modules.get("numba")
+    if numba is not None:  # imported before us: its config has read the environment already
+        numba.config.THREADING_LAYER_PRIORITY = list(LAYER_PRIORITY)
 
 
 def set_threads(n: int) -> int:
     """Use n threads (1 .. numba's NUMBA_NUM_THREADS, the machine's cores by default) in this Python thread's
-    kernel calls; returns n."""
+    kernel calls, and in numpy's BLAS (the tiled matmul) where that is numpy's bundled OpenBLAS; returns n."""
+    import numba
+
     limit = numba.config.NUMBA_NUM_THREADS
     if isinstance(n, bool) or not isinstance(n, (int,)) or not 1 <= n <= limit:
         raise ValueError(f"threads must be an integer from 1 to {limit}, got {n!r}")
     numba.set_num_threads(n)
+    openblas = bundled_openblas_threads()
+    if openblas is not None:
+        openblas[0](n)
     return n
+
+
+@functools.cache
+def bundled_openblas_threads() -> tuple[Callable[[int], None], Callable[[], int]] | None:
+    """(set, get) for the thread count of the OpenBLAS numpy's wheels bundle (numpy.libs/ or numpy/.dylibs/),
+    found without importing anything new; None for other BLAS builds (Accelerate, MKL, a system library),
+    which keep their own setting (OPENBLAS_NUM_THREADS and the like, read when numpy loads)."""
+    import numpy
+
+    package = Path(numpy.__file__).parent
+    for folder in (package.parent / "numpy.libs", package / ".dylibs"):
+        for path in sorted(folder.glob("*openblas*")):
+            try:
+                lib = ctypes.CDLL(str(path))  # already loaded by numpy: the same handle, nothing new runs
+            except OSError:
+                continue
+            for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "64_"),
+                                   ("openblas", "")):
+                setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+                getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+                if setter is not None and getter is not None:
+                    setter.argtypes, setter.restype = [ctypes.c_int], None
+                    getter.argtypes, getter.restype = [], ctypes.c_int
+                    return setter, getter
+    return None
