@@ -61,7 +61,8 @@ def child_ours(model: str, threads: int, reps: int) -> dict:
     from gguf_runtime.sampling import SamplingParams
 
     t0 = time.perf_counter()
-    llm = LLM(model, n_ctx=N_PROMPT + N_GEN + 8, n_threads=threads)
+    # prefix caching off: each rep must evaluate the whole prompt, not reuse the blocks of the last one
+    llm = LLM(model, n_ctx=N_PROMPT + N_GEN + 8, n_threads=threads, enable_prefix_caching=False)
     open_s = time.perf_counter() - t0
     ids = llm.tokenize(TEXT.read_text(), add_special=True)[:N_PROMPT]
     params = SamplingParams(temperature=0, max_tokens=N_GEN, ignore_eos=True)

@@ -86,7 +86,7 @@ def _prompt_run(llm: LLM, n_tokens: int) -> float:
     tokens = _tokens(llm, n_tokens)
     llm.session.reset()
     start = time.perf_counter()
-    llm.session.eval_prompt(tokens)
+    llm.session.eval_prompt(tokens, reuse_pool=False)  # every rep evaluates the whole prompt
     return time.perf_counter() - start
 
 
