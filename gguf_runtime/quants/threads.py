@@ -14,18 +14,21 @@ from pathlib import Path
 from typing import Callable
 
 # numba's threading layer: the first of these that loads (an explicit NUMBA_THREADING_LAYER or
-# NUMBA_THREADING_LAYER_PRIORITY wins). Measured 2026-11-27, SmolLM2 Q4_1 decode at 2 threads on the shared
-# 2-core dev box (load 4.5-7.6 from other work), tok/s over 3-4 interleaved runs each:
-#   omp, spinning (libgomp's default)   4.7-17, burning 4-8x the CPU time: a thread spinning at the barrier
-#                                       of each of ~200 parallel regions per token waits for one descheduled
-#   omp, GOMP_SPINCOUNT=20000           2.7-4.6
-#   omp, OMP_WAIT_POLICY=PASSIVE        24-39
-#   tbb (pip install tbb, not a dep)    20-49, the best median
-#   workqueue                           17-32
-# So: tbb where the user installed it, else OpenMP with passive waiting (always there with GNU libgomp on
-# Linux; threadsafe, which workqueue is not: QMatrix keeps per-Python-thread scratch for callers that run
-# kernels from several threads, and workqueue aborts the process on concurrent launches), else workqueue
-# (macOS without libomp). Not yet measured on a quiet machine, where spinning wakes threads sooner.
+# NUMBA_THREADING_LAYER_PRIORITY wins). Measured 2026-11-27, SmolLM2 Q4_1 decode tok/s at 2 threads on the
+# shared 2-core dev box, interleaved fresh processes (16-token prompt, then 48 greedy tokens, median of 3):
+#                                      busy box (load 4.5-7.6)   quieter box (load 1.4-2.4)
+#   omp, spinning (libgomp's default)   4.7-17, 4-8x the CPU      73-81
+#   omp, GOMP_SPINCOUNT=20000           2.7-4.6                   24-88 (one run each side of a load spike)
+#   omp, OMP_WAIT_POLICY=PASSIVE        24-39                     55-71
+#   tbb (pip install tbb, not a dep)    20-49, the best median    63-72
+#   workqueue                           17-32                     40-40
+# A spinning thread waits at the barrier of each of ~200 parallel regions per token for a partner the OS has
+# descheduled, so spinning collapses as soon as anything else wants the cores (a laptop's browser, other
+# users here); passive waiting costs 10-25% on an idle machine and never collapsed. So: tbb where the user
+# installed it, else OpenMP waiting passively (GNU libgomp is always there on Linux; threadsafe, which
+# workqueue is not: QMatrix keeps per-Python-thread scratch for callers running kernels from several
+# threads, and workqueue aborts on concurrent launches), else workqueue (macOS without libomp).
+# OMP_WAIT_POLICY=ACTIVE in the environment buys the idle-machine speed back.
 LAYER_PRIORITY = ("tbb", "omp", "workqueue")
 OMP_WAIT_POLICY = "PASSIVE"  # read by the OpenMP runtime when numba first loads it; the user's setting wins
 
