@@ -4,7 +4,7 @@
 For each type and shape (rows N x cols K, numpy order: N outputs of K inputs):
   matvec  GB/s of weight bytes streamed (one token), and numpy's sgemv time over ours (x np)
   matmul  GFLOP/s (2*N*K*T) at T = 32 and 256 tokens, beside numpy's sgemm on the float32 matrix; for the
-          types with an integer GEMM (Q4_K, Q6_K) also the dequantized-tiles + BLAS strategy it replaced
+          types with an integer GEMM also both strategies (int: the GEMM, tiles: dequantized tiles + BLAS)
 Each thread count runs in its own process so numpy's BLAS gets the same number of threads as numba.
 Times are the best of several rounds (the machine may be shared: best-of filters out preemption).
 
@@ -77,9 +77,11 @@ def run_child(threads: int, types: list[str], shapes: list[str], with_numpy: boo
             for t in tokens:
                 outm = np.empty((t, n), np.float32)
                 row[f"matmul{t}_s"] = best_time(lambda: m.matmul(xs[t], outm), min_reps=2, budget_s=0.2, rounds=2)
-                if by_name[name] in GEMM_TYPES:  # the BLAS strategy the integer GEMM replaced, in the same run
-                    row[f"tiled{t}_s"] = best_time(lambda: m.matmul_tiled(xs[t], outm), min_reps=2, budget_s=0.2,
-                                                   rounds=2)
+                if by_name[name] in GEMM_TYPES:  # both strategies, whichever matmul picks, in the same run
+                    for strategy in ("integer", "tiled"):
+                        fn = getattr(m, f"matmul_{strategy}")
+                        row[f"{strategy}{t}_s"] = best_time(lambda: fn(xs[t], outm), min_reps=2, budget_s=0.2,
+                                                            rounds=2)
             if with_numpy:
                 wf = quants.dequantize(raw, by_name[name])
                 row["np_matvec_s"] = best_time(lambda: wf @ x)
@@ -149,14 +151,15 @@ def print_table(rows: list[dict]) -> None:
 
     table = Table(title="quantized kernels vs numpy float32 on the dequantized matrix (best of rounds)")
     for col in ("thr", "type", "N x K", "matvec GB/s", "x np", *[f"mm{t} GF/s" for t in TOKENS],
-                *[f"tiles{t} GF/s" for t in TOKENS], *[f"np{t} GF/s" for t in TOKENS]):
+                *[f"{c}{t} GF/s" for c in ("int", "tiles") for t in TOKENS], *[f"np{t} GF/s" for t in TOKENS]):
         table.add_column(col, justify="right")
     for r in rows:
         n, k = (int(v) for v in r["shape"].split("x"))
         gf = lambda t, key: f"{2 * n * k * t / r[key] / 1e9:.1f}" if key in r else "-"  # noqa: E731
         table.add_row(str(r["threads"]), r["type"], r["shape"], f"{r['bytes'] / r['matvec_s'] / 1e9:.2f}",
                       f"{r['np_matvec_s'] / r['matvec_s']:.2f}" if "np_matvec_s" in r else "-",
-                      *[gf(t, f"matmul{t}_s") for t in TOKENS], *[gf(t, f"tiled{t}_s") for t in TOKENS],
+                      *[gf(t, f"matmul{t}_s") for t in TOKENS],
+                      *[gf(t, f"{c}{t}_s") for c in ("integer", "tiled") for t in TOKENS],
                       *[gf(t, f"np_matmul{t}_s") for t in TOKENS])
     Console(width=200).print(table)
 

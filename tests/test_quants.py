@@ -12,7 +12,7 @@ from gguf_runtime.gguf_file import GGUFFile
 from gguf_runtime.quants import (QTYPES, QMatrix, UnsupportedQuantError, dequantize, embed_rows, get_qtype,
                                  quantize, set_threads)
 from gguf_runtime.quants.activation import quantize_q8_0, quantize_q8_k
-from gguf_runtime.quants.kernels import GEMM_TYPES, PANEL_BYTES, ROW_BLOCK_BYTES
+from gguf_runtime.quants.kernels import GEMM_MIN_TOKENS, GEMM_SUPERBLOCKS, GEMM_TYPES, PANEL_BYTES, ROW_BLOCK_BYTES
 from gguf_runtime.quants.qmatrix import INTEGER_PATH_MAX_TOKENS
 from gguf_runtime.quants.registry import ACT_F32, ACT_Q8_0
 
@@ -212,7 +212,8 @@ def test_matmul_matches_matvec_per_token(t):
         Yt = m.matmul_tiled(X, out=np.empty((n_tokens, 29), np.float32))
         for i in range(n_tokens):
             check_matvec(m, X[i], wd, Yt[i], fp_rel=k * 2.0 ** -24 + 2e-5)
-        integer = t in GEMM_TYPES or (n_tokens <= INTEGER_PATH_MAX_TOKENS[QTYPES[t].block_size] and t != GT.F32)
+        integer = t in GEMM_SUPERBLOCKS or (
+            n_tokens <= INTEGER_PATH_MAX_TOKENS[QTYPES[t].block_size] and t != GT.F32)
         assert np.array_equal(Y, Yi if integer else Yt)
     assert m.matmul(np.zeros((0, k), np.float32)).shape == (0, 29)
 
@@ -220,25 +221,24 @@ def test_matmul_matches_matvec_per_token(t):
 @pytest.mark.parametrize("t", sorted(GEMM_TYPES), ids=ids(sorted(GEMM_TYPES)))
 @pytest.mark.parametrize("threads", [1, 2])
 def test_gemm_bit_identical_to_matvec(t, threads):
-    """The integer GEMM gives every (token, row) exactly matvec's bits: across two row blocks, a full token
-    panel plus an odd remainder, zero and outlier activations, 1 or 2 threads."""
+    """The integer GEMM gives every (token, row) exactly matvec's bits: across two row blocks, from its first
+    token count on, a full token panel plus a remainder, zero and outlier activations, 1 or 2 threads."""
     rng = np.random.default_rng(30 + t)
     k = 512
     n_rows = ROW_BLOCK_BYTES // QTYPES[t].row_bytes(k) + 7
-    n_tokens = max(2, PANEL_BYTES // k) + 3
     raw = quantize(weights(rng, n_rows, k), t)
     raw[3] = 0  # an all-zero row: zero scales
     m = QMatrix(raw, t, "w")
-    X = rng.standard_normal((n_tokens, k)).astype(np.float32)
+    X = rng.standard_normal((max(2, PANEL_BYTES // k) + 3, k)).astype(np.float32)
     X[1] = 0
     X[2, :256] *= 1e4
+    expected = np.stack([m.matvec(x) for x in X])
     try:
         set_threads(threads)
-        Y = m.matmul_integer(X)
+        for n_tokens in (GEMM_MIN_TOKENS[t], 7, X.shape[0]):
+            assert same_bits(m.matmul_integer(X[:n_tokens]), expected[:n_tokens])
     finally:
         set_threads(2)
-    expected = np.stack([m.matvec(x) for x in X])
-    assert same_bits(Y, expected)
 
 
 def test_matmul_threads():

@@ -13,7 +13,7 @@ from numba import njit
 from gguf_runtime.quants import QTYPES, dequantize, quantize, simd
 from gguf_runtime.quants.activation import quantize_q8_0, quantize_q8_k
 from gguf_runtime.quants.halves import f16_bits_to_f32, f32_to_f16_bits
-from gguf_runtime.quants.kernels import GEMM_TYPES
+from gguf_runtime.quants.kernels import GEMM_SUPERBLOCKS
 from gguf_runtime.quants.registry import ACT_Q8_0
 
 ALL_HALVES = np.arange(65536, dtype=np.uint32).astype(np.uint16)
@@ -119,11 +119,11 @@ def test_generic_ir_dot_matches_fast_path(t, generic_ir):
         assert np.isclose(generic(row, x, *act), qtype.dot_row(row, x, *act), rtol=1e-6, atol=0)
 
 
-@pytest.mark.parametrize("t", sorted(GEMM_TYPES), ids=[GT(t).name for t in sorted(GEMM_TYPES)])
+@pytest.mark.parametrize("t", sorted(GEMM_SUPERBLOCKS), ids=[GT(t).name for t in sorted(GEMM_SUPERBLOCKS)])
 def test_generic_ir_gemm_unpack_matches_fast_path(t, generic_ir):
     """The GEMM's super-block unpacking (vector stores, scale vectors) is the same on the portable IR."""
     raw = quantize(np.random.default_rng(t).standard_normal((1, 512)).astype(np.float32), t)[0]
-    unpack = GEMM_TYPES[t]
+    unpack = GEMM_SUPERBLOCKS[t]
     generic = fresh(unpack)
     for o in (0, QTYPES[t].type_size):
         q, s, q2, s2 = np.zeros(256, np.uint8), np.zeros(144, np.int16), np.ones(256, np.uint8), np.ones(144, np.int16)

@@ -16,17 +16,25 @@ from numba import njit, prange, types
 from numba.core.errors import TypingError
 from numba.extending import overload
 
-from . import q4_k, q6_k
+from . import q4_0, q4_1, q4_k, q5_0, q5_1, q6_k, q8_0
 from .activation import dequantize_into, quantize_q8_0, quantize_q8_k
-from .registry import ACT_F32, ACT_Q8_0, Q4_K, Q6_K, QTYPES
-from .simd import fmadd_i, fzero, hsum, iadd, izero, load_i16x16, load_u8x32, madd_v, maddubs
+from .registry import ACT_F32, ACT_Q8_0, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q6_K, Q8_0, QTYPES
+from .simd import (f16_at, f32_at, fmadd_i, fzero, hsum, iadd, izero, load_i16x16, load_u8x32, madd, madd_v, maddubs,
+                   maddubs_s8, store_u8x32)
 
 ROW_BLOCK_BYTES = 1 << 16     # weight bytes per parallel task: fits L2 beside the activations
 PARALLEL_MIN_BYTES = 1 << 18  # below this (weight bytes x tokens) a call runs on one thread
 PANEL_BYTES = 1 << 18         # quantized activation bytes per token panel of the GEMM: stays in L2
 
-# Types with an integer GEMM (`matmul_panels`): their super-blocks unpack to unsigned bytes times per-32 scales.
-GEMM_TYPES = {Q4_K: q4_k.unpack_superblock, Q6_K: q6_k.unpack_superblock}
+# Types with an integer GEMM (`matmul_panels`), by how a row unpacks for it. K-quants: super-blocks of unsigned
+# bytes times per-32 scales. Legacy blocks of 32: their values as bytes, signed, or unsigned plus a min (True).
+GEMM_SUPERBLOCKS = {Q4_K: q4_k.unpack_superblock, Q6_K: q6_k.unpack_superblock}
+GEMM_BLOCKS = {Q4_0: (q4_0.block_weights, False), Q5_0: (q5_0.block_weights, False), Q8_0: (q8_0.block_weights, False),
+               Q4_1: (q4_1.block_weights, True), Q5_1: (q5_1.block_weights, True)}
+GEMM_TYPES = frozenset(GEMM_SUPERBLOCKS) | frozenset(GEMM_BLOCKS)
+# From this many tokens the GEMM beats the row kernels (`bench_kernels.py --crossover`): K-quants re-unpack
+# every super-block per token in dot_row; for blocks of 32 unpacking is cheap and the copy pays off later.
+GEMM_MIN_TOKENS = {**{t: 2 for t in GEMM_SUPERBLOCKS}, **{t: 4 for t in GEMM_BLOCKS}}
 
 
 def _qtype_of(code):
@@ -62,12 +70,65 @@ def unpack_superblock(code, w, o, q, s):
     raise NotImplementedError
 
 
+def block_weights(code, w, o):
+    """The 32 values of the GEMM_BLOCKS block at w[o] as bytes (signed, or unsigned for types with a min)."""
+    raise NotImplementedError
+
+
+def block_isum(code, v, xq, xo):
+    """v (block_weights) . xq[xo:xo+32] in 8 lanes, as the type's dot_row sums it."""
+    raise NotImplementedError
+
+
+def has_min(code):
+    """Whether a GEMM_BLOCKS type adds min * (block sum of the activation) per block."""
+    raise NotImplementedError
+
+
+def panel(code, W, xq, xd, xs, out, r0, r1, t0, t1, q, s, dm):
+    """The type's GEMM panel (_panel_superblocks or _panel_blocks)."""
+    raise NotImplementedError
+
+
+def _gemm_code(code, table):
+    if not isinstance(code, types.IntegerLiteral) or code.literal_value not in table:
+        raise TypingError(f"no integer GEMM of this form for type {code}")
+    return code.literal_value
+
+
 @overload(unpack_superblock, prefer_literal=True)
 def _unpack_superblock(code, w, o, q, s):
-    if not isinstance(code, types.IntegerLiteral) or code.literal_value not in GEMM_TYPES:
-        raise TypingError(f"no integer GEMM for type {code}")
-    kernel = GEMM_TYPES[code.literal_value]
+    kernel = GEMM_SUPERBLOCKS[_gemm_code(code, GEMM_SUPERBLOCKS)]
     return lambda code, w, o, q, s: kernel(w, o, q, s)
+
+
+@overload(block_weights, prefer_literal=True)
+def _block_weights(code, w, o):
+    kernel = GEMM_BLOCKS[_gemm_code(code, GEMM_BLOCKS)][0]
+    return lambda code, w, o: kernel(w, o)
+
+
+@overload(block_isum, prefer_literal=True)
+def _block_isum(code, v, xq, xo):
+    if GEMM_BLOCKS[_gemm_code(code, GEMM_BLOCKS)][1]:
+        return lambda code, v, xq, xo: madd(maddubs(v, xq, xo), 1, 1)
+    return lambda code, v, xq, xo: madd(maddubs_s8(v, xq, xo), 1, 1)
+
+
+@overload(has_min, prefer_literal=True)
+def _has_min(code):
+    if GEMM_BLOCKS[_gemm_code(code, GEMM_BLOCKS)][1]:
+        return lambda code: True
+    return lambda code: False
+
+
+@overload(panel, prefer_literal=True)
+def _panel_of(code, W, xq, xd, xs, out, r0, r1, t0, t1, q, s, dm):
+    if _gemm_code(code, GEMM_TYPES) in GEMM_SUPERBLOCKS:
+        return lambda code, W, xq, xd, xs, out, r0, r1, t0, t1, q, s, dm: _panel_superblocks(
+            code, W, xq, xd, xs, out, r0, r1, t0, t1, q, s, dm)
+    return lambda code, W, xq, xd, xs, out, r0, r1, t0, t1, q, s, dm: _panel_blocks(
+        code, W, xq, xd, xs, out, r0, r1, t0, t1, q, dm)
 
 
 @overload(dot_row, prefer_literal=True)
@@ -146,7 +207,7 @@ def _superblock_update(acc, isum, s, i, dm, xd, xs, so):
 
 
 @njit(cache=True)
-def _panel(code, W, xq, xd, xs, out, r0, r1, t0, t1, q, s, dm):
+def _panel_superblocks(code, W, xq, xd, xs, out, r0, r1, t0, t1, q, s, dm):
     """out[t, r] for rows r0..r1 and tokens t0..t1. Each row is unpacked once (q, s, dm: its super-blocks in
     the GEMM form, in L1), then every token of the panel passes over it, two at a time so each weight load
     serves both. Per token the lanes and float steps are dot_row's, so results match it bitwise."""
@@ -175,25 +236,77 @@ def _panel(code, W, xq, xd, xs, out, r0, r1, t0, t1, q, s, dm):
             out[t, r] = hsum(acc)
 
 
+@njit(cache=True)
+def _blocks_token(code, q, dm, n_blocks, x, d, xs):
+    """One token's dot with a row unpacked by _panel_blocks, in dot_row's order."""
+    acc = fzero()
+    mins = np.float32(0)
+    for b in range(n_blocks):
+        acc = fmadd_i(acc, block_isum(code, load_u8x32(q, 32 * b), x, 32 * b), dm[2 * b] * d[b])
+        if has_min(code):
+            mins += dm[2 * b + 1] * f32_at(xs, 2 * b)
+    return hsum(acc) + mins if has_min(code) else hsum(acc)
+
+
+@njit(cache=True)
+def _panel_blocks(code, W, xq, xd, xs, out, r0, r1, t0, t1, q, dm):
+    """_panel_superblocks for the legacy blocks of 32: each row's block values go to q and its scales (and
+    mins) to dm once, then the panel's tokens pass four at a time: each token's float accumulator takes
+    one FMA per block (dot_row's order), so four independent chains hide the FMA latency."""
+    n_blocks = xq.shape[1] // 32
+    type_size = W.shape[1] // n_blocks
+    for r in range(r0, r1):
+        w = W[r]
+        for b in range(n_blocks):
+            o = b * type_size
+            store_u8x32(q, 32 * b, block_weights(code, w, o))
+            dm[2 * b], dm[2 * b + 1] = f16_at(w, o), f16_at(w, o + 2)  # scale, and the min where there is one
+        t = t0
+        while t + 4 <= t1:
+            x0, x1, x2, x3 = xq[t], xq[t + 1], xq[t + 2], xq[t + 3]
+            d0, d1, d2, d3 = xd[t], xd[t + 1], xd[t + 2], xd[t + 3]
+            a0, a1, a2, a3 = fzero(), fzero(), fzero(), fzero()
+            m0, m1, m2, m3 = np.float32(0), np.float32(0), np.float32(0), np.float32(0)
+            for b in range(n_blocks):
+                v, scale = load_u8x32(q, 32 * b), dm[2 * b]
+                a0 = fmadd_i(a0, block_isum(code, v, x0, 32 * b), scale * d0[b])
+                a1 = fmadd_i(a1, block_isum(code, v, x1, 32 * b), scale * d1[b])
+                a2 = fmadd_i(a2, block_isum(code, v, x2, 32 * b), scale * d2[b])
+                a3 = fmadd_i(a3, block_isum(code, v, x3, 32 * b), scale * d3[b])
+                if has_min(code):
+                    m0 += dm[2 * b + 1] * f32_at(xs[t], 2 * b)
+                    m1 += dm[2 * b + 1] * f32_at(xs[t + 1], 2 * b)
+                    m2 += dm[2 * b + 1] * f32_at(xs[t + 2], 2 * b)
+                    m3 += dm[2 * b + 1] * f32_at(xs[t + 3], 2 * b)
+            if has_min(code):
+                out[t, r], out[t + 1, r] = hsum(a0) + m0, hsum(a1) + m1
+                out[t + 2, r], out[t + 3, r] = hsum(a2) + m2, hsum(a3) + m3
+            else:
+                out[t, r], out[t + 1, r], out[t + 2, r], out[t + 3, r] = hsum(a0), hsum(a1), hsum(a2), hsum(a3)
+            t += 4
+        for t in range(t, t1):
+            out[t, r] = _blocks_token(code, q, dm, n_blocks, xq[t], xd[t], xs[t])
+
+
 @njit(parallel=True, cache=True)
 def _matmul_panels(code, W, X, xq, xd, xs, out):
-    """out = X @ W.T by the integer GEMM (GEMM_TYPES): bit-identical per row to _matmul_rows, faster for many
-    tokens. Blocks of rows in parallel; within a block, panels of tokens whose activations stay in L2 while
+    """out = X @ W.T by the integer GEMM (GEMM_TYPES): bit-identical per row to _matmul_rows, faster from two
+    tokens on. Blocks of rows in parallel; within a block, panels of tokens whose activations stay in L2 while
     the block's rows (also in L2) pass over them."""
     for t in prange(X.shape[0]):
         quantize_activation(code, X[t], xq[t], xd[t], xs[t])
     rows_per_block = max(1, ROW_BLOCK_BYTES // W.shape[1])
     n_blocks = (W.shape[0] + rows_per_block - 1) // rows_per_block
-    panel = max(2, PANEL_BYTES // xq.shape[1])
-    n_super = xq.shape[1] // 256
+    panel_tokens = max(2, PANEL_BYTES // xq.shape[1])
+    k = xq.shape[1]
     for block in prange(n_blocks):
-        q = np.empty(256 * n_super, np.uint8)
-        s = np.empty(144 * n_super, np.int16)
-        dm = np.empty(2 * n_super, np.float32)
+        q = np.empty(k, np.uint8)  # one row unpacked
+        s = np.empty(144 * (k // 256), np.int16)
+        dm = np.empty(2 * (k // 32), np.float32)
         r0 = np.int64(block) * rows_per_block
         r1 = min(W.shape[0], r0 + rows_per_block)
-        for t0 in range(0, X.shape[0], panel):
-            _panel(code, W, xq, xd, xs, out, r0, r1, t0, min(X.shape[0], t0 + panel), q, s, dm)
+        for t0 in range(0, X.shape[0], panel_tokens):
+            panel(code, W, xq, xd, xs, out, r0, r1, t0, min(X.shape[0], t0 + panel_tokens), q, s, dm)
 
 
 @njit(cache=True)

@@ -13,11 +13,18 @@ BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 32, 18, "q8_0"
 
 
 @njit(cache=True)
+def block_weights(w, o):
+    """The 32 values q-8 of the block at w[o] as signed bytes."""
+    return vsub(load_nibbles(w, o + 2), 8)
+
+
+@njit(cache=True)
 def dequantize_row(w, y):
     for b in range(w.shape[0] // TYPE_SIZE):
         o = b * TYPE_SIZE
         d = f16_at(w, o)
-        store_scaled(y, 32 * b, vsub(load_nibbles(w, o + 2), 8), d, np.float32(0), d, np.float32(0))
+        store_scaled(y, 32 * b, block_weights(w, o), d, np.float32(0), d, np.float32(0))
+
 
 @njit(cache=True)
 def dot_row(w, x, xq, xd, xs):
@@ -25,8 +32,7 @@ def dot_row(w, x, xq, xd, xs):
     acc = fzero()
     for b in range(w.shape[0] // TYPE_SIZE):
         o = b * TYPE_SIZE
-        v = vsub(load_nibbles(w, o + 2), 8)
-        acc = fmadd_i(acc, madd(maddubs_s8(v, xq, 32 * b), 1, 1), f16_at(w, o) * xd[b])
+        acc = fmadd_i(acc, madd(maddubs_s8(block_weights(w, o), xq, 32 * b), 1, 1), f16_at(w, o) * xd[b])
     return hsum(acc)
 
 

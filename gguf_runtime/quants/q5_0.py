@@ -13,20 +13,25 @@ BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 32, 22, "q8_0"
 
 
 @njit(cache=True)
+def block_weights(w, o):
+    """The 32 values q-16 of the block at w[o] as signed bytes."""
+    return vsub(vor(load_nibbles(w, o + 6), vshl(load_bits(w, o + 2), 4)), 16)
+
+
+@njit(cache=True)
 def dequantize_row(w, y):
     for b in range(w.shape[0] // TYPE_SIZE):
         o = b * TYPE_SIZE
         d = f16_at(w, o)
-        q = vsub(vor(load_nibbles(w, o + 6), vshl(load_bits(w, o + 2), 4)), 16)
-        store_scaled(y, 32 * b, q, d, np.float32(0), d, np.float32(0))
+        store_scaled(y, 32 * b, block_weights(w, o), d, np.float32(0), d, np.float32(0))
+
 
 @njit(cache=True)
 def dot_row(w, x, xq, xd, xs):
     acc = fzero()
     for b in range(w.shape[0] // TYPE_SIZE):
         o = b * TYPE_SIZE
-        v = vsub(vor(load_nibbles(w, o + 6), vshl(load_bits(w, o + 2), 4)), 16)
-        acc = fmadd_i(acc, madd(maddubs_s8(v, xq, 32 * b), 1, 1), f16_at(w, o) * xd[b])
+        acc = fmadd_i(acc, madd(maddubs_s8(block_weights(w, o), xq, 32 * b), 1, 1), f16_at(w, o) * xd[b])
     return hsum(acc)
 
 

@@ -13,11 +13,18 @@ BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 32, 24, "q8_0"
 
 
 @njit(cache=True)
+def block_weights(w, o):
+    """The 32 unsigned 5-bit values q of the block at w[o]."""
+    return vor(load_nibbles(w, o + 8), vshl(load_bits(w, o + 4), 4))
+
+
+@njit(cache=True)
 def dequantize_row(w, y):
     for b in range(w.shape[0] // TYPE_SIZE):
         o = b * TYPE_SIZE
         d, m = f16_at(w, o), -f16_at(w, o + 2)
-        store_scaled(y, 32 * b, vor(load_nibbles(w, o + 8), vshl(load_bits(w, o + 4), 4)), d, m, d, m)
+        store_scaled(y, 32 * b, block_weights(w, o), d, m, d, m)
+
 
 @njit(cache=True)
 def dot_row(w, x, xq, xd, xs):
@@ -25,8 +32,7 @@ def dot_row(w, x, xq, xd, xs):
     mins = np.float32(0)
     for b in range(w.shape[0] // TYPE_SIZE):
         o = b * TYPE_SIZE
-        q = vor(load_nibbles(w, o + 8), vshl(load_bits(w, o + 4), 4))
-        acc = fmadd_i(acc, madd(maddubs(q, xq, 32 * b), 1, 1), f16_at(w, o) * xd[b])
+        acc = fmadd_i(acc, madd(maddubs(block_weights(w, o), xq, 32 * b), 1, 1), f16_at(w, o) * xd[b])
         mins += f16_at(w, o + 2) * f32_at(xs, 2 * b)  # d_x * sum(xq), see activation.py
     return hsum(acc) + mins
 

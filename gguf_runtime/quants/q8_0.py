@@ -13,18 +13,25 @@ BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 32, 34, "q8_0"
 
 
 @njit(cache=True)
+def block_weights(w, o):
+    """The 32 signed bytes q of the block at w[o]."""
+    return load_u8x32(w, o + 2)
+
+
+@njit(cache=True)
 def dequantize_row(w, y):
     for b in range(w.shape[0] // TYPE_SIZE):
         o = b * TYPE_SIZE
         d = f16_at(w, o)
-        store_scaled(y, 32 * b, load_u8x32(w, o + 2), d, np.float32(0), d, np.float32(0))
+        store_scaled(y, 32 * b, block_weights(w, o), d, np.float32(0), d, np.float32(0))
+
 
 @njit(cache=True)
 def dot_row(w, x, xq, xd, xs):
     acc = fzero()
     for b in range(w.shape[0] // TYPE_SIZE):
         o = b * TYPE_SIZE
-        acc = fmadd_i(acc, madd(maddubs_s8(load_u8x32(w, o + 2), xq, 32 * b), 1, 1), f16_at(w, o) * xd[b])
+        acc = fmadd_i(acc, madd(maddubs_s8(block_weights(w, o), xq, 32 * b), 1, 1), f16_at(w, o) * xd[b])
     return hsum(acc)
 
 

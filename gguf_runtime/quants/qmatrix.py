@@ -10,10 +10,12 @@ from . import kernels
 from .registry import ACT_F32, F32, get_qtype
 from .rows import as_rows
 
-# Prefill strategy, by block size (`bench_kernels.py --crossover`): up to this many tokens the row kernels run
-# one pass over the weights with every token's activation; beyond it, tiles of rows are dequantized to
+# Prefill strategy, by block size (`bench_kernels.py --crossover`): up to this many tokens the integer kernels
+# run one pass over the weights with every token's activation; beyond it, tiles of rows are dequantized to
 # float32 and multiplied with BLAS, which wins once the work is compute-bound (around 16-32 tokens on AVX2
-# for the quantized types; float rows convert every weight in the row kernel and cross over sooner).
+# for the blocks of 32, whose integer dot pays a float FMA per 32 values; float rows convert every weight in
+# the row kernel and cross over sooner). The K-quants' integer GEMM (one FMA per 256 values) matches or beats
+# BLAS at every T, and keeps prefill on decode's numerics, so those types never take the tiles.
 INTEGER_PATH_MAX_TOKENS = {1: 8, 32: 16, 256: 16}
 TILE_BYTES = 1 << 23  # float32 bytes per dequantized tile: big enough for BLAS, small enough for L3
 
@@ -82,18 +84,18 @@ class QMatrix:
 
     def matmul(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """X @ W.T for T tokens: X float32 (T, n_cols) -> (T, n_rows), by the faster strategy for T."""
-        if self.ggml_type in kernels.GEMM_TYPES or (
+        if self.ggml_type in kernels.GEMM_SUPERBLOCKS or (
                 np.shape(X)[0] <= INTEGER_PATH_MAX_TOKENS[self.qtype.block_size] and self.ggml_type != F32):
             return self.matmul_integer(X, out)
         return self.matmul_tiled(X, out)
 
     def matmul_integer(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """X @ W.T with the integer dot-product kernels, each row bit-identical to matvec: one pass over W with
-        every token per row, or for the types with an integer GEMM (kernels.GEMM_TYPES) and several tokens,
-        each weight block unpacked once per panel of tokens."""
+        every token per row, or for the types with an integer GEMM (kernels.GEMM_TYPES) and enough tokens,
+        each weight row unpacked once per panel of tokens."""
         X = self._input(X, 2)
         out = self._output(out, (X.shape[0], self.n_rows))
-        if self.ggml_type in kernels.GEMM_TYPES and X.shape[0] > 1:
+        if X.shape[0] >= kernels.GEMM_MIN_TOKENS.get(self.ggml_type, X.shape[0] + 1):
             kernels.matmul_panels(self.ggml_type, self.data, X, *self._activation_scratch(X.shape[0]), out)
         else:
             kernels.matmul_rows(self.ggml_type, self.data, X, *self._activation_scratch(X.shape[0]), out)
