@@ -190,10 +190,12 @@ def _matmul_rows(code, W, X, xq, xd, xs, out):
 
 
 @njit(cache=True)
-def _superblock_isum(q, s, i, xq, xo):
-    """The integer part of super-block i's dot with one token: sum_j scale_j * (q_j . xq_j), 8 lanes."""
+def _half_isum(q, s, i, xq, xo, j0):
+    """Half the integer part of super-block i's dot with one token: sum_j scale_j * (q_j . xq_j) over the
+    sub-blocks j0..j0+3, in 8 lanes. In halves, two tokens' work needs only 8 weight and scale registers
+    (a whole super-block for two tokens spills; measured 5-25% slower)."""
     isum = izero()
-    for j in range(8):
+    for j in range(j0, j0 + 4):
         p = maddubs(load_u8x32(q, 256 * i + 32 * j), xq, xo + 32 * j)
         isum = iadd(isum, madd_v(p, load_i16x16(s, 144 * i + 16 * j)))
     return isum
@@ -221,18 +223,18 @@ def _panel_superblocks(code, W, xq, xd, xs, out, r0, r1, t0, t1, q, s, dm):
             x0, x1, s0, s1, d0, d1 = xq[t], xq[t + 1], xs[t], xs[t + 1], xd[t], xd[t + 1]
             acc0, acc1 = fzero(), fzero()
             for i in range(n_super):
-                isum0 = _superblock_isum(q, s, i, x0, 256 * i)
-                isum1 = _superblock_isum(q, s, i, x1, 256 * i)
-                acc0 = _superblock_update(acc0, isum0, s, i, dm, d0[i], s0, 16 * i)
-                acc1 = _superblock_update(acc1, isum1, s, i, dm, d1[i], s1, 16 * i)
+                low0, low1 = _half_isum(q, s, i, x0, 256 * i, 0), _half_isum(q, s, i, x1, 256 * i, 0)
+                high0, high1 = _half_isum(q, s, i, x0, 256 * i, 4), _half_isum(q, s, i, x1, 256 * i, 4)
+                acc0 = _superblock_update(acc0, iadd(low0, high0), s, i, dm, d0[i], s0, 16 * i)
+                acc1 = _superblock_update(acc1, iadd(low1, high1), s, i, dm, d1[i], s1, 16 * i)
             out[t, r] = hsum(acc0)
             out[t + 1, r] = hsum(acc1)
         if (t1 - t0) % 2:
             t = t1 - 1
             acc = fzero()
             for i in range(n_super):
-                acc = _superblock_update(acc, _superblock_isum(q, s, i, xq[t], 256 * i), s, i, dm, xd[t, i], xs[t],
-                                         16 * i)
+                isum = iadd(_half_isum(q, s, i, xq[t], 256 * i, 0), _half_isum(q, s, i, xq[t], 256 * i, 4))
+                acc = _superblock_update(acc, isum, s, i, dm, xd[t, i], xs[t], 16 * i)
             out[t, r] = hsum(acc)
 
 
