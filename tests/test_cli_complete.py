@@ -181,3 +181,24 @@ def test_debug_flag_shows_the_traceback(tmp_path):
     assert result.returncode == 2
     assert "Traceback (most recent call last)" in result.stderr and "GGUFError" in result.stderr
     assert result.stderr.rstrip().splitlines()[-1].startswith("error: ")
+
+
+def test_prompt_cache_is_saved_then_reused(smollm2_path, reference, tmp_path):
+    cache = tmp_path / "prompt.kv"
+    first = run_cli("complete", "-m", smollm2_path, *GREEDY, "--json", "--prompt-cache", cache, PROMPT)
+    assert first.returncode == 0, first.stderr
+    assert cache.is_file() and json.loads(first.stdout)["stats"]["reused_tokens"] == 0
+    second = run_cli("complete", "-m", smollm2_path, *GREEDY, "--json", "--prompt-cache", cache, PROMPT)
+    assert second.returncode == 0, second.stderr
+    out = json.loads(second.stdout)
+    assert out["stats"]["reused_tokens"] == len(reference.prompt_token_ids) - 1  # only the last token re-runs
+    assert out["text"] == reference.outputs[0].text
+    other = run_cli("complete", "-m", smollm2_path, *GREEDY, "--kv-type", "q8_0", "--prompt-cache", cache, PROMPT)
+    assert other.returncode == 0 and other.stderr.startswith("warning: ignoring the prompt cache"), other.stderr
+
+
+def test_kv_type_choices_are_the_cache_types():
+    from gguf_runtime.cli._options import KV_CACHE_TYPES
+    from gguf_runtime.kv_cache import KV_TYPES
+
+    assert set(KV_CACHE_TYPES) == set(KV_TYPES)

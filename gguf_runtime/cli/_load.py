@@ -45,7 +45,7 @@ def _may_be_interactive() -> bool:
             or bool(env.get("FORCE_COLOR")))
 
 
-def load_llm(model: str, n_ctx: int, threads: int | None, **speculative) -> LLM:
+def load_llm(model: str, n_ctx: int, threads: int | None, kv_type: str = "f16", **speculative) -> LLM:
     """The model `model` (catalog name or path), with one-line errors for the usual mistakes.
     `speculative` holds LLM()'s draft_model/speculative/draft_* arguments."""
     path = _existing(model)
@@ -55,7 +55,7 @@ def load_llm(model: str, n_ctx: int, threads: int | None, **speculative) -> LLM:
         from ..api import LLM  # imports numba: inside the spinner, and never for `--help`
 
         try:
-            return LLM(model=str(path), n_ctx=n_ctx, n_threads=threads, **speculative)
+            return LLM(model=str(path), n_ctx=n_ctx, n_threads=threads, kv_cache_dtype=kv_type, **speculative)
         except ValueError as e:  # LLM refuses its arguments (e.g. more threads than cores) or the file
             raise UserError(user_error_for(e) or str(e)) from e
 

@@ -51,12 +51,12 @@ class BenchResult:
 @click.option("--reps", "-r", type=click.IntRange(min=1), default=5, show_default=True,
               help="Timed repetitions of each test.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of results instead of the table.")
-def bench(model: str, n_ctx: int, threads: int | None, n_prompt: int, n_gen: int, reps: int,
+def bench(model: str, n_ctx: int, threads: int | None, kv_type: str, n_prompt: int, n_gen: int, reps: int,
           as_json: bool) -> None:
     """Measure prompt processing (ppN) and token generation (tgN) speed in tokens/second."""
     import numba
 
-    llm = load_llm(model, max(n_ctx, n_prompt, n_gen), threads)
+    llm = load_llm(model, max(n_ctx, n_prompt, n_gen), threads, kv_type)
     tests = [(f"pp{n_prompt}", n_prompt, _prompt_run), (f"tg{n_gen}", n_gen, _generation_run)]
     results = []
     for name, n_tokens, run in tests:

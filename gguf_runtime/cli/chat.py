@@ -40,13 +40,14 @@ EXIT_HINT = "(use /bye or Ctrl-D to exit)"
 @speculative_options
 @click.option("--system", default=None, help="System message that starts the conversation.")
 @click.option("--stats", "show_stats", is_flag=True, help="Print prompt and decode speed after each reply.")
-def chat(model: str, n_ctx: int, threads: int | None, system: str | None, show_stats: bool, **sampling) -> None:
+def chat(model: str, n_ctx: int, threads: int | None, kv_type: str, system: str | None, show_stats: bool,
+         **sampling) -> None:
     """Chat with a model in the terminal (type /help inside for commands).
 
     Sampling defaults are llama.cpp's; a reply is at most 512 tokens unless -n says otherwise.
     """
     params = pop_sampling_params(sampling)
-    llm = load_llm(model, n_ctx, threads, **pop_speculative(sampling))
+    llm = load_llm(model, n_ctx, threads, kv_type, **pop_speculative(sampling))
     _ = llm.chat_template  # compile it now: a broken template is reported before the first prompt
     Repl(llm, model, Conversation(system), params, show_stats).run()
 

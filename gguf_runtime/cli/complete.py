@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -30,8 +31,11 @@ INTERRUPTED = 130  # the shell's code for "ended by SIGINT"
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object (text, token_ids, finish_reason, stop_reason, stats) at the end.")
 @click.option("--verbose", "-v", is_flag=True, help="Load time and prompt/decode speed on stderr.")
-def complete(prompt: str | None, model: str, n_ctx: int, threads: int | None, as_chat: bool, system: str | None,
-             as_json: bool, verbose: bool, **sampling) -> None:
+@click.option("--prompt-cache", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
+              help="Load the KV cache from FILE if it exists (a prompt starting with its tokens evaluates only "
+                   "the rest) and save it there afterwards, like llama.cpp's --prompt-cache.")
+def complete(prompt: str | None, model: str, n_ctx: int, threads: int | None, kv_type: str, as_chat: bool,
+             system: str | None, as_json: bool, verbose: bool, prompt_cache: Path | None, **sampling) -> None:
     """Continue PROMPT (or text piped on stdin; `-` reads stdin too) and stream the continuation to stdout.
 
     Sampling defaults are llama.cpp's (temperature 0.8, top-k 40, top-p 0.95, min-p 0.05, repeat-last-n 64);
@@ -39,7 +43,9 @@ def complete(prompt: str | None, model: str, n_ctx: int, threads: int | None, as
     """
     params = pop_sampling_params(sampling)
     prompt = read_prompt(prompt)
-    llm = load_llm(model, n_ctx, threads, **pop_speculative(sampling))
+    llm = load_llm(model, n_ctx, threads, kv_type, **pop_speculative(sampling))
+    if prompt_cache is not None and prompt_cache.exists():
+        restore_state(llm, prompt_cache)
 
     if as_chat or system is not None:
         messages = ([{"role": "system", "content": system}] if system is not None else []) + \
@@ -57,6 +63,8 @@ def complete(prompt: str | None, model: str, n_ctx: int, threads: int | None, as
     except BrokenPipeError:  # `| head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(1) from None
+    if prompt_cache is not None:
+        llm.save_state(prompt_cache)
     if streamed.interrupted:
         raise SystemExit(INTERRUPTED)
 
@@ -72,6 +80,16 @@ def complete(prompt: str | None, model: str, n_ctx: int, threads: int | None, as
     if verbose:
         click.echo(f"load: {llm.load_seconds:.2f} s | first text {first_token:.2f} s after start | "
                    f"{stats_line(generation)} | finish: {generation.finish_reason}", err=True)
+
+
+def restore_state(llm, path: Path) -> None:
+    """Load a saved KV cache; one that does not fit this model is reported and ignored (then overwritten)."""
+    from ..state import StateFileError
+
+    try:
+        llm.load_state(path)
+    except StateFileError as e:
+        click.echo(f"warning: ignoring the prompt cache: {e}", err=True)
 
 
 def read_prompt(argument: str | None) -> str:

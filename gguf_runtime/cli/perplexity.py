@@ -9,6 +9,7 @@ import click
 
 from ._app import UserError, main
 from ._load import load_llm
+from ._options import KV_CACHE_TYPES
 
 
 @main.command()
@@ -18,13 +19,15 @@ from ._load import load_llm
               help="Chunk length; the second half of each chunk is scored.")
 @click.option("--chunks", type=click.IntRange(min=1), default=None, help="Score at most this many chunks.")
 @click.option("--threads", "-t", type=click.IntRange(min=1), default=None)
+@click.option("--kv-type", type=click.Choice(KV_CACHE_TYPES), default="f16", show_default=True,
+              help="KV cache type (its accuracy cost is what this measures).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a line of text.")
 def perplexity(model: str, text_file: Path, n_ctx: int, chunks: int | None, threads: int | None,
-               as_json: bool) -> None:
+               kv_type: str, as_json: bool) -> None:
     """Perplexity of MODEL on TEXT_FILE, measured as llama.cpp's llama-perplexity does."""
     from ..perplexity import perplexity as measure
 
-    llm = load_llm(model, n_ctx, threads)
+    llm = load_llm(model, n_ctx, threads, kv_type)
     tokens = llm.tokenize(text_file.read_text(encoding="utf-8", errors="replace"), add_special=True)
     bos = llm.tokenizer.bos_id if llm.tokenizer.add_bos else None
     try:
