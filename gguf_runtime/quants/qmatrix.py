@@ -11,12 +11,12 @@ from .registry import ACT_F32, F32, get_qtype
 from .rows import as_rows
 
 # Prefill strategy, by block size (`bench_kernels.py --crossover`): up to this many tokens the integer kernels
-# run one pass over the weights with every token's activation; beyond it, tiles of rows are dequantized to
-# float32 and multiplied with BLAS, which wins once the work is compute-bound (around 16-32 tokens on AVX2
-# for the blocks of 32, whose integer dot pays a float FMA per 32 values; float rows convert every weight in
-# the row kernel and cross over sooner). The K-quants' integer GEMM (one FMA per 256 values) matches or beats
-# BLAS at every T, and keeps prefill on decode's numerics, so those types never take the tiles.
-INTEGER_PATH_MAX_TOKENS = {1: 8, 32: 16, 256: 16}
+# (the GEMM from kernels.GEMM_MIN_TOKENS on) run with every token's activation; beyond it, tiles of rows are
+# dequantized to float32 and multiplied with BLAS, which wins once the work is compute-bound (between 32 and
+# 64 tokens on AVX2 for the blocks of 32, whose integer dot pays a float FMA per 32 values; float rows
+# convert every weight in the row kernel and cross over sooner). The K-quants' integer GEMM (one FMA per 256
+# values) matches or beats BLAS at every T, and keeps prefill on decode's numerics: those never take tiles.
+INTEGER_PATH_MAX_TOKENS = {1: 8, 32: 32, 256: 16}
 TILE_BYTES = 1 << 23  # float32 bytes per dequantized tile: big enough for BLAS, small enough for L3
 
 _scratch = threading.local()  # one tile buffer per Python thread, reused (fresh pages cost ~1 ms per 8 MB)
