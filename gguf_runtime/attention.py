@@ -10,8 +10,9 @@ Q8_0-quantized query with the integer dot product, as llama.cpp does for a quant
 reaches its positions through its block table: position p lives in block table[p // block_tokens], slot
 p % block_tokens.
 
-Every kernel takes rows of several sequences at once (a batched decode step): row t belongs to sequence
-seq[t] and sits at position pos[t]. Drivers are compiled per KV type like the matmul drivers.
+Every kernel takes rows of several sequences at once (a batched decode step, a prompt chunk): row t belongs
+to sequence seq[t] and sits at position pos[t]. Attention runs row by row, so a row's result does not
+depend on what else is in the call. Drivers are compiled per KV type like the matmul drivers.
 """
 
 from __future__ import annotations
@@ -79,61 +80,50 @@ def _attend(code, q, K, V, tables, seq, pos, scale, qq, qd, qs, scores, vrow, ou
 
     q: (T, H, hd)   K, V: one layer's blocks   tables: (B, max_blocks) int32   seq, pos: (T,)
     qq, qd, qs: the queries quantized as the key type's dot wants them (T, H, ...)
-    scores: (T, H, max_pos + 1) scratch   vrow: (T, H, hd) scratch   out: (T, H, hd)
+    scores: (T, H, max_pos + 1) scratch   vrow: (T, H_kv, hd) scratch   out: (T, H, hd)
+    One task per (row, KV head) serves the query heads sharing that KV head, so each cached row is read and
+    dequantized once for all of them; every head's sums run in position order, whatever T or the batch.
     """
     n_tok, n_head, hd = q.shape
-    group = n_head // K.shape[1]
+    n_kv = K.shape[1]
+    group = n_head // n_kv
     bt = K.shape[2]
-    for job in prange(n_tok * n_head):
-        t, h = np.int64(job) // n_head, np.int64(job) % n_head
-        kv = h // group
+    for job in prange(n_tok * n_kv):
+        t, kv = np.int64(job) // n_kv, np.int64(job) % n_kv
         table = tables[seq[t]]
-        sc = scores[t, h]
-        quantize_activation(code, q[t, h], qq[t, h], qd[t, h], qs[t, h])
-        best = np.float32(-np.inf)
-        for p in range(pos[t] + 1):
-            s = dot_row(code, K[table[p // bt], kv, p % bt], q[t, h], qq[t, h], qd[t, h], qs[t, h]) * scale
-            sc[p] = s
-            best = max(best, s)
-        total = np.float32(0.0)
-        for p in range(pos[t] + 1):
-            e = np.exp(sc[p] - best)
-            sc[p] = e
-            total += e
-        o = out[t, h]
-        o[:] = 0.0
-        row = vrow[t, h]
-        for p in range(pos[t] + 1):
+        n = pos[t] + 1
+        h0 = kv * group
+        for h in range(h0, h0 + group):
+            quantize_activation(code, q[t, h], qq[t, h], qd[t, h], qs[t, h])
+        for p in range(n):
+            k_row = K[table[p // bt], kv, p % bt]
+            for h in range(h0, h0 + group):
+                scores[t, h, p] = dot_row(code, k_row, q[t, h], qq[t, h], qd[t, h], qs[t, h]) * scale
+        for h in range(h0, h0 + group):
+            sc = scores[t, h]
+            best = np.float32(-np.inf)
+            for p in range(n):
+                best = max(best, sc[p])
+            total = np.float32(0.0)
+            for p in range(n):
+                e = np.exp(sc[p] - best)
+                sc[p] = e
+                total += e
+            inv = np.float32(1.0) / total
+            for p in range(n):
+                sc[p] *= inv
+            out[t, h] = 0.0
+        row = vrow[t, kv]
+        for p in range(n):
             dequantize_row(code, V[table[p // bt], kv, p % bt], row)
-            w = sc[p] / total
-            for i in range(hd):
-                o[i] += w * row[i]
+            for h in range(h0, h0 + group):
+                w = scores[t, h, p]
+                o = out[t, h]
+                for i in range(hd):
+                    o[i] += w * row[i]
     return out
 
 
 store_rows = Specialized(_store)
 gather_rows = Specialized(_gather)
 attend_rows = Specialized(_attend)
-
-
-def attend_many(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int, scale: float) -> np.ndarray:
-    """Causal attention of T query tokens at positions start..start+T-1 of one sequence, through BLAS.
-
-    q: (T, H, hd)   k, v: (H_kv, start+T, hd) the sequence's gathered rows   → (T, H, hd)
-    """
-    n_tok, n_head, hd = q.shape
-    n_kv = k.shape[0]
-    group = n_head // n_kv
-    n_keys = start + n_tok
-    # key s is visible to query t when s <= start + t
-    masked = np.arange(n_keys)[None, :] > (start + np.arange(n_tok))[:, None]  # (T, S)
-    out = np.empty_like(q)
-    for kv in range(n_kv):
-        qg = q[:, kv * group:(kv + 1) * group, :].transpose(1, 0, 2)  # (G, T, hd)
-        scores = (qg @ k[kv].T) * np.float32(scale)  # (G, T, S)
-        scores[:, masked] = -np.inf
-        scores -= scores.max(axis=-1, keepdims=True)
-        np.exp(scores, out=scores)
-        scores /= scores.sum(axis=-1, keepdims=True)
-        out[:, kv * group:(kv + 1) * group, :] = (scores @ v[kv]).transpose(1, 0, 2)
-    return out

@@ -13,10 +13,9 @@ them (`session.decode_step`). Each step of the scheduler:
 4. runs one batched decode step for the sequences that continue.
 
 A request with n > 1 evaluates its prompt once and forks into n sequences sharing its blocks. Prompt
-blocks computed by any earlier request stay in the pool and are reused (see kv_cache.py). Per sequence the
-numerics are those of running it alone (decode rows equal one-token matvecs; prompt chunks are cut the
-same way), and each sample i of a request draws from its own seeded stream, so results equal
-`LLM.generate` one prompt at a time.
+blocks computed by any earlier request stay in the pool and are reused (see kv_cache.py). Every row of a
+forward pass is computed as decoding it alone would compute it (see model.py), and each sample i of a
+request draws from its own seeded stream, so results equal `LLM.generate` one prompt at a time.
 """
 
 from __future__ import annotations

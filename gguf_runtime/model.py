@@ -14,14 +14,16 @@ import numpy as np
 
 from .config import ModelConfig
 from .gguf_file import GGUFError, GGUFFile
-from .attention import attend_many, attend_rows, store_rows
+from .attention import attend_rows, store_rows
 from .kv_cache import BLOCK_TOKENS, KVCache, KVPool
 from .ops import rms_norm, rope, rope_tables, swiglu
 from .quants import QMatrix, embed_rows
 
-# Up to this many tokens a forward pass uses decode's numerics token by token (integer matmul on Q8
-# activations, per-token attention), so a speculative verify of up to 16 drafts reproduces exactly the
-# logits plain decoding would have produced. Larger batches (prefill) take the BLAS paths.
+# Every row of a forward pass gets the numerics of decoding it alone: quantized weights always go through the
+# integer kernels (each row equals a one-token matvec) and attention runs per row over the cache, so
+# batching, prompt chunking, prefix reuse and speculative verification never change a sequence's logits.
+# Float weights (F32/F16) take BLAS above this many tokens per sequence, keeping that exactness for a
+# verify of up to 16 drafts.
 DECODE_NUMERICS_MAX_TOKENS = 17
 
 
@@ -144,8 +146,8 @@ class Model:
         for b, cache in enumerate(caches):
             tables[b, :len(cache.blocks)] = cache.blocks
         blk, slot = tables[seq, pos // pool.block_tokens], pos % pool.block_tokens  # (T,) where each row goes
-        # a few tokens per sequence take decode's numerics: per-token attention and integer matmuls whose
-        # rows equal one-token matvecs, so batching or verifying drafts never changes a sequence's logits
+        # a few tokens per sequence take decode's numerics even for float weights (quantized ones always do:
+        # integer rows equal one-token matvecs), so verifying drafts never changes a sequence's logits
         decode = max(runs) <= DECODE_NUMERICS_MAX_TOKENS
         cos, sin = rope_tables(pos, c.n_rot, c.rope_base, c.rope_freq_scale, self.rope_freq_factors)
         neox = c.rope_style == "neox"
@@ -154,13 +156,12 @@ class Model:
         x = embed_rows(self.tok_embd, self.tok_embd_type, tokens,
                        np.empty((n_tok, c.n_embd), dtype=np.float32))  # (T, D) residual stream
         h = np.empty_like(x)  # (T, D) normed input of each sublayer
-        if decode:
-            act = np.empty((n_tok, H, hd if pool.qtype.activation else 0), np.int8)  # queries as the key type
-            act_d = np.empty((n_tok, H, act.shape[2] // 32), np.float32)            # wants them for its dot
-            act_s = np.empty((n_tok, H, act.shape[2] // 16), np.int16)
-            scores = np.empty((n_tok, H, int(pos.max()) + 1), np.float32)  # (T, H, S) attention weights
-            v_row = np.empty((n_tok, H, hd), np.float32)
-            attn = np.empty((n_tok, H, hd), np.float32)  # (T, H, hd)
+        n_act = hd if pool.qtype.activation else 0  # queries quantized as the key type's dot wants them
+        q_act = (np.empty((n_tok, H, n_act), np.int8), np.empty((n_tok, H, n_act // 32), np.float32),
+                 np.empty((n_tok, H, n_act // 16), np.int16))
+        scores = np.empty((n_tok, H, int(pos.max()) + 1), np.float32)  # (T, H, S) attention weights
+        v_row = np.empty((n_tok, H_kv, hd), np.float32)  # (T, H_kv, hd) a dequantized value row
+        attn = np.empty((n_tok, H, hd), np.float32)  # (T, H, hd)
 
         for i, L in enumerate(self.layers):
             # attention
@@ -171,16 +172,8 @@ class Model:
             rope(q, cos, sin, neox)
             rope(k, cos, sin, neox)
             store_rows(code, pool.k[i], pool.v[i], blk, slot, k, v)
-            if decode:
-                attend_rows(code, q, pool.k[i], pool.v[i], tables, seq, pos, np.float32(self.attn_scale),
-                            act, act_d, act_s, scores, v_row, attn)
-            else:
-                attn = np.empty((n_tok, H, hd), dtype=np.float32)
-                row = 0
-                for cache, n in zip(caches, runs):
-                    keys, values = cache.rows(i, cache.n + n)  # (H_kv, S, hd) each
-                    attn[row:row + n] = attend_many(q[row:row + n], keys, values, cache.n, self.attn_scale)
-                    row += n
+            attend_rows(code, q, pool.k[i], pool.v[i], tables, seq, pos, np.float32(self.attn_scale), *q_act,
+                        scores, v_row, attn)
             x += _linear(L.wo, attn.reshape(n_tok, H * hd), None, decode)
 
             # feed-forward (SwiGLU)

@@ -86,10 +86,13 @@ def test_n_samples_compute_the_prompt_once_and_differ_by_seed(llm):
 def test_repeated_prefix_is_reused_across_calls(llm):
     system = "You are a careful assistant who answers in one short sentence. " * 4
     llm.generate(system + "What is the capital of Italy?", GREEDY)
-    llm.generate(system + "Name a prime number.", GREEDY)
+    out = llm.generate(system + "Name a prime number.", GREEDY)[0]
     stats = llm.batch_stats
     n_system = len(llm.prompt_token_ids(system))
     assert stats.prompt_tokens - stats.prompt_tokens_evaluated >= n_system - 32  # whole blocks of the system prompt
+    # prefill rows equal decode rows (integer GEMM, per-row attention), so reusing blocks changes nothing
+    np.testing.assert_array_equal(out.outputs[0].token_ids,
+                                  _alone(llm, system + "Name a prime number.", GREEDY).token_ids)
 
 
 def test_pool_fork_copy_on_write_and_accounting():

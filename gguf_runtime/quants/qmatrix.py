@@ -84,7 +84,11 @@ class QMatrix:
 
     def matmul(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """X @ W.T for T tokens: X float32 (T, n_cols) -> (T, n_rows), by the faster strategy for T."""
-        if self.ggml_type in kernels.GEMM_SUPERBLOCKS or (
+        # The integer GEMM even where BLAS tiles would be a little faster on an idle machine (blocks of 32 at
+        # 64+ tokens): BLAS runs on one thread here (threads.py: its spinning threads collapse under load), and
+        # integer rows equal matvec bit for bit, so prefill, batched decode and speculative verify all see the
+        # logits one-token decoding would.
+        if self.ggml_type in kernels.GEMM_TYPES or (
                 np.shape(X)[0] <= INTEGER_PATH_MAX_TOKENS[self.qtype.block_size] and self.ggml_type != F32):
             return self.matmul_integer(X, out)
         return self.matmul_tiled(X, out)

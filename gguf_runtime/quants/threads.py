@@ -36,6 +36,7 @@ OMP_WAIT_POLICY = "PASSIVE"  # read by the OpenMP runtime when numba first loads
 def configure() -> None:
     """Set numba's threading layer order and OpenMP's wait policy unless the environment chose them."""
     os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
+    single_threaded_blas()
     if "NUMBA_THREADING_LAYER" in os.environ or "NUMBA_THREADING_LAYER_PRIORITY" in os.environ:
         return
     os.environ["NUMBA_THREADING_LAYER_PRIORITY"] = " ".join(LAYER_PRIORITY)
@@ -46,17 +47,25 @@ def configure() -> None:
 
 def set_threads(n: int) -> int:
     """Use n threads (1 .. numba's NUMBA_NUM_THREADS, the machine's cores by default) in this Python thread's
-    kernel calls, and in numpy's BLAS (the tiled matmul) where that is numpy's bundled OpenBLAS; returns n."""
+    kernel calls; returns n."""
     import numba
 
     limit = numba.config.NUMBA_NUM_THREADS
     if isinstance(n, bool) or not isinstance(n, (int,)) or not 1 <= n <= limit:
         raise ValueError(f"threads must be an integer from 1 to {limit}, got {n!r}")
     numba.set_num_threads(n)
+    return n
+
+
+def single_threaded_blas() -> None:
+    """numpy's bundled OpenBLAS on one thread. Its threads spin between calls and fight numba's for the cores:
+    measured 2026-11-27 on the 2-core box at load ~3, a batch of 8 SmolLM2 prompts (1024 prefill tokens)
+    took 52.6 s with 2 OpenBLAS threads and 9.3 s with one (prefill attention 96 ms -> 2.6 ms per call).
+    The parallel work is numba's: every quantized matmul is the integer GEMM; BLAS is left with prefill
+    attention and float weight tiles."""
     openblas = bundled_openblas_threads()
     if openblas is not None:
-        openblas[0](n)
-    return n
+        openblas[0](1)
 
 
 @functools.cache
