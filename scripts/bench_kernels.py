@@ -10,6 +10,8 @@ Times are the best of several rounds (the machine may be shared: best-of filters
 
     .venv/bin/python scripts/bench_kernels.py            # all types, all shapes, 1 and 2 threads
     .venv/bin/python scripts/bench_kernels.py --quick    # Q4_0 Q4_1 Q8_0 Q4_K Q6_K on two shapes
+    .venv/bin/python scripts/bench_kernels.py --types Q4_K --shapes 1536x1536 --threads 1 --tokens "" --repeat 5
+                                                         # matvec only, median of 5 runs (a shared machine)
     .venv/bin/python scripts/bench_kernels.py --crossover Q4_K 1536x8960   # integer vs tiled matmul per T
     .venv/bin/python scripts/bench_kernels.py --asm      # vector instructions in each row kernel
 """
@@ -50,6 +52,19 @@ def make_matrix(np, quants, ggml_type: int, n: int, k: int):
     block = quants.quantize(rng.standard_normal((min(64, n), k)).astype(np.float32), ggml_type)
     reps = -(-n // block.shape[0])
     return np.ascontiguousarray(np.tile(block, (reps, 1))[:n])
+
+
+def median_rows(runs: list[list[dict]]) -> list[dict]:
+    """Per (threads, type, shape): the median over runs of each timing (each run's timing is a best-of)."""
+    import statistics
+    out = []
+    for same in zip(*runs):
+        row = dict(same[0])
+        for key in row:
+            if key.endswith("_s"):
+                row[key] = statistics.median(r[key] for r in same)
+        out.append(row)
+    return out
 
 
 def run_child(threads: int, types: list[str], shapes: list[str], with_numpy: bool, tokens) -> list[dict]:
@@ -145,22 +160,23 @@ def asm_report(types: list[str]) -> None:
         print(f"  {name:7s} {sum(counts.values()):5d} instructions; {found}")
 
 
-def print_table(rows: list[dict]) -> None:
+def print_table(rows: list[dict], tokens=TOKENS) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="quantized kernels vs numpy float32 on the dequantized matrix (best of rounds)")
-    for col in ("thr", "type", "N x K", "matvec GB/s", "x np", *[f"mm{t} GF/s" for t in TOKENS],
-                *[f"{c}{t} GF/s" for c in ("int", "tiles") for t in TOKENS], *[f"np{t} GF/s" for t in TOKENS]):
+    table = Table(title="quantized kernels vs numpy float32 on the dequantized matrix (best of rounds; "
+                        "median over --repeat runs)")
+    for col in ("thr", "type", "N x K", "matvec GB/s", "x np", *[f"mm{t} GF/s" for t in tokens],
+                *[f"{c}{t} GF/s" for c in ("int", "tiles") for t in tokens], *[f"np{t} GF/s" for t in tokens]):
         table.add_column(col, justify="right")
     for r in rows:
         n, k = (int(v) for v in r["shape"].split("x"))
         gf = lambda t, key: f"{2 * n * k * t / r[key] / 1e9:.1f}" if key in r else "-"  # noqa: E731
         table.add_row(str(r["threads"]), r["type"], r["shape"], f"{r['bytes'] / r['matvec_s'] / 1e9:.2f}",
                       f"{r['np_matvec_s'] / r['matvec_s']:.2f}" if "np_matvec_s" in r else "-",
-                      *[gf(t, f"matmul{t}_s") for t in TOKENS],
-                      *[gf(t, f"{c}{t}_s") for c in ("integer", "tiled") for t in TOKENS],
-                      *[gf(t, f"np_matmul{t}_s") for t in TOKENS])
+                      *[gf(t, f"matmul{t}_s") for t in tokens],
+                      *[gf(t, f"{c}{t}_s") for c in ("integer", "tiled") for t in tokens],
+                      *[gf(t, f"np_matmul{t}_s") for t in tokens])
     Console(width=200).print(table)
 
 
@@ -171,17 +187,21 @@ def main() -> None:
     ap.add_argument("--shapes", help="comma-separated NxK shapes")
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     ap.add_argument("--no-numpy", action="store_true", help="skip the numpy float32 baselines")
+    ap.add_argument("--tokens", default=",".join(map(str, TOKENS)),
+                    help='comma-separated matmul token counts ("" for matvec only)')
+    ap.add_argument("--repeat", type=int, default=1, help="run each thread count this many times, report medians")
     ap.add_argument("--json", help="also write the rows to this file")
     ap.add_argument("--crossover", nargs=2, metavar=("TYPE", "NxK"), help="integer vs tiled matmul per T")
     ap.add_argument("--asm", action="store_true", help="count vector instructions in the row kernels")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
+    tokens = tuple(int(t) for t in args.tokens.split(",") if t)
     if args.child is not None:
         if args.crossover:
             run_crossover(*args.crossover, threads=args.child)
         else:
-            run_child(args.child, args.types.split(","), args.shapes.split(","), not args.no_numpy, TOKENS)
+            run_child(args.child, args.types.split(","), args.shapes.split(","), not args.no_numpy, tokens)
         return
 
     if args.asm:
@@ -201,14 +221,17 @@ def main() -> None:
         env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
                    MKL_NUM_THREADS=str(threads))
         cmd = [sys.executable, __file__, "--child", str(threads), "--types", ",".join(types), "--shapes",
-               ",".join(shapes)] + (["--no-numpy"] if args.no_numpy else [])
+               ",".join(shapes), "--tokens", args.tokens] + (["--no-numpy"] if args.no_numpy else [])
         if args.crossover:
             subprocess.run(cmd + ["--crossover", *args.crossover], env=env, check=True)
             continue
-        proc = subprocess.run(cmd, env=env, check=True, stdout=subprocess.PIPE, text=True)
-        rows += [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+        runs = []
+        for _ in range(args.repeat):
+            proc = subprocess.run(cmd, env=env, check=True, stdout=subprocess.PIPE, text=True)
+            runs.append([json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")])
+        rows += median_rows(runs)
     if rows:
-        print_table(rows)
+        print_table(rows, tokens)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(rows, f, indent=1)

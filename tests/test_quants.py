@@ -12,7 +12,7 @@ from gguf_runtime.gguf_file import GGUFFile
 from gguf_runtime.quants import (QTYPES, QMatrix, UnsupportedQuantError, dequantize, embed_rows, get_qtype,
                                  quantize, set_threads)
 from gguf_runtime.quants.activation import quantize_q8_0, quantize_q8_k
-from gguf_runtime.quants.kernels import GEMM_MIN_TOKENS, GEMM_SUPERBLOCKS, GEMM_TYPES, PANEL_BYTES, ROW_BLOCK_BYTES
+from gguf_runtime.quants.kernels import GEMM_MIN_TOKENS, GEMM_TYPES, PANEL_BYTES, ROW_BLOCK_BYTES
 from gguf_runtime.quants.qmatrix import INTEGER_PATH_MAX_TOKENS
 from gguf_runtime.quants.registry import ACT_F32, ACT_Q8_0
 
@@ -212,7 +212,7 @@ def test_matmul_matches_matvec_per_token(t):
         Yt = m.matmul_tiled(X, out=np.empty((n_tokens, 29), np.float32))
         for i in range(n_tokens):
             check_matvec(m, X[i], wd, Yt[i], fp_rel=k * 2.0 ** -24 + 2e-5)
-        integer = t in GEMM_SUPERBLOCKS or (
+        integer = t in GEMM_TYPES or (
             n_tokens <= INTEGER_PATH_MAX_TOKENS[QTYPES[t].block_size] and t != GT.F32)
         assert np.array_equal(Y, Yi if integer else Yt)
     assert m.matmul(np.zeros((0, k), np.float32)).shape == (0, 29)

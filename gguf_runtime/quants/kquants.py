@@ -29,13 +29,14 @@ def scale_min_k4(j, w, o):
 
 @njit(cache=True)
 def scales_mins_k4(w, o):
-    """All 8 scales (lanes 0..7) and mins (lanes 8..15) from w[o:o+12] as one I16x16, and the mins each twice
-    (to pair with per-16 block sums): the same unpacking as scale_min_k4, 4 bytes at a time."""
+    """The 8 scales from w[o:o+12] as one I16x16, in lanes 0..7 and again in 8..15, and the mins each twice
+    (to pair with per-16 block sums): the same unpacking as scale_min_k4, 4 bytes at a time. Scale j of
+    sub-block j is lanes j and 8+j, so `madd(p, lane(s, j), lane(s, 8 + j))` is one in-lane shuffle."""
     a, b, c = u32_at(w, o), u32_at(w, o + 4), u32_at(w, o + 8)
     low6, low4, top2 = np.uint32(0x3F3F3F3F), np.uint32(0x0F0F0F0F), np.uint32(0x03030303)
     scales_hi = (c & low4) | (((a >> np.uint32(6)) & top2) << np.uint32(4))
     mins_hi = ((c >> np.uint32(4)) & low4) | (((b >> np.uint32(6)) & top2) << np.uint32(4))
-    return widen_u32x4(a & low6, scales_hi, b & low6, mins_hi), widen_pairs(b & low6, mins_hi)
+    return widen_u32x4(a & low6, scales_hi, a & low6, scales_hi), widen_pairs(b & low6, mins_hi)
 
 
 @njit(cache=True)

@@ -31,9 +31,10 @@ def dequantize_row(w, y):
             store_scaled(y, yo + 64 * j + 32, vshr(q, 4), d1, min1, d1, min1)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")  # see kernels._dot_row: too big for LLVM to inline into the matvec driver
 def dot_row(w, x, xq, xd, xs):
-    """Per super-block: d*dx*sum_s sc_s*(q.xq)_s - dmin*dx*sum_s m_s*bsum_s, integer sums inside."""
+    """Per super-block: d*dx*sum_s sc_s*(q.xq)_s - dmin*dx*sum_s m_s*bsum_s, integer sums inside. The scales
+    sit in both halves of one vector, so each sub-block's scale is one in-lane shuffle (vpshufb)."""
     acc = fzero()
     for i in range(w.shape[0] // TYPE_SIZE):
         o, xo = i * TYPE_SIZE, i * 256
@@ -41,9 +42,9 @@ def dot_row(w, x, xq, xd, xs):
         isum = izero()
         for j in range(4):
             q = load_u8x32(w, o + 16 + 32 * j)
-            s0, s1 = lane(scales, 2 * j), lane(scales, 2 * j + 1)
-            isum = iadd(isum, madd(maddubs(vand(q, 15), xq, xo + 64 * j), s0, s0))
-            isum = iadd(isum, madd(maddubs(vshr(q, 4), xq, xo + 64 * j + 32), s1, s1))
+            lo = madd(maddubs(vand(q, 15), xq, xo + 64 * j), lane(scales, 2 * j), lane(scales, 2 * j + 8))
+            hi = madd(maddubs(vshr(q, 4), xq, xo + 64 * j + 32), lane(scales, 2 * j + 1), lane(scales, 2 * j + 9))
+            isum = iadd(isum, iadd(lo, hi))
         acc = fmadd_i(acc, isum, f16_at(w, o) * xd[i])
         acc = fmadd_i(acc, madd_v(mins2, load_i16x16(xs, 16 * i)), -(f16_at(w, o + 2) * xd[i]))
     return hsum(acc)

@@ -45,9 +45,9 @@ def dot_row(w, x, xq, xd, xs):
             q = load_u8x32(w, o + 48 + 32 * j)
             lo = vor(vand(q, 15), vshl(vand(vshr(qh, 2 * j), 1), 4))
             hi = vor(vshr(q, 4), vshl(vand(vshr(qh, 2 * j + 1), 1), 4))
-            s0, s1 = lane(scales, 2 * j), lane(scales, 2 * j + 1)
-            isum = iadd(isum, madd(maddubs(lo, xq, xo + 64 * j), s0, s0))
-            isum = iadd(isum, madd(maddubs(hi, xq, xo + 64 * j + 32), s1, s1))
+            # scale of sub-block s: lanes s and 8+s (kquants.scales_mins_k4), one in-lane shuffle
+            isum = iadd(isum, madd(maddubs(lo, xq, xo + 64 * j), lane(scales, 2 * j), lane(scales, 2 * j + 8)))
+            isum = iadd(isum, madd(maddubs(hi, xq, xo + 64 * j + 32), lane(scales, 2 * j + 1), lane(scales, 2 * j + 9)))
         acc = fmadd_i(acc, isum, f16_at(w, o) * xd[i])
         acc = fmadd_i(acc, madd_v(mins2, load_i16x16(xs, 16 * i)), -(f16_at(w, o + 2) * xd[i]))
     return hsum(acc)
