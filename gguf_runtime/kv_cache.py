@@ -11,7 +11,8 @@ holds and the blocks they live in. Blocks are reference counted, so sequences ca
   system prompt, a chat history) picks them up with `reuse_prefix` instead of recomputing them.
 
 A block whose content is registered never changes; writing into one (a truncated or shifted sequence
-continuing in the middle of it) unregisters or copies it first.
+continuing in the middle of it) unregisters or copies it first. A released sequence also registers the
+prefixes of its last blocks, so reuse can stop at any token, not only at a block boundary.
 
 The single-sequence context shift works on the same structure: keep the first n_keep positions, drop the
 n_discard after them, move the rest down and re-rotate their keys by −n_discard (RoPE rotations compose),
@@ -71,7 +72,7 @@ class KVPool:
         self.refs = np.zeros(n_blocks, np.int32)
         self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(n_blocks))  # oldest first
         self._by_hash: dict[bytes, int] = {}
-        self._hash_of: dict[int, bytes] = {}
+        self._hash_of: dict[int, list[bytes]] = {}
         self.prefix_caching = True  # off: registered blocks are never handed to another sequence
 
     @property
@@ -117,17 +118,18 @@ class KVPool:
         return new
 
     def register(self, block: int, key: bytes) -> None:
+        """The block holds the K/V of the tokens `key` hashes (a block may answer to several prefixes of
+        its content; all are dropped together when it changes)."""
         if key not in self._by_hash:
             self._by_hash[key] = block
-            self._hash_of[block] = key
+            self._hash_of.setdefault(block, []).append(key)
 
     def lookup(self, key: bytes) -> int | None:
         return self._by_hash.get(key) if self.prefix_caching else None
 
     def forget(self, block: int) -> None:
         """The block's content is about to change: it no longer stands for its tokens."""
-        key = self._hash_of.pop(block, None)
-        if key is not None:
+        for key in self._hash_of.pop(block, ()):
             del self._by_hash[key]
 
 
@@ -230,8 +232,9 @@ class KVCache:
         bt = self.pool.block_tokens
         if self.n % bt or len(self._hashes) != self.n // bt:
             return 0
-        taken = 0
-        while self.n + bt <= min(limit, self.n_ctx):
+        start = self.n
+        limit = min(limit, self.n_ctx)
+        while self.n + bt <= limit:
             chunk = [int(t) for t in tokens[self.n:self.n + bt]]
             key = _chain_hash(self._hashes[-1] if self._hashes else b"", chunk)
             block = self.pool.lookup(key)
@@ -241,8 +244,17 @@ class KVCache:
             self.blocks.append(block)
             self._hashes.append(key)
             self.tokens.extend(chunk)
-            taken += bt
-        return taken
+        # then the longest prefix of a block a finished sequence left behind (see release)
+        parent = self._hashes[-1] if self._hashes else b""
+        for m in range(min(bt - 1, limit - self.n), 0, -1):
+            chunk = [int(t) for t in tokens[self.n:self.n + m]]
+            block = self.pool.lookup(_chain_hash(parent, chunk))
+            if block is not None:
+                self.pool.retain(block)
+                self.blocks.append(block)
+                self.tokens.extend(chunk)
+                break
+        return self.n - start
 
     def truncate(self, n: int) -> None:
         """Forget positions n.. (speculative rollback, prompt reuse); whole blocks past n go back to the pool."""
@@ -256,7 +268,19 @@ class KVCache:
         del self.blocks[keep:]
 
     def release(self) -> None:
-        """Give every block back (they stay cached in the pool for prefix reuse until evicted)."""
+        """Give every block back. They stay cached in the pool for prefix reuse until evicted, the partial
+        last block too (registered under its tokens so far), so a later prompt that extends this sequence —
+        the next chat turn, a repeated prompt — resumes at the exact token, not a block boundary."""
+        bt = self.pool.block_tokens
+        full = self.n // bt
+        if len(self._hashes) == full:  # (not after a shift: that content is not a prefix's)
+            # every prefix of the last full block and of the partial one after it: where a follow-up
+            # prompt (the next chat turn re-rendering this reply) diverges
+            for i in range(max(0, full - 1), -(-self.n // bt)):
+                parent = self._hashes[i - 1] if i else b""
+                held = self.tokens[i * bt:min(self.n, (i + 1) * bt)]
+                for m in range(1, min(len(held), bt - 1) + 1):
+                    self.pool.register(self.blocks[i], _chain_hash(parent, held[:m]))
         self.truncate(0)
 
     def fork(self) -> "KVCache":

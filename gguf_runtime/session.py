@@ -44,7 +44,8 @@ class Session:
         return self.cache.tokens
 
     def reset(self) -> None:
-        self.cache.truncate(0)
+        """Start from an empty cache; what it held stays in the pool for prefix reuse."""
+        self.cache.release()
 
     def fork(self) -> "Session":
         """A session continuing from the same cached tokens, sharing their blocks (copy-on-write)."""
