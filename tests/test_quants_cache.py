@@ -7,10 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
+from gguf import GGMLQuantizationType as GT
 
 from gguf_runtime.cli import main
-from gguf_runtime.quants import cachedir
+from gguf_runtime.quants import cachedir, kernels
+from gguf_runtime.quants.warm import warm_up
 
 SHOW_CACHE_DIR = "import os, gguf_runtime.quants; print(os.environ['NUMBA_CACHE_DIR'])"
 
@@ -52,6 +55,13 @@ def test_warmup_compiles_a_models_types(smollm2_path: Path):
     lines = result.output.splitlines()
     assert [line.split()[0] for line in lines[:-1]] == ["F32", "Q4_1", "Q8_0"]
     assert lines[-1].startswith("kernels ready for F32, Q4_1, Q8_0")
+
+
+@pytest.mark.parametrize("t", [GT.Q4_0, GT.Q4_K], ids=["Q4_0", "Q4_K"])
+def test_warm_up_compiles_the_integer_gemm(t):
+    """Both GEMM forms (blocks of 32 start at 4 tokens, super-blocks at 2) are ready after warm-up."""
+    warm_up(t)
+    assert any(key[0] == t for key in kernels.matmul_panels._entries)
 
 
 def test_warmup_reports_a_missing_model(tmp_path):
