@@ -62,13 +62,14 @@ class LLM:
                  n_batch: int = 256, seed: int | None = None, max_model_len: int | None = None,
                  draft_model: str | os.PathLike | None = None, speculative: str | None = None,
                  draft_max: int = 16, draft_min: int = 1, draft_p_min: float = 0.75, max_num_seqs: int = 8,
-                 kv_cache_dtype: str = "f16", kv_cache_tokens: int | None = None,
+                 kv_cache_dtype: str = "f32", kv_cache_tokens: int | None = None,
                  enable_prefix_caching: bool | None = True, **kwargs):
         """draft_model: a smaller model with the same vocabulary drafts tokens for speculative decoding;
         speculative="ngram" drafts by prompt lookup instead (no second model). Output is unchanged either way.
 
-        max_num_seqs: sequences `generate` decodes together (continuous batching). kv_cache_dtype: "f16"
-        (llama.cpp's default), "q8_0" (half the memory), "f32", or another llama.cpp cache type.
+        max_num_seqs: sequences `generate` decodes together (continuous batching). kv_cache_dtype: "f32"
+        (closest to llama.cpp's logits here), "f16" (half the memory), "q8_0" (a quarter), or another llama.cpp
+        cache type.
         kv_cache_tokens: positions the shared KV pool holds for all sequences (default 2 x n_ctx).
         enable_prefix_caching: reuse cached blocks of a prompt prefix computed by an earlier request."""
         self._check_vllm_kwargs(kwargs)
@@ -89,7 +90,7 @@ class LLM:
         self.n_batch = n_batch
         self.max_num_seqs = max_num_seqs
         if kv_cache_dtype == "auto":
-            kv_cache_dtype = "f16"
+            kv_cache_dtype = "f32"
         pool_tokens = 2 * self.n_ctx if kv_cache_tokens is None else int(kv_cache_tokens)
         if pool_tokens < self.n_ctx:
             raise ValueError(f"kv_cache_tokens ({pool_tokens}) must hold at least one context (n_ctx {self.n_ctx})")

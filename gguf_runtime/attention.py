@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit, prange
 from numba.extending import overload
 
-from .quants.halves import store_f16
+from .quants.halves import round_to_f16, store_f16
 from .quants.kernels import Specialized, _qtype_of, dequantize_row, dot_row, quantize_activation
 from .quants.registry import F16, F32
 from .quants.simd import f32_bits
@@ -78,7 +78,7 @@ def _gather(code, K, table, n_pos, out):
 def _attend(code, q, K, V, tables, seq, pos, scale, qq, qd, qs, scores, vrow, out):
     """Causal attention of T query rows, each over its own sequence's positions 0..pos[t].
 
-    q: (T, H, hd)   K, V: one layer's blocks   tables: (B, max_blocks) int32   seq, pos: (T,)
+    q: (T, H, hd), rounded in place for an F16 cache   K, V: one layer's blocks   tables: (B, max_blocks) int32   seq, pos: (T,)
     qq, qd, qs: the queries quantized as the key type's dot wants them (T, H, ...)
     scores: (T, H, max_pos + 1) scratch   vrow: (T, H_kv, hd) scratch   out: (T, H, hd)
     One task per (row, KV head) serves the query heads sharing that KV head, so each cached row is read and
@@ -94,6 +94,9 @@ def _attend(code, q, K, V, tables, seq, pos, scale, qq, qd, qs, scores, vrow, ou
         n = pos[t] + 1
         h0 = kv * group
         for h in range(h0, h0 + group):
+            if code == F16:  # llama.cpp multiplies an f16 cache by f16-rounded queries and weights
+                for i in range(hd):
+                    q[t, h, i] = round_to_f16(q[t, h, i])
             quantize_activation(code, q[t, h], qq[t, h], qd[t, h], qs[t, h])
         for p in range(n):
             k_row = K[table[p // bt], kv, p % bt]
@@ -117,7 +120,7 @@ def _attend(code, q, K, V, tables, seq, pos, scale, qq, qd, qs, scores, vrow, ou
         for p in range(n):
             dequantize_row(code, V[table[p // bt], kv, p % bt], row)
             for h in range(h0, h0 + group):
-                w = scores[t, h, p]
+                w = round_to_f16(scores[t, h, p]) if code == F16 else scores[t, h, p]
                 o = out[t, h]
                 for i in range(hd):
                     o[i] += w * row[i]

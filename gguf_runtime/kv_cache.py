@@ -51,7 +51,7 @@ class KVPool:
     """
 
     def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, n_blocks: int,
-                 block_tokens: int = BLOCK_TOKENS, kv_type: str = "f16"):
+                 block_tokens: int = BLOCK_TOKENS, kv_type: str = "f32"):
         if kv_type not in KV_TYPES:
             raise ValueError(f"unknown KV cache type {kv_type!r}; choose one of {', '.join(KV_TYPES)}")
         if n_blocks < 1 or block_tokens < 1:

@@ -100,12 +100,12 @@ class Model:
             raise GGUFError(f"tensor {name} is missing from {self._gguf.path.name}")
         return info
 
-    def new_pool(self, n_tokens: int, kv_type: str = "f16", block_tokens: int = BLOCK_TOKENS) -> KVPool:
+    def new_pool(self, n_tokens: int, kv_type: str = "f32", block_tokens: int = BLOCK_TOKENS) -> KVPool:
         """A KV pool for n_tokens cached positions in all (plus one block of copy-on-write slack)."""
         c = self.config
         return KVPool(c.n_layers, c.n_kv_heads, c.head_dim, -(-n_tokens // block_tokens) + 1, block_tokens, kv_type)
 
-    def new_cache(self, n_ctx: int, kv_type: str = "f16") -> KVCache:
+    def new_cache(self, n_ctx: int, kv_type: str = "f32") -> KVCache:
         """One sequence in a pool of its own."""
         return KVCache(self.new_pool(n_ctx, kv_type), n_ctx)
 

@@ -20,7 +20,7 @@ class Session:
     """
 
     def __init__(self, model: Model, n_ctx: int, n_batch: int = 256, pool: KVPool | None = None,
-                 kv_type: str = "f16", cache: KVCache | None = None):
+                 kv_type: str = "f32", cache: KVCache | None = None):
         if n_ctx < 8:
             raise ValueError(f"n_ctx must be at least 8, got {n_ctx}")
         if n_batch < 1:

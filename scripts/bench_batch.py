@@ -8,7 +8,7 @@ For each C: `LLM.generate` on C different prompts of n-prompt tokens (windows of
 greedy, n-gen tokens each, end-of-text ignored, prefix caching off (no prompt shares a block anyway), wall
 time of the whole call (prefill included). Against: the same prompts one at a time (max_num_seqs=1), and
 llama.cpp (llama-cpp-python) one at a time on the same prompts and threads. KV memory per sequence is the
-pool's bytes per position times the positions a sequence holds, for f16 and q8_0; the f16-vs-q8_0 throughput
+pool's bytes per position times the positions a sequence holds, for f32 (default) and q8_0; the f32-vs-q8_0 throughput
 at the largest C is measured too. Each runtime runs in a child process of its own.
 """
 
@@ -40,7 +40,7 @@ def child_ours(args) -> dict:
     n_ctx = args.n_prompt + args.n_gen + 8
     params = SamplingParams(temperature=0, max_tokens=args.n_gen, ignore_eos=True)
     out: dict = {"batched": {}, "kv_bytes_per_seq": {}}
-    for kv_type in ("f16", "q8_0"):
+    for kv_type in ("f32", "q8_0"):
         llm = LLM(args.model, n_ctx=n_ctx, n_threads=args.threads, kv_cache_tokens=max_c * n_ctx * 2,
                   kv_cache_dtype=kv_type, enable_prefix_caching=False)
         prompts = prompts_from(llm.tokenize(TEXT.read_text(), add_special=False), max_c, args.n_prompt)
@@ -48,12 +48,12 @@ def child_ours(args) -> dict:
         for c in (1, max_c):  # warm-up: compile every kernel shape, page the weights in
             llm.max_num_seqs = c
             llm.generate(prompts[:2], SamplingParams(temperature=0, max_tokens=4))
-        for c in (args.concurrency if kv_type == "f16" else [max_c]):
+        for c in (args.concurrency if kv_type == "f32" else [max_c]):
             llm.max_num_seqs = c
             t0 = time.perf_counter()
             llm.generate(prompts[:c], params)
             out["batched"][f"{kv_type}/{c}"] = c * args.n_gen / (time.perf_counter() - t0)
-        if kv_type == "f16":
+        if kv_type == "f32":
             llm.max_num_seqs = 1
             n_seq = min(4, max_c)
             t0 = time.perf_counter()

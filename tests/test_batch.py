@@ -116,17 +116,16 @@ def test_pool_fork_copy_on_write_and_accounting():
     assert pool.n_used == 0 and int(pool.refs.sum()) == 0
 
 
-@pytest.mark.parametrize("kv_type, max_diff", [("f32", 0.3), ("q8_0", 0.3)])
-def test_cache_types_stay_close_to_f16(smollm2_path, llm, kv_type, max_diff):
+@pytest.mark.parametrize("kv_type", ["f16", "q8_0"])
+def test_smaller_cache_types_stay_close_to_f32(smollm2_path, llm, kv_type):
     ids = llm.prompt_token_ids(_prompts(5)[4])[:96]
-    ref = llm.logits(ids)
+    ref = llm.logits(ids)  # the default cache: f32
     other = LLM(smollm2_path, n_ctx=128, kv_cache_dtype=kv_type)
     got = other.logits(ids)
-    # measured on these 96 positions: f16 vs f32 mean 0.16, max 1.4; q8_0 vs f32 0.17, 1.2; q4_0 0.99, 6.7
-    assert np.abs(got - ref).mean() < max_diff and np.abs(got - ref).max() < 8 * max_diff
+    # measured on these 96 positions: f16 vs f32 mean 0.16, max 1.4; q8_0 0.17, 1.2; q4_0 0.99, 6.7
+    assert np.abs(got - ref).mean() < 0.3 and np.abs(got - ref).max() < 2.4
     assert (got.argmax(-1) == ref.argmax(-1)).mean() > 0.95
-    ratio = other.pool.bytes_per_token / llm.pool.bytes_per_token
-    assert ratio == {"f32": 2.0, "q8_0": 34 / 64}[kv_type]
+    assert other.pool.bytes_per_token / llm.pool.bytes_per_token == {"f16": 0.5, "q8_0": 34 / 128}[kv_type]
 
 
 def test_state_round_trip_and_refusals(llm, smollm2_path, tmp_path):

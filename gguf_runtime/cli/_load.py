@@ -45,7 +45,7 @@ def _may_be_interactive() -> bool:
             or bool(env.get("FORCE_COLOR")))
 
 
-def load_llm(model: str, n_ctx: int, threads: int | None, kv_type: str = "f16", **speculative) -> LLM:
+def load_llm(model: str, n_ctx: int, threads: int | None, kv_type: str = "f32", **speculative) -> LLM:
     """The model `model` (catalog name or path), with one-line errors for the usual mistakes.
     `speculative` holds LLM()'s draft_model/speculative/draft_* arguments."""
     path = _existing(model)

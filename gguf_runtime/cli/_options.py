@@ -19,7 +19,7 @@ from ._app import UserError
 LLAMA_CPP = SamplingParams.llama_cpp_defaults()
 DEFAULT_N_CTX = 2048
 # kv_cache.KV_TYPES' names, spelled out so `--help` does not import numba (a test keeps them equal)
-KV_CACHE_TYPES = ("f16", "q8_0", "f32", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl")
+KV_CACHE_TYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl")
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ SETTABLE = {f.name: f for f in (*SAMPLING_FLAGS, MAX_TOKENS)}
 
 def model_options(func: Callable) -> Callable:
     """--model/-m, --n-ctx, --threads/-t and --kv-type."""
-    func = click.option("--kv-type", type=click.Choice(KV_CACHE_TYPES), default="f16", show_default=True,
+    func = click.option("--kv-type", type=click.Choice(KV_CACHE_TYPES), default="f32", show_default=True,
                         help="KV cache type (llama.cpp's --cache-type-k/v): q8_0 halves its memory.")(func)
     func = click.option("--threads", "-t", type=click.IntRange(min=1), default=None,
                         help="CPU threads for the kernels (default: all cores).")(func)

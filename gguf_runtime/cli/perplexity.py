@@ -19,7 +19,7 @@ from ._options import KV_CACHE_TYPES
               help="Chunk length; the second half of each chunk is scored.")
 @click.option("--chunks", type=click.IntRange(min=1), default=None, help="Score at most this many chunks.")
 @click.option("--threads", "-t", type=click.IntRange(min=1), default=None)
-@click.option("--kv-type", type=click.Choice(KV_CACHE_TYPES), default="f16", show_default=True,
+@click.option("--kv-type", type=click.Choice(KV_CACHE_TYPES), default="f32", show_default=True,
               help="KV cache type (its accuracy cost is what this measures).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a line of text.")
 def perplexity(model: str, text_file: Path, n_ctx: int, chunks: int | None, threads: int | None,
