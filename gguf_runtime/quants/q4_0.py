@@ -7,7 +7,8 @@ from numba import njit
 
 from .blocks import inverse, signed_absmax, truncate_u8
 from .halves import store_f16
-from .simd import f16_at, fmadd_i, fzero, hsum, load_nibbles, madd, maddubs_s8, store_scaled, vsub
+from .qblocks import row_kernels
+from .simd import load_nibbles, vsub
 
 BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 32, 18, "q8_0"
 
@@ -18,22 +19,7 @@ def block_weights(w, o):
     return vsub(load_nibbles(w, o + 2), 8)
 
 
-@njit(cache=True)
-def dequantize_row(w, y):
-    for b in range(w.shape[0] // TYPE_SIZE):
-        o = b * TYPE_SIZE
-        d = f16_at(w, o)
-        store_scaled(y, 32 * b, block_weights(w, o), d, np.float32(0), d, np.float32(0))
-
-
-@njit(cache=True)
-def dot_row(w, x, xq, xd, xs):
-    """sum_b d_w*d_x*((q-8).xq), integer dot per block."""
-    acc = fzero()
-    for b in range(w.shape[0] // TYPE_SIZE):
-        o = b * TYPE_SIZE
-        acc = fmadd_i(acc, madd(maddubs_s8(block_weights(w, o), xq, 32 * b), 1, 1), f16_at(w, o) * xd[b])
-    return hsum(acc)
+dequantize_row, dot_row = row_kernels(__name__, block_weights, TYPE_SIZE, with_min=False)
 
 
 @njit(cache=True)

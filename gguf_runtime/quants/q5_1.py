@@ -7,7 +7,8 @@ from numba import njit
 
 from .blocks import inverse, min_max, truncate_u8
 from .halves import store_f16
-from .simd import f16_at, f32_at, fmadd_i, fzero, hsum, load_bits, load_nibbles, madd, maddubs, store_scaled, vor, vshl
+from .qblocks import row_kernels
+from .simd import load_bits, load_nibbles, vor, vshl
 
 BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 32, 24, "q8_0"
 
@@ -18,23 +19,7 @@ def block_weights(w, o):
     return vor(load_nibbles(w, o + 8), vshl(load_bits(w, o + 4), 4))
 
 
-@njit(cache=True)
-def dequantize_row(w, y):
-    for b in range(w.shape[0] // TYPE_SIZE):
-        o = b * TYPE_SIZE
-        d, m = f16_at(w, o), -f16_at(w, o + 2)
-        store_scaled(y, 32 * b, block_weights(w, o), d, m, d, m)
-
-
-@njit(cache=True)
-def dot_row(w, x, xq, xd, xs):
-    acc = fzero()
-    mins = np.float32(0)
-    for b in range(w.shape[0] // TYPE_SIZE):
-        o = b * TYPE_SIZE
-        acc = fmadd_i(acc, madd(maddubs(block_weights(w, o), xq, 32 * b), 1, 1), f16_at(w, o) * xd[b])
-        mins += f16_at(w, o + 2) * f32_at(xs, 2 * b)  # d_x * sum(xq), see activation.py
-    return hsum(acc) + mins
+dequantize_row, dot_row = row_kernels(__name__, block_weights, TYPE_SIZE, with_min=True)
 
 
 @njit(cache=True)

@@ -7,7 +7,8 @@ from numba import njit
 
 from .blocks import inverse, round_half_away
 from .halves import store_f16
-from .simd import f16_at, fmadd_i, fzero, hsum, load_u8x32, madd, maddubs_s8, store_scaled
+from .qblocks import row_kernels
+from .simd import load_u8x32
 
 BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 32, 34, "q8_0"
 
@@ -18,21 +19,7 @@ def block_weights(w, o):
     return load_u8x32(w, o + 2)
 
 
-@njit(cache=True)
-def dequantize_row(w, y):
-    for b in range(w.shape[0] // TYPE_SIZE):
-        o = b * TYPE_SIZE
-        d = f16_at(w, o)
-        store_scaled(y, 32 * b, block_weights(w, o), d, np.float32(0), d, np.float32(0))
-
-
-@njit(cache=True)
-def dot_row(w, x, xq, xd, xs):
-    acc = fzero()
-    for b in range(w.shape[0] // TYPE_SIZE):
-        o = b * TYPE_SIZE
-        acc = fmadd_i(acc, madd(maddubs_s8(block_weights(w, o), xq, 32 * b), 1, 1), f16_at(w, o) * xd[b])
-    return hsum(acc)
+dequantize_row, dot_row = row_kernels(__name__, block_weights, TYPE_SIZE, with_min=False)
 
 
 @njit(cache=True)
