@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as GT
 from numba import njit
+from numba.core import caching
 
 from gguf_runtime.quants import QTYPES, dequantize, quantize, simd
 from gguf_runtime.quants.activation import quantize_q8_0, quantize_q8_k
@@ -21,9 +22,12 @@ ALL_HALVES = np.arange(65536, dtype=np.uint32).astype(np.uint16)
 
 @pytest.fixture
 def generic_ir(monkeypatch):
-    """Kernels compiled inside this fixture use only target-independent IR (no AVX2, no F16C)."""
+    """Kernels compiled inside this fixture use only target-independent IR (no AVX2, no F16C). None of them is
+    saved to the disk cache: a cached kernel first compiled here (a callee of a fresh kernel, or the fast path
+    called for comparison) would otherwise be loaded as generic code by every later process."""
     monkeypatch.setattr(simd, "USE_X86_AVX2", False)
     monkeypatch.setattr(simd, "USE_NATIVE_F16", False)
+    monkeypatch.setattr(caching.Cache, "save_overload", lambda self, sig, data: None)
 
 
 def fresh(dispatcher):
