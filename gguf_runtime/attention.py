@@ -78,31 +78,36 @@ def _gather(code, K, table, n_pos, out):
 def _attend(code, q, K, V, tables, seq, pos, scale, qq, qd, qs, scores, vrow, out):
     """Causal attention of T query rows, each over its own sequence's positions 0..pos[t].
 
-    q: (T, H, hd), rounded in place for an F16 cache   K, V: one layer's blocks   tables: (B, max_blocks) int32   seq, pos: (T,)
+    q: (T, H, hd), rounded in place for an F16 cache   K, V: one layer's blocks
+    tables: (B, max_blocks) int32   seq, pos: (T,)
     qq, qd, qs: the queries quantized as the key type's dot wants them (T, H, ...)
-    scores: (T, H, max_pos + 1) scratch   vrow: (T, H_kv, hd) scratch   out: (T, H, hd)
-    One task per (row, KV head) serves the query heads sharing that KV head, so each cached row is read and
-    dequantized once for all of them; every head's sums run in position order, whatever T or the batch.
+    scores: (T, H, max_pos + 1) scratch   vrow: (T, H, hd) scratch   out: (T, H, hd)
+    Every head's sums run in position order, whatever T, the batch or the task split.
     """
     n_tok, n_head, hd = q.shape
     n_kv = K.shape[1]
     group = n_head // n_kv
     bt = K.shape[2]
-    for job in prange(n_tok * n_kv):
-        t, kv = np.int64(job) // n_kv, np.int64(job) % n_kv
+    # many rows (prefill, big batches): a task per (row, KV head), whose query heads share each cached row;
+    # few (decode): a task per query head, so every thread has work. A head's sums are the same either way.
+    per = group if n_tok * n_kv >= 8 else 1
+    n_slices = group // per
+    for job in prange(n_tok * n_kv * n_slices):
+        t = np.int64(job) // (n_kv * n_slices)
+        kv = np.int64(job) % (n_kv * n_slices) // n_slices
+        h0 = kv * group + np.int64(job) % n_slices * per
         table = tables[seq[t]]
         n = pos[t] + 1
-        h0 = kv * group
-        for h in range(h0, h0 + group):
+        for h in range(h0, h0 + per):
             if code == F16:  # llama.cpp multiplies an f16 cache by f16-rounded queries and weights
                 for i in range(hd):
                     q[t, h, i] = round_to_f16(q[t, h, i])
             quantize_activation(code, q[t, h], qq[t, h], qd[t, h], qs[t, h])
         for p in range(n):
             k_row = K[table[p // bt], kv, p % bt]
-            for h in range(h0, h0 + group):
+            for h in range(h0, h0 + per):
                 scores[t, h, p] = dot_row(code, k_row, q[t, h], qq[t, h], qd[t, h], qs[t, h]) * scale
-        for h in range(h0, h0 + group):
+        for h in range(h0, h0 + per):
             sc = scores[t, h]
             best = np.float32(-np.inf)
             for p in range(n):
@@ -116,10 +121,10 @@ def _attend(code, q, K, V, tables, seq, pos, scale, qq, qd, qs, scores, vrow, ou
             for p in range(n):
                 sc[p] *= inv
             out[t, h] = 0.0
-        row = vrow[t, kv]
+        row = vrow[t, h0]
         for p in range(n):
             dequantize_row(code, V[table[p // bt], kv, p % bt], row)
-            for h in range(h0, h0 + group):
+            for h in range(h0, h0 + per):
                 w = round_to_f16(scores[t, h, p]) if code == F16 else scores[t, h, p]
                 o = out[t, h]
                 for i in range(hd):

@@ -160,7 +160,7 @@ class Model:
         q_act = (np.empty((n_tok, H, n_act), np.int8), np.empty((n_tok, H, n_act // 32), np.float32),
                  np.empty((n_tok, H, n_act // 16), np.int16))
         scores = np.empty((n_tok, H, int(pos.max()) + 1), np.float32)  # (T, H, S) attention weights
-        v_row = np.empty((n_tok, H_kv, hd), np.float32)  # (T, H_kv, hd) a dequantized value row
+        v_row = np.empty((n_tok, H, hd), np.float32)  # (T, H, hd) a dequantized value row per task
         attn = np.empty((n_tok, H, hd), np.float32)  # (T, H, hd)
 
         for i, L in enumerate(self.layers):

@@ -23,19 +23,19 @@ from typing import Callable
 #   tbb (pip install tbb, not a dep)    20-49, the best median    63-72
 #   workqueue                           17-32                     40-40
 # A spinning thread waits at the barrier of each of ~200 parallel regions per token for a partner the OS has
-# descheduled, so spinning collapses as soon as anything else wants the cores (a laptop's browser, other
-# users here); passive waiting costs 10-25% on an idle machine and never collapsed. So: tbb where the user
-# installed it, else OpenMP waiting passively (GNU libgomp is always there on Linux; threadsafe, which
-# workqueue is not: QMatrix keeps per-Python-thread scratch for callers running kernels from several
+# descheduled, so spinning collapses as soon as anything else wants the cores; passive waiting never
+# collapsed but costs a lot on an idle machine. Re-measured on the idle box with the final code (scripts/bench.py,
+# 2026-11-27): SmolLM2 decode 51.5 tok/s with OMP_WAIT_POLICY=ACTIVE vs 37.0 PASSIVE (llama.cpp 73-84), Qwen2.5-Coder-1.5B 13.2
+# vs 11.8 (llama.cpp 14.4-15.2). A laptop running one model is the idle case, and llama.cpp spins too, so
+# OpenMP keeps its default (spin a while, then sleep); OMP_WAIT_POLICY=PASSIVE suits a busy shared machine.
+# Layers: tbb where the user installed it, else OpenMP (GNU libgomp is always there on Linux; threadsafe,
+# which workqueue is not: QMatrix keeps per-Python-thread scratch for callers running kernels from several
 # threads, and workqueue aborts on concurrent launches), else workqueue (macOS without libomp).
-# OMP_WAIT_POLICY=ACTIVE in the environment buys the idle-machine speed back.
 LAYER_PRIORITY = ("tbb", "omp", "workqueue")
-OMP_WAIT_POLICY = "PASSIVE"  # read by the OpenMP runtime when numba first loads it; the user's setting wins
 
 
 def configure() -> None:
-    """Set numba's threading layer order and OpenMP's wait policy unless the environment chose them."""
-    os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
+    """Set numba's threading layer order unless the environment chose it; BLAS on one thread."""
     single_threaded_blas()
     if "NUMBA_THREADING_LAYER" in os.environ or "NUMBA_THREADING_LAYER_PRIORITY" in os.environ:
         return
