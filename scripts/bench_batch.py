@@ -45,9 +45,9 @@ def child_ours(args) -> dict:
                   kv_cache_dtype=kv_type, enable_prefix_caching=False)
         prompts = prompts_from(llm.tokenize(TEXT.read_text(), add_special=False), max_c, args.n_prompt)
         out["kv_bytes_per_seq"][kv_type] = llm.pool.bytes_per_token * (args.n_prompt + args.n_gen)
-        for c in (1, max_c):  # warm-up: compile every kernel shape, page the weights in
+        for c in (1, max_c):  # warm-up: compile every kernel (the GEMM from 4 rows), page the weights in
             llm.max_num_seqs = c
-            llm.generate(prompts[:2], SamplingParams(temperature=0, max_tokens=4))
+            llm.generate(prompts[:max(c, 4)], SamplingParams(temperature=0, max_tokens=4))
         for c in (args.concurrency if kv_type == "f32" else [max_c]):
             llm.max_num_seqs = c
             t0 = time.perf_counter()
