@@ -14,7 +14,7 @@ import numpy as np
 
 from .config import ModelConfig
 from .gguf_file import GGUFError, GGUFFile
-from .attention import attend_rows, store_rows
+from .attention import attend, store_rows
 from .kv_cache import BLOCK_TOKENS, KVCache, KVPool
 from .ops import rms_norm, rope, rope_tables, swiglu
 from .quants import QMatrix, embed_rows
@@ -172,8 +172,8 @@ class Model:
             rope(q, cos, sin, neox)
             rope(k, cos, sin, neox)
             store_rows(code, pool.k[i], pool.v[i], blk, slot, k, v)
-            attend_rows(code, q, pool.k[i], pool.v[i], tables, seq, pos, np.float32(self.attn_scale), *q_act,
-                        scores, v_row, attn)
+            attend(code, q, pool.k[i], pool.v[i], tables, seq, pos, np.float32(self.attn_scale), q_act, scores,
+                   v_row, attn)
             x += _linear(L.wo, attn.reshape(n_tok, H * hd), None, decode)
 
             # feed-forward (SwiGLU)
