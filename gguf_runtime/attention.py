@@ -74,6 +74,38 @@ def _gather(code, K, table, n_pos, out):
             dequantize_row(code, K[table[p // bt], h, p % bt], out[h, p])
 
 
+@njit(**_JIT)
+def _heads_per_task(n_tok, n_kv, group):
+    """Many rows (prefill, big batches): a task per (row, KV head), whose query heads share each cached row;
+    few (decode): a task per query head, so every thread has work. A head's sums are the same either way."""
+    return group if n_tok * n_kv >= 8 else 1
+
+
+@njit(**_JIT)
+def _task(job, n_kv, group, per):
+    """Task `job` -> (row t, KV head, first query head) for tasks of `per` query heads."""
+    slices = group // per
+    t = job // (n_kv * slices)
+    kv = job % (n_kv * slices) // slices
+    return t, kv, kv * group + job % slices * per
+
+
+@njit(**_JIT)
+def _softmax(sc):
+    """In place, max-subtracted, summed in position order."""
+    best = np.float32(-np.inf)
+    for p in range(sc.shape[0]):
+        best = max(best, sc[p])
+    total = np.float32(0.0)
+    for p in range(sc.shape[0]):
+        e = np.exp(sc[p] - best)
+        sc[p] = e
+        total += e
+    inv = np.float32(1.0) / total
+    for p in range(sc.shape[0]):
+        sc[p] *= inv
+
+
 @njit(parallel=True, **_JIT)
 def _attend(code, q, K, V, tables, seq, pos, scale, qq, qd, qs, scores, vrow, out):
     """Causal attention of T query rows, each over its own sequence's positions 0..pos[t].
@@ -88,14 +120,9 @@ def _attend(code, q, K, V, tables, seq, pos, scale, qq, qd, qs, scores, vrow, ou
     n_kv = K.shape[1]
     group = n_head // n_kv
     bt = K.shape[2]
-    # many rows (prefill, big batches): a task per (row, KV head), whose query heads share each cached row;
-    # few (decode): a task per query head, so every thread has work. A head's sums are the same either way.
-    per = group if n_tok * n_kv >= 8 else 1
-    n_slices = group // per
-    for job in prange(n_tok * n_kv * n_slices):
-        t = np.int64(job) // (n_kv * n_slices)
-        kv = np.int64(job) % (n_kv * n_slices) // n_slices
-        h0 = kv * group + np.int64(job) % n_slices * per
+    per = _heads_per_task(n_tok, n_kv, group)
+    for job in prange(n_tok * n_head // per):
+        t, kv, h0 = _task(np.int64(job), n_kv, group, per)
         table = tables[seq[t]]
         n = pos[t] + 1
         for h in range(h0, h0 + per):
@@ -108,18 +135,7 @@ def _attend(code, q, K, V, tables, seq, pos, scale, qq, qd, qs, scores, vrow, ou
             for h in range(h0, h0 + per):
                 scores[t, h, p] = dot_row(code, k_row, q[t, h], qq[t, h], qd[t, h], qs[t, h]) * scale
         for h in range(h0, h0 + per):
-            sc = scores[t, h]
-            best = np.float32(-np.inf)
-            for p in range(n):
-                best = max(best, sc[p])
-            total = np.float32(0.0)
-            for p in range(n):
-                e = np.exp(sc[p] - best)
-                sc[p] = e
-                total += e
-            inv = np.float32(1.0) / total
-            for p in range(n):
-                sc[p] *= inv
+            _softmax(scores[t, h, :n])
             out[t, h] = 0.0
         row = vrow[t, h0]
         for p in range(n):
@@ -140,12 +156,9 @@ def _attend_f32(q, K, V, tables, seq, pos, scale, scores, out):
     n_kv = K.shape[1]
     group = n_head // n_kv
     bt = K.shape[2]
-    per = group if n_tok * n_kv >= 8 else 1
-    n_slices = group // per
-    for job in prange(n_tok * n_kv * n_slices):
-        t = np.int64(job) // (n_kv * n_slices)
-        kv = np.int64(job) % (n_kv * n_slices) // n_slices
-        h0 = kv * group + np.int64(job) % n_slices * per
+    per = _heads_per_task(n_tok, n_kv, group)
+    for job in prange(n_tok * n_head // per):
+        t, kv, h0 = _task(np.int64(job), n_kv, group, per)
         table = tables[seq[t]]
         n = pos[t] + 1
         for p in range(n):
@@ -156,18 +169,7 @@ def _attend_f32(q, K, V, tables, seq, pos, scale, scores, out):
                     s += q[t, h, i] * K[b, kv, sl, i]
                 scores[t, h, p] = s * scale
         for h in range(h0, h0 + per):
-            sc = scores[t, h]
-            best = np.float32(-np.inf)
-            for p in range(n):
-                best = max(best, sc[p])
-            total = np.float32(0.0)
-            for p in range(n):
-                e = np.exp(sc[p] - best)
-                sc[p] = e
-                total += e
-            inv = np.float32(1.0) / total
-            for p in range(n):
-                sc[p] *= inv
+            _softmax(scores[t, h, :n])
             out[t, h] = 0.0
         for p in range(n):
             b, sl = table[p // bt], p % bt
