@@ -123,7 +123,7 @@ class Repl:
 
     def reply(self, message: str) -> None:
         from ..chat_template import ChatTemplateError
-        from ..session import ContextLengthError
+        from ..errors import ContextLengthError
 
         turns = self.conversation.turns
         turns.append({"role": "user", "content": message})
