@@ -11,13 +11,13 @@ from typing import Any, Generator, Iterator, Sequence
 
 import numpy as np
 
+from . import runtime
 from .catalog import resolve_model
 from .chat_template import ChatTemplate
 from .config import ModelConfig
 from .engine import Engine, EngineMetrics, Generation, GenerationStats, StepOutput
 from .engine.proposers import DraftModelProposer, NgramProposer, Proposer, check_vocab_compatible
 from .engine.runner import ModelRunner
-from .errors import ContextLengthError
 from .gguf_file import GGUFFile
 from .model import Model
 from .quants import set_threads
@@ -91,6 +91,7 @@ class LLM:
         kv_cache_tokens: positions the shared KV pool holds for all sequences (default 2 x n_ctx).
         enable_prefix_caching: reuse cached blocks of a prompt prefix computed by an earlier request."""
         self._check_vllm_kwargs(kwargs)
+        runtime.setup()
         if max_model_len is not None:
             n_ctx = max_model_len
         path = resolve_model(model)
@@ -109,7 +110,6 @@ class LLM:
         if self.n_ctx < 8:
             raise ValueError(f"n_ctx must be at least 8, got {self.n_ctx}")
         self.n_batch = n_batch
-        self.max_num_seqs = max_num_seqs
         if kv_cache_dtype == "auto":
             kv_cache_dtype = "f32"
         pool_tokens = 2 * self.n_ctx if kv_cache_tokens is None else int(kv_cache_tokens)
@@ -157,6 +157,17 @@ class LLM:
                 raise ValueError(f"LLM({name}={value!r}) is not supported: gguf-runtime runs one GGUF model on "
                                  f"the CPU in one process ({name} must stay {_VLLM_DEFAULTS[name]!r})")
 
+    @property
+    def max_num_seqs(self) -> int:
+        """Sequences the engine decodes together (continuous batching); settable between calls."""
+        return self.engine.scheduler.max_num_seqs
+
+    @max_num_seqs.setter
+    def max_num_seqs(self, n: int) -> None:
+        if n < 1:
+            raise ValueError(f"max_num_seqs must be at least 1, got {n}")
+        self.engine.scheduler.max_num_seqs = int(n)
+
     # ---- tokens ----------------------------------------------------------------------------------------------
 
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
@@ -180,20 +191,8 @@ class LLM:
             else:
                 raise ValueError("a prompt dict needs a 'prompt' or 'prompt_token_ids' key")
         if isinstance(prompt, str):
-            ids = self.tokenize(prompt, add_special=True, parse_special=True)
-            text: str | None = prompt
-        else:
-            ids = [int(t) for t in prompt]
-            text = None
-            bad = [t for t in ids if not 0 <= t < self.tokenizer.n_vocab]
-            if bad:
-                raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary [0, {self.tokenizer.n_vocab})")
-        if not ids:
-            raise ValueError("the prompt is empty (no tokens); give some text or token ids")
-        if len(ids) + room > self.n_ctx:  # generation needs room for at least one new token
-            raise ContextLengthError(f"prompt is {len(ids)} tokens but the context holds {self.n_ctx} "
-                                     f"(raise n_ctx or shorten the prompt)")
-        return text, ids
+            return prompt, self.engine.check_prompt(self.tokenize(prompt, add_special=True, parse_special=True), room)
+        return None, self.engine.check_prompt(prompt, room)
 
     # ---- generation ------------------------------------------------------------------------------------------
 
@@ -250,12 +249,13 @@ class LLM:
             for (_, prompt_ids), params in zip(prompts, params_list):
                 ids.append(self._request_id())
                 self.engine.add_request(ids[-1], prompt_ids, params)
-        except Exception:  # a refused request leaves nothing queued
+            done = self._run_to_completion()
+        except BaseException:  # a refused request, Ctrl-C: leave nothing queued or holding blocks
             for request_id in ids:
                 self.engine.abort_request(request_id)
-            self.engine.step()
+            while self.engine.has_unfinished():
+                self.engine.step()
             raise
-        done = self._run_to_completion()
         outputs = []
         for request_id, (text, prompt_ids), params in zip(ids, prompts, params_list):
             completions = [self._completion(i, done[request_id, i]) for i in range(params.n)]

@@ -132,3 +132,16 @@ def test_errors_are_clear(llm, smollm2_path):
         LLM("/nonexistent/model.gguf")
     with pytest.raises(ValueError, match="vocabulary"):
         llm.generate([10 ** 9], SamplingParams(max_tokens=1))
+
+
+def test_two_llms_keep_their_own_thread_counts(smollm2_path):
+    import numba
+
+    one, two = LLM(smollm2_path, n_ctx=128, n_threads=1), LLM(smollm2_path, n_ctx=128, n_threads=2)
+    params = SamplingParams(temperature=0, max_tokens=4)
+    a = one.generate("Hello", params)[0].outputs[0].token_ids
+    assert numba.get_num_threads() == 1  # applied by its runner when it ran
+    b = two.generate("Hello", params)[0].outputs[0].token_ids
+    assert numba.get_num_threads() == 2
+    assert one.generate("Hello", params)[0].outputs[0].token_ids == a == b
+    assert numba.get_num_threads() == 1

@@ -160,3 +160,28 @@ def test_ngram_speculation_is_exact(smollm2_path):
 def test_incompatible_vocab_is_refused(smollm2_path, qwen05_path):
     with pytest.raises(VocabMismatchError):
         LLM(qwen05_path, n_ctx=256, draft_model=smollm2_path)
+
+
+def test_eight_ngram_speculative_prompts_in_one_batch_equal_each_alone(smollm2_path):
+    spec_llm = LLM(smollm2_path, n_ctx=512, speculative="ngram", max_num_seqs=8, kv_cache_tokens=8 * 512)
+    plain = LLM(smollm2_path, n_ctx=512)
+    prompts = [f"{i}: " + ("def add(a, b):\n    return a + b\n" if i % 2 else "red green blue, red green ") * (1 + i % 3)
+               for i in range(8)]
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    batched = spec_llm.generate(prompts, params)
+    assert spec_llm.batch_stats.max_running == 8
+    assert sum(o.outputs[0].metrics.speculative.accepted for o in batched) > 0  # drafts were verified
+    for prompt, out in zip(prompts, batched):
+        assert out.outputs[0].token_ids == _run(plain, prompt, params).token_ids, prompt[:20]
+
+
+def test_draft_model_requests_run_together_and_equal_plain_greedy(tiny_pair):
+    target_path, draft_path, _ = tiny_pair
+    llm = LLM(target_path, n_ctx=256, draft_model=draft_path, kv_cache_tokens=4 * 256)
+    plain = LLM(target_path, n_ctx=256)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8], [9], [3, 1, 4, 1, 5, 9, 2, 6]]
+    outs = llm.generate(prompts, GREEDY)
+    assert llm.batch_stats.max_running == 4
+    assert sum(o.outputs[0].metrics.speculative.drafted for o in outs) > 0
+    for prompt, out in zip(prompts, outs):
+        assert out.outputs[0].token_ids == _run(plain, prompt, GREEDY).token_ids

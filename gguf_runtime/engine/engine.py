@@ -106,15 +106,7 @@ class Engine:
             raise ValueError(f"params must be SamplingParams, got {type(params).__name__}")
         if self.scheduler.request(request_id) is not None:
             raise ValueError(f"request id {request_id!r} is already running")
-        prompt = [int(t) for t in prompt_token_ids]
-        if not prompt:
-            raise ValueError("the prompt is empty (no tokens)")
-        bad = [t for t in prompt if not 0 <= t < self.runner.n_vocab]
-        if bad:
-            raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary [0, {self.runner.n_vocab})")
-        if len(prompt) + 1 > self.n_ctx:
-            raise ContextLengthError(f"prompt is {len(prompt)} tokens but the context holds {self.n_ctx} "
-                                     f"(raise n_ctx or shorten the prompt)")
+        prompt = self.check_prompt(prompt_token_ids)
         if slot is not None and params.n != 1:
             raise ValueError("a request continuing a held slot generates one sample (n=1)")
         max_new = params.max_tokens if params.max_tokens is not None else self.n_ctx - len(prompt)
@@ -126,6 +118,20 @@ class Engine:
         constraint = build_constraint(params, self.tokenizer)
         self.scheduler.waiting.append(Request(request_id, prompt, params, max(int(n_keep), 0), reservation,
                                               constraint, slot))
+
+    def check_prompt(self, prompt_token_ids, room: int = 1) -> list[int]:
+        """The prompt as ints, if it is non-empty, inside the vocabulary, and leaves `room` positions of the
+        context for generation; else ValueError / ContextLengthError."""
+        prompt = [int(t) for t in prompt_token_ids]
+        if not prompt:
+            raise ValueError("the prompt is empty (no tokens); give some text or token ids")
+        bad = [t for t in prompt if not 0 <= t < self.runner.n_vocab]
+        if bad:
+            raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary [0, {self.runner.n_vocab})")
+        if len(prompt) + room > self.n_ctx:
+            raise ContextLengthError(f"prompt is {len(prompt)} tokens but the context holds {self.n_ctx} "
+                                     f"(raise n_ctx or shorten the prompt)")
+        return prompt
 
     def abort_request(self, request_id: str) -> bool:
         """Frees its KV blocks at once (pool accounting returns to what it was; a slot request leaves what it
@@ -341,7 +347,7 @@ class Engine:
         """Drafts for s's next verify, within what it may still generate and what its context holds."""
         if s.proposer is None or not s.out.stop_tokens_allowed:  # (while EOG is forbidden: plain steps)
             return [], []
-        k = min(s.proposer.k, s.out.remaining - 1, self.n_ctx - s.kv.n - 1)
+        k = min(s.proposer.k, s.out.remaining, self.n_ctx - s.kv.n - 1)  # (a kept last draft ends it)
         if k < 1:
             return [], []
         drafts, probs = s.proposer.propose(s.history, k, s.sampler)
