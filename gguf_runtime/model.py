@@ -1,4 +1,8 @@
-"""The Llama-family forward pass (llama; qwen2 = llama + Q/K/V bias and NeoX RoPE) on quantized weights.
+"""The forward pass of every supported architecture, on quantized weights.
+
+One block serves them all: llama's pre-norm attention + gated FFN, with the differences each architecture
+declares in gguf_runtime/archs/ (QK-norm, post-norms, GeGLU, embedding scale, sliding windows, soft-caps)
+taken from the weights and hyperparameters it loaded, never from its name.
 
 Weights stay in the memory-mapped file: every matrix is a QMatrix over its raw GGUF blocks. One call runs the
 next tokens of one or more sequences (a batched decode step, a prefill chunk, a speculative verify), each
@@ -7,7 +11,6 @@ at its cache's next positions, through every weight once. No sampling, tokenizer
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +19,7 @@ from .config import ModelConfig
 from .gguf_file import GGUFError, GGUFFile
 from .attention import attend, store_rows
 from .kv_cache import BLOCK_TOKENS, KVCache, KVPool
-from .ops import rms_norm, rope, rope_tables, swiglu
+from .ops import geglu, rms_norm, rope, rope_tables, softcap, swiglu
 from .quants import QMatrix, embed_rows
 
 # Every row of a forward pass gets the numerics of decoding it alone: quantized weights always go through the
@@ -25,22 +28,29 @@ from .quants import QMatrix, embed_rows
 # Float weights (F32/F16) take BLAS above this many tokens per sequence, keeping that exactness for a
 # verify of up to 16 drafts.
 DECODE_NUMERICS_MAX_TOKENS = 17
+GATED_ACTIVATIONS = {"silu": swiglu, "gelu": geglu}  # out = act(gate) · up
 
 
 @dataclass
 class Layer:
-    attn_norm: np.ndarray  # (D,)
+    attn_norm: np.ndarray | None  # (D,) none without pre-norms (olmo2)
     wq: QMatrix  # (H·hd, D)
     wk: QMatrix  # (H_kv·hd, D)
     wv: QMatrix  # (H_kv·hd, D)
     bq: np.ndarray | None  # (H·hd,) qwen2 only
     bk: np.ndarray | None  # (H_kv·hd,)
     bv: np.ndarray | None  # (H_kv·hd,)
+    q_norm: np.ndarray | None  # (hd,) per head or (H·hd,) whole projection; none without QK-norm
+    k_norm: np.ndarray | None  # (hd,) or (H_kv·hd,)
     wo: QMatrix  # (D, H·hd)
-    ffn_norm: np.ndarray  # (D,)
+    post_attn_norm: np.ndarray | None  # (D,) post-norm architectures only
+    ffn_norm: np.ndarray | None  # (D,)
     w_gate: QMatrix  # (F, D)
     w_up: QMatrix  # (F, D)
     w_down: QMatrix  # (D, F)
+    post_ffn_norm: np.ndarray | None  # (D,)
+    window: int  # positions this layer attends over; 0: all
+    rope: int  # index of its RoPE (base, scale) in Model.ropes
 
 
 class Model:
@@ -48,44 +58,63 @@ class Model:
         self.config = config
         self._gguf = gguf
 
-        def matrix(name: str) -> QMatrix:
+        def matrix(name: str, rows: int | None, cols: int) -> QMatrix:
             info = self._tensor(name)
+            if len(info.shape) != 2 or info.shape[1] != cols or rows is not None and info.shape[0] != rows:
+                raise GGUFError(f"tensor {name} has shape {list(info.shape)}; the metadata implies "
+                                f"{[rows if rows is not None else 'n_vocab', cols]}")
             return QMatrix(gguf.tensor_data(name), info.ggml_type, name)
 
-        def vector(name: str, required: bool = True) -> np.ndarray | None:
+        def vector(name: str, size: int, required: bool = True) -> np.ndarray | None:
             if name not in gguf.tensors and not required:
                 return None
             info = self._tensor(name)
             if info.type_name != "F32":
                 raise GGUFError(f"tensor {name}: expected F32, found {info.type_name}")
+            if info.shape != (size,):
+                raise GGUFError(f"tensor {name} has shape {list(info.shape)}; the metadata implies [{size}]")
             return gguf.tensor_data(name)
+
+        c, spec = config, config.spec
+        H, H_kv, hd, D = c.n_heads, c.n_kv_heads, c.head_dim, c.n_embd
+        q_norm_size, k_norm_size = {"head": (hd, hd), "full": (H * hd, H_kv * hd), None: (0, 0)}[spec.qk_norm]
+        self.ropes = sorted({c.layer_rope(i) for i in range(c.n_layers)})  # distinct (base, freq_scale)
+
+        def norm(name: str, size: int, present: bool = True) -> np.ndarray | None:
+            return vector(name, size) if present else None
 
         embd = self._tensor("token_embd.weight")
         self.tok_embd = gguf.tensor_data("token_embd.weight")  # (V, D) raw blocks
         self.tok_embd_type = embd.ggml_type
         self.layers = [
             Layer(
-                attn_norm=vector(f"blk.{i}.attn_norm.weight"),
-                wq=matrix(f"blk.{i}.attn_q.weight"),
-                wk=matrix(f"blk.{i}.attn_k.weight"),
-                wv=matrix(f"blk.{i}.attn_v.weight"),
-                bq=vector(f"blk.{i}.attn_q.bias", required=False),
-                bk=vector(f"blk.{i}.attn_k.bias", required=False),
-                bv=vector(f"blk.{i}.attn_v.bias", required=False),
-                wo=matrix(f"blk.{i}.attn_output.weight"),
-                ffn_norm=vector(f"blk.{i}.ffn_norm.weight"),
-                w_gate=matrix(f"blk.{i}.ffn_gate.weight"),
-                w_up=matrix(f"blk.{i}.ffn_up.weight"),
-                w_down=matrix(f"blk.{i}.ffn_down.weight"),
+                attn_norm=norm(f"blk.{i}.attn_norm.weight", D, spec.pre_norms),
+                wq=matrix(f"blk.{i}.attn_q.weight", H * hd, D),
+                wk=matrix(f"blk.{i}.attn_k.weight", H_kv * hd, D),
+                wv=matrix(f"blk.{i}.attn_v.weight", H_kv * hd, D),
+                bq=vector(f"blk.{i}.attn_q.bias", H * hd, required=False),
+                bk=vector(f"blk.{i}.attn_k.bias", H_kv * hd, required=False),
+                bv=vector(f"blk.{i}.attn_v.bias", H_kv * hd, required=False),
+                q_norm=norm(f"blk.{i}.attn_q_norm.weight", q_norm_size, spec.qk_norm is not None),
+                k_norm=norm(f"blk.{i}.attn_k_norm.weight", k_norm_size, spec.qk_norm is not None),
+                wo=matrix(f"blk.{i}.attn_output.weight", D, H * hd),
+                post_attn_norm=norm(f"blk.{i}.post_attention_norm.weight", D, spec.post_norms),
+                ffn_norm=norm(f"blk.{i}.ffn_norm.weight", D, spec.pre_norms),
+                w_gate=matrix(f"blk.{i}.ffn_gate.weight", c.n_ff, D),
+                w_up=matrix(f"blk.{i}.ffn_up.weight", c.n_ff, D),
+                w_down=matrix(f"blk.{i}.ffn_down.weight", D, c.n_ff),
+                post_ffn_norm=norm(f"blk.{i}.post_ffw_norm.weight", D, spec.post_norms),
+                window=c.layer_window(i),
+                rope=self.ropes.index(c.layer_rope(i)),
             )
             for i in range(config.n_layers)
         ]
-        self.output_norm = vector("output_norm.weight")
+        self.output_norm = vector("output_norm.weight", D)
         # tied embeddings: no output.weight means the token table doubles as the output projection
-        self.output = matrix("output.weight" if "output.weight" in gguf.tensors else "token_embd.weight")
-        self.rope_freq_factors = vector("rope_freqs.weight", required=False)  # Llama 3.1 long-context factors
+        self.output = matrix("output.weight" if "output.weight" in gguf.tensors else "token_embd.weight", None, D)
+        self.rope_freq_factors = vector("rope_freqs.weight", c.n_rot // 2, required=False)  # Llama 3.1 factors
         self.n_vocab = self.output.n_rows
-        self.attn_scale = 1.0 / math.sqrt(config.head_dim)
+        self.gated_activation = GATED_ACTIVATIONS[spec.activation]
 
     @property
     def fingerprint(self) -> str:
@@ -109,15 +138,16 @@ class Model:
         """One sequence in a pool of its own."""
         return KVCache(self.new_pool(n_ctx, kv_type), n_ctx)
 
-    def rotate(self, x: np.ndarray, positions: np.ndarray) -> None:
-        """Apply RoPE in place to x: (T, heads, hd) at the given (T,) positions (may be negative deltas)."""
+    def rope_tables(self, positions: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """cos, sin (T, n_rot/2) at the given (T,) positions (may be negative deltas) for each of self.ropes."""
         c = self.config
-        cos, sin = rope_tables(positions, c.n_rot, c.rope_base, c.rope_freq_scale, self.rope_freq_factors)
-        rope(x, cos, sin, c.rope_style == "neox")
+        return [rope_tables(positions, c.n_rot, base, scale, self.rope_freq_factors) for base, scale in self.ropes]
 
-    def shift_keys(self, keys: np.ndarray, delta: int) -> None:
-        """Re-rotate cached keys (T, H_kv, hd) by delta positions: the context-shift hook of KVCache."""
-        self.rotate(keys, np.full(keys.shape[0], delta))
+    def shift_keys(self, layer: int, keys: np.ndarray, delta: int) -> None:
+        """Re-rotate one layer's cached keys (T, H_kv, hd) by delta positions: the context-shift hook of
+        KVCache (layers may differ in RoPE base)."""
+        cos, sin = self.rope_tables(np.full(keys.shape[0], delta))[self.layers[layer].rope]
+        rope(keys, cos, sin, self.config.rope_style == "neox")
 
     def forward(self, tokens: np.ndarray, cache: KVCache, logits: str | None = "last") -> np.ndarray | None:
         """Run tokens at positions cache.n.. of one sequence; see forward_batch."""
@@ -149,12 +179,14 @@ class Model:
         # a few tokens per sequence take decode's numerics even for float weights (quantized ones always do:
         # integer rows equal one-token matvecs), so verifying drafts never changes a sequence's logits
         decode = max(runs) <= DECODE_NUMERICS_MAX_TOKENS
-        cos, sin = rope_tables(pos, c.n_rot, c.rope_base, c.rope_freq_scale, self.rope_freq_factors)
+        ropes = self.rope_tables(pos)  # per RoPE of the model: cos, sin (T, n_rot/2)
         neox = c.rope_style == "neox"
         code = pool.code
+        eps = c.rms_eps
 
         x = embed_rows(self.tok_embd, self.tok_embd_type, tokens,
                        np.empty((n_tok, c.n_embd), dtype=np.float32))  # (T, D) residual stream
+        x *= np.float32(c.embedding_scale)
         h = np.empty_like(x)  # (T, D) normed input of each sublayer
         n_act = hd if pool.qtype.activation else 0  # queries quantized as the key type's dot wants them
         q_act = (np.empty((n_tok, H, n_act), np.int8), np.empty((n_tok, H, n_act // 32), np.float32),
@@ -165,22 +197,28 @@ class Model:
 
         for i, L in enumerate(self.layers):
             # attention
-            rms_norm(x, L.attn_norm, c.rms_eps, h)
-            q = _linear(L.wq, h, L.bq, decode).reshape(n_tok, H, hd)  # (T, H, hd)
-            k = _linear(L.wk, h, L.bk, decode).reshape(n_tok, H_kv, hd)  # (T, H_kv, hd)
-            v = _linear(L.wv, h, L.bv, decode).reshape(n_tok, H_kv, hd)  # (T, H_kv, hd)
+            a = _normed(x, L.attn_norm, eps, h)  # (T, D)
+            q = _linear(L.wq, a, L.bq, decode)  # (T, H·hd)
+            k = _linear(L.wk, a, L.bk, decode)  # (T, H_kv·hd)
+            v = _linear(L.wv, a, L.bv, decode).reshape(n_tok, H_kv, hd)  # (T, H_kv, hd)
+            _norm_groups(q, L.q_norm, eps)
+            _norm_groups(k, L.k_norm, eps)
+            q, k = q.reshape(n_tok, H, hd), k.reshape(n_tok, H_kv, hd)  # (T, H, hd), (T, H_kv, hd)
+            cos, sin = ropes[L.rope]
             rope(q, cos, sin, neox)
             rope(k, cos, sin, neox)
             store_rows(code, pool.k[i], pool.v[i], blk, slot, k, v)
-            attend(code, q, pool.k[i], pool.v[i], tables, seq, pos, np.float32(self.attn_scale), q_act, scores,
-                   v_row, attn)
-            x += _linear(L.wo, attn.reshape(n_tok, H * hd), None, decode)
+            attend(code, q, pool.k[i], pool.v[i], tables, seq, pos, np.float32(c.attn_scale), L.window,
+                   np.float32(c.attn_softcap), q_act, scores, v_row, attn)
+            o = _linear(L.wo, attn.reshape(n_tok, H * hd), None, decode)  # (T, D)
+            x += _normed(o, L.post_attn_norm, eps, o)
 
-            # feed-forward (SwiGLU)
-            rms_norm(x, L.ffn_norm, c.rms_eps, h)
-            gate = _linear(L.w_gate, h, None, decode)  # (T, F)
-            up = _linear(L.w_up, h, None, decode)  # (T, F)
-            x += _linear(L.w_down, swiglu(gate, up, gate), None, decode)
+            # feed-forward: down(act(gate) · up)
+            f = _normed(x, L.ffn_norm, eps, h)  # (T, D)
+            gate = _linear(L.w_gate, f, None, decode)  # (T, F)
+            up = _linear(L.w_up, f, None, decode)  # (T, F)
+            o = _linear(L.w_down, self.gated_activation(gate, up, gate), None, decode)  # (T, D)
+            x += _normed(o, L.post_ffn_norm, eps, o)
 
         for cache, t in zip(caches, token_lists):
             cache.commit(t)
@@ -188,8 +226,21 @@ class Model:
             return None
         if logits == "last":
             x = x[np.cumsum(runs) - 1]  # (B, D)
-        rms_norm(x, self.output_norm, c.rms_eps, x)
-        return _linear(self.output, x, None, decode)  # (T or B, V)
+        rms_norm(x, self.output_norm, eps, x)
+        out = _linear(self.output, x, None, decode)  # (T or B, V)
+        return softcap(out, np.float32(c.final_softcap)) if c.final_softcap else out
+
+
+def _normed(x: np.ndarray, weight: np.ndarray | None, eps: float, out: np.ndarray) -> np.ndarray:
+    """RMSNorm of x's rows into out, or x itself where the architecture has no such norm."""
+    return x if weight is None else rms_norm(x, weight, eps, out)
+
+
+def _norm_groups(y: np.ndarray, weight: np.ndarray | None, eps: float) -> None:
+    """QK-norm in place: RMSNorm over each group of weight.size values of y (T, n), a head or the whole row."""
+    if weight is not None:
+        groups = y.reshape(-1, weight.size)
+        rms_norm(groups, weight, eps, groups)
 
 
 def _linear(w: QMatrix, x: np.ndarray, bias: np.ndarray | None, decode: bool) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The forward pass's elementwise operations: RMSNorm, RoPE, SwiGLU (attention is in attention.py).
+"""The forward pass's elementwise operations: RMSNorm, RoPE, SwiGLU/GeGLU, soft-caps (attention: attention.py).
 
 Each is one compiled call on whole activations so a decode step makes few Python→numba transitions.
 Reductions accumulate in float64 where llama.cpp does (RMSNorm) and float32 elsewhere.
@@ -12,6 +12,7 @@ import numba as nb
 import numpy as np
 
 from . import quants as _quants  # noqa: F401  (sets NUMBA_CACHE_DIR before the first compile)
+from .quants.halves import round_to_f16
 
 _JIT = dict(cache=True, fastmath=True, nogil=True)
 
@@ -69,3 +70,37 @@ def swiglu(gate, up, out):
     for i in range(g.shape[0]):
         o[i] = g[i] / (np.float32(1.0) + np.exp(-g[i])) * u[i]
     return out
+
+
+@nb.njit(**_JIT)
+def geglu(gate, up, out):
+    """out = gelu(gate) · up, elementwise, with the tanh-approximated GELU.   All (T, F)
+
+    As llama.cpp's CPU GELU: through its half-precision table, i.e. the input and the result rounded to f16
+    (identity above 10, zero below -10).
+    """
+    g = gate.ravel()
+    u = up.ravel()
+    o = out.ravel()
+    c = np.float32(math.sqrt(2.0 / math.pi))
+    for i in range(g.shape[0]):
+        x = g[i]
+        if x <= -10.0:
+            y = np.float32(0.0)
+        elif x >= 10.0:
+            y = x
+        else:
+            x = round_to_f16(x)
+            y = round_to_f16(np.float32(0.5) * x * (np.float32(1.0) + np.tanh(c * x * (np.float32(1.0) + np.float32(0.044715) * x * x))))
+        o[i] = y * u[i]
+    return out
+
+
+@nb.njit(**_JIT)
+def softcap(x, cap):
+    """x = cap · tanh(x / cap) in place (gemma2's logit soft-cap).   x: any shape"""
+    flat = x.ravel()
+    inv = np.float32(1.0) / cap
+    for i in range(flat.shape[0]):
+        flat[i] = cap * np.tanh(flat[i] * inv)
+    return x
