@@ -19,7 +19,7 @@ class ModelConfig:
     arch: str
     n_layers: int
     n_embd: int
-    n_ff: int
+    n_ff: int  # FFN width (of each expert, for a mixture of experts)
     n_heads: int
     n_kv_heads: int
     head_dim: int
@@ -37,6 +37,8 @@ class ModelConfig:
     swa_rope_base: float  # RoPE base of sliding layers (which take no RoPE scaling)
     attn_softcap: float  # scores become cap · tanh(score / cap); 0: no cap
     final_softcap: float  # the same for the output logits
+    n_expert: int  # experts per FFN layer; 0: a dense FFN
+    n_expert_used: int  # experts each token runs through
 
     @property
     def spec(self) -> Architecture:
@@ -92,14 +94,12 @@ class ModelConfig:
         n_layers = int(key("block_count"))
         rope_base = float(md.get(f"{arch}.rope.freq_base", 10000.0))
         window = int(md.get(f"{arch}.attention.sliding_window", 0) or 0) if spec.swa_pattern else 0
-        pattern = md.get(f"{arch}.attention.sliding_window_pattern", spec.swa_pattern)
-        if isinstance(pattern, (list, tuple)):  # per-layer flags
-            if len(pattern) != n_layers:
-                raise ConfigError(f"sliding_window_pattern has {len(pattern)} entries for {n_layers} layers")
-            sliding = tuple(bool(p) and window > 0 for p in pattern)
-        else:
-            sliding = tuple(window > 0 and int(pattern) > 0 and i % int(pattern) < int(pattern) - 1
-                            for i in range(n_layers))
+        pattern = spec.swa_pattern  # as llama.cpp: the architecture's, whatever else the file says
+        sliding = tuple(window > 0 and i % pattern < pattern - 1 for i in range(n_layers))
+        n_expert = int(md.get(f"{arch}.expert_count", 0) or 0) if spec.experts else 0
+        n_expert_used = int(key("expert_used_count")) if n_expert else 0
+        if n_expert and not 0 < n_expert_used <= n_expert:
+            raise ConfigError(f"expert_used_count {n_expert_used} does not fit expert_count {n_expert}")
 
         def softcap(name: str, default: float | None) -> float:
             return float(md.get(f"{arch}.{name}", default or 0.0) or 0.0)
@@ -108,7 +108,7 @@ class ModelConfig:
             arch=arch,
             n_layers=n_layers,
             n_embd=n_embd,
-            n_ff=int(key("feed_forward_length")),
+            n_ff=int(key("expert_feed_forward_length" if n_expert else "feed_forward_length")),
             n_heads=n_heads,
             n_kv_heads=n_kv_heads,
             head_dim=head_dim,
@@ -126,6 +126,8 @@ class ModelConfig:
             swa_rope_base=spec.swa_rope_base if spec.swa_rope_base is not None else rope_base,
             attn_softcap=softcap("attn_logit_softcapping", spec.attn_softcap_default),
             final_softcap=softcap("final_logit_softcapping", spec.final_softcap_default),
+            n_expert=n_expert,
+            n_expert_used=n_expert_used,
         )
         if spec.attention_scale is not None:
             config = dataclasses.replace(config, attn_scale=spec.attention_scale(config))

@@ -32,6 +32,17 @@ GATED_ACTIVATIONS = {"silu": swiglu, "gelu": geglu}  # out = act(gate) · up
 
 
 @dataclass
+class Experts:
+    """A mixture-of-experts FFN. Each expert is a QMatrix view of its slice of the 3-D GGUF tensor, so a
+    token reads only the rows of the experts the router picked for it."""
+    router: QMatrix  # (E, D) ffn_gate_inp
+    gate: list[QMatrix]  # E x (F, D)
+    up: list[QMatrix]  # E x (F, D)
+    down: list[QMatrix]  # E x (D, F)
+    n_used: int  # experts per token
+
+
+@dataclass
 class Layer:
     attn_norm: np.ndarray | None  # (D,) none without pre-norms (olmo2)
     wq: QMatrix  # (H·hd, D)
@@ -45,9 +56,10 @@ class Layer:
     wo: QMatrix  # (D, H·hd)
     post_attn_norm: np.ndarray | None  # (D,) post-norm architectures only
     ffn_norm: np.ndarray | None  # (D,)
-    w_gate: QMatrix  # (F, D)
-    w_up: QMatrix  # (F, D)
-    w_down: QMatrix  # (D, F)
+    w_gate: QMatrix | None  # (F, D) dense FFN
+    w_up: QMatrix | None  # (F, D)
+    w_down: QMatrix | None  # (D, F)
+    experts: Experts | None  # a mixture-of-experts FFN instead
     post_ffn_norm: np.ndarray | None  # (D,)
     window: int  # positions this layer attends over; 0: all
     rope: int  # index of its RoPE (base, scale) in Model.ropes
@@ -64,6 +76,14 @@ class Model:
                 raise GGUFError(f"tensor {name} has shape {list(info.shape)}; the metadata implies "
                                 f"{[rows if rows is not None else 'n_vocab', cols]}")
             return QMatrix(gguf.tensor_data(name), info.ggml_type, name)
+
+        def experts(name: str, rows: int, cols: int) -> list[QMatrix]:
+            info = self._tensor(name)
+            if info.shape != (config.n_expert, rows, cols):
+                raise GGUFError(f"tensor {name} has shape {list(info.shape)}; the metadata implies "
+                                f"{[config.n_expert, rows, cols]}")
+            data = gguf.tensor_data(name)  # (E, rows, row bytes or cols)
+            return [QMatrix(data[e], info.ggml_type, f"{name}[{e}]") for e in range(config.n_expert)]
 
         def vector(name: str, size: int, required: bool = True) -> np.ndarray | None:
             if name not in gguf.tensors and not required:
@@ -100,9 +120,16 @@ class Model:
                 wo=matrix(f"blk.{i}.attn_output.weight", D, H * hd),
                 post_attn_norm=norm(f"blk.{i}.post_attention_norm.weight", D, spec.post_norms),
                 ffn_norm=norm(f"blk.{i}.ffn_norm.weight", D, spec.pre_norms),
-                w_gate=matrix(f"blk.{i}.ffn_gate.weight", c.n_ff, D),
-                w_up=matrix(f"blk.{i}.ffn_up.weight", c.n_ff, D),
-                w_down=matrix(f"blk.{i}.ffn_down.weight", D, c.n_ff),
+                w_gate=None if c.n_expert else matrix(f"blk.{i}.ffn_gate.weight", c.n_ff, D),
+                w_up=None if c.n_expert else matrix(f"blk.{i}.ffn_up.weight", c.n_ff, D),
+                w_down=None if c.n_expert else matrix(f"blk.{i}.ffn_down.weight", D, c.n_ff),
+                experts=Experts(
+                    router=matrix(f"blk.{i}.ffn_gate_inp.weight", c.n_expert, D),
+                    gate=experts(f"blk.{i}.ffn_gate_exps.weight", c.n_ff, D),
+                    up=experts(f"blk.{i}.ffn_up_exps.weight", c.n_ff, D),
+                    down=experts(f"blk.{i}.ffn_down_exps.weight", D, c.n_ff),
+                    n_used=c.n_expert_used,
+                ) if c.n_expert else None,
                 post_ffn_norm=norm(f"blk.{i}.post_ffw_norm.weight", D, spec.post_norms),
                 window=c.layer_window(i),
                 rope=self.ropes.index(c.layer_rope(i)),
@@ -215,9 +242,12 @@ class Model:
 
             # feed-forward: down(act(gate) · up)
             f = _normed(x, L.ffn_norm, eps, h)  # (T, D)
-            gate = _linear(L.w_gate, f, None, decode)  # (T, F)
-            up = _linear(L.w_up, f, None, decode)  # (T, F)
-            o = _linear(L.w_down, self.gated_activation(gate, up, gate), None, decode)  # (T, D)
+            if L.experts is None:
+                gate = _linear(L.w_gate, f, None, decode)  # (T, F)
+                up = _linear(L.w_up, f, None, decode)  # (T, F)
+                o = _linear(L.w_down, self.gated_activation(gate, up, gate), None, decode)  # (T, D)
+            else:
+                o = _experts_ffn(L.experts, f, self.gated_activation, decode)  # (T, D)
             x += _normed(o, L.post_ffn_norm, eps, o)
 
         for cache, t in zip(caches, token_lists):
@@ -229,6 +259,30 @@ class Model:
         rms_norm(x, self.output_norm, eps, x)
         out = _linear(self.output, x, None, decode)  # (T or B, V)
         return softcap(out, np.float32(c.final_softcap)) if c.final_softcap else out
+
+
+def _experts_ffn(ex: Experts, x: np.ndarray, activation, decode: bool) -> np.ndarray:
+    """Mixture of experts as llama.cpp computes it (softmax gating, weights renormalised over the chosen
+    experts, outputs summed in the order of choice). Tokens are grouped by expert: one matmul per expert
+    over the tokens that chose it, so a decode step reads only its chosen experts' weights.   x: (T, D)"""
+    n_tok, k = x.shape[0], ex.n_used
+    logits = _linear(ex.router, x, None, decode)  # (T, E)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    chosen = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # (T, k) best first
+    weights = np.take_along_axis(probs, chosen, axis=1)  # (T, k)
+    weights /= weights.sum(axis=1, keepdims=True)
+    y = np.empty((n_tok, k, ex.down[0].n_rows), np.float32)  # (T, k, D) each chosen expert's output
+    for e in np.unique(chosen):
+        rows, slots = np.nonzero(chosen == e)
+        xe = np.ascontiguousarray(x[rows])  # (n_e, D)
+        gate = _linear(ex.gate[e], xe, None, decode)  # (n_e, F)
+        up = _linear(ex.up[e], xe, None, decode)  # (n_e, F)
+        y[rows, slots] = _linear(ex.down[e], activation(gate, up, gate), None, decode) * weights[rows, slots, None]
+    out = y[:, 0].copy()  # (T, D)
+    for j in range(1, k):
+        out += y[:, j]
+    return out
 
 
 def _normed(x: np.ndarray, weight: np.ndarray | None, eps: float, out: np.ndarray) -> np.ndarray:

@@ -215,6 +215,8 @@ def main(argv: list[str] | None = None) -> None:
     add_tokenizer_command(subparsers)
     add_delegated_command(subparsers, "forward", "fixtures_forward",
                           "logits, greedy continuations and perplexity (forward-pass parity)")
+    add_delegated_command(subparsers, "archs", "fixtures_archs",
+                          "logits and greedy tokens of every architecture's tiny random model")
     add_delegated_command(subparsers, "chat", "fixtures_chat", "chat-template renders (needs transformers)")
     args = parser.parse_args(argv)
     args.handler(args)

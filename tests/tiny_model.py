@@ -32,6 +32,7 @@ _ARCH_SHAPES = {
     "gemma2": dict(n_layers=3, n_kv_heads=2, head_dim=64, sliding_window=8, tied=True),
     "gemma3": dict(n_layers=6, n_kv_heads=1, head_dim=64, sliding_window=8, tied=True),
     "olmo2": dict(n_layers=2, n_kv_heads=4),
+    "qwen3moe": dict(n_layers=2, n_kv_heads=2, head_dim=64, n_expert=8, n_expert_used=2),
 }
 ARCH_CASES = {
     f"{arch}-{quant.name.lower()}": dict(arch=arch, n_vocab=160, n_embd=128, n_heads=4, n_ff=384, quant=quant,
@@ -43,11 +44,13 @@ ARCH_CASES = {
 def write_tiny_model(path: Path, arch: str = "llama", n_vocab: int = 24, n_embd: int = 64, n_layers: int = 2,
                      n_heads: int = 4, n_kv_heads: int = 2, n_ff: int = 96, quant: GGMLQuantizationType = Q8_0,
                      seed: int = 0, logit_scale: float = 1.0, head_dim: int | None = None,
-                     sliding_window: int | None = None, tied: bool = False, equal_norm_rows: bool = False) -> Path:
+                     sliding_window: int | None = None, tied: bool = False, equal_norm_rows: bool = False,
+                     n_expert: int = 0, n_expert_used: int = 0) -> Path:
     """A random model whose vocabulary is <eos>, single letters, then <xN> tokens (byte-level BPE, no merges).
 
-    The tensors are the ones `arch` declares (QK-norms, pre/post norms, qwen2's biases). equal_norm_rows
-    gives every embedding row the same norm, so tied logits are not ranked by row norm alone.
+    The tensors are the ones `arch` declares (QK-norms, pre/post norms, qwen2's biases, experts of n_ff / 4
+    rows each). equal_norm_rows gives every embedding row the same norm, so tied logits are not ranked by row
+    norm alone.
     """
     spec = ARCHITECTURES[arch]
     rng = np.random.default_rng(seed)
@@ -64,6 +67,10 @@ def write_tiny_model(path: Path, arch: str = "llama", n_vocab: int = 24, n_embd:
         w.add_value_length(hd)
     if sliding_window is not None:
         w.add_sliding_window(sliding_window)
+    if spec.experts:
+        w.add_expert_count(n_expert)
+        w.add_expert_used_count(n_expert_used)
+        w.add_expert_feed_forward_length(n_ff // 4)
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_tokenizer_model("gpt2")
@@ -82,8 +89,9 @@ def write_tiny_model(path: Path, arch: str = "llama", n_vocab: int = 24, n_embd:
         else:
             w.add_tensor(name, quantize(x, int(quant)), raw_dtype=quant)
 
-    def matrix(name: str, rows: int, cols: int, scale: float = 1.0) -> None:
-        add(name, (rng.standard_normal((rows, cols)) * scale / np.sqrt(cols)).astype(np.float32))
+    def matrix(name: str, rows: int, cols: int, scale: float = 1.0, n: int = 0) -> None:
+        shape = (n, rows, cols) if n else (rows, cols)  # n experts: a 3-D tensor
+        add(name, (rng.standard_normal(shape) * scale / np.sqrt(cols)).astype(np.float32))
 
     def norm(name: str, n: int) -> None:
         w.add_tensor(name, (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32))
@@ -110,9 +118,16 @@ def write_tiny_model(path: Path, arch: str = "llama", n_vocab: int = 24, n_embd:
             norm(f"blk.{i}.post_attention_norm.weight", n_embd)
         if spec.pre_norms:
             norm(f"blk.{i}.ffn_norm.weight", n_embd)
-        matrix(f"blk.{i}.ffn_gate.weight", n_ff, n_embd)
-        matrix(f"blk.{i}.ffn_up.weight", n_ff, n_embd)
-        matrix(f"blk.{i}.ffn_down.weight", n_embd, n_ff)
+        if spec.experts:
+            w.add_tensor(f"blk.{i}.ffn_gate_inp.weight",
+                         (rng.standard_normal((n_expert, n_embd)) / np.sqrt(n_embd)).astype(np.float32))
+            matrix(f"blk.{i}.ffn_gate_exps.weight", n_ff // 4, n_embd, n=n_expert)
+            matrix(f"blk.{i}.ffn_up_exps.weight", n_ff // 4, n_embd, n=n_expert)
+            matrix(f"blk.{i}.ffn_down_exps.weight", n_embd, n_ff // 4, n=n_expert)
+        else:
+            matrix(f"blk.{i}.ffn_gate.weight", n_ff, n_embd)
+            matrix(f"blk.{i}.ffn_up.weight", n_ff, n_embd)
+            matrix(f"blk.{i}.ffn_down.weight", n_embd, n_ff)
         if spec.post_norms:
             norm(f"blk.{i}.post_ffw_norm.weight", n_embd)
     norm("output_norm.weight", n_embd)

@@ -29,7 +29,7 @@ class Architecture:
     # the token embedding is multiplied by sqrt(n_embd) (gemma)
     embedding_scale: bool = False
     # sliding-window layers: with pattern n, layer i slides when i % n < n - 1 (llama.cpp's set_swa_pattern);
-    # 0 means every layer is global. `{arch}.attention.sliding_window_pattern` in the file overrides it.
+    # 0 means every layer is global. The window is the file's attention.sliding_window.
     swa_pattern: int = 0
     # RoPE base of the sliding layers when it differs from rope.freq_base (gemma3's local layers: 10000),
     # which also take no RoPE scaling
@@ -38,5 +38,8 @@ class Architecture:
     attn_softcap_default: float | None = None
     # tanh soft-cap of the final logits, likewise (gemma2: 30)
     final_softcap_default: float | None = None
+    # the FFN is a mixture of experts: a router (ffn_gate_inp) picks expert_used_count of expert_count
+    # experts (ffn_{gate,up,down}_exps, 3-D) per token, weighted by their softmax probabilities renormalised
+    experts: bool = False
     # the attention score scale given the ModelConfig, when it is not 1/sqrt(head_dim)
     attention_scale: Callable[[Any], float] | None = None
