@@ -168,7 +168,9 @@ class Model:
     def rope_tables(self, positions: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """cos, sin (T, n_rot/2) at the given (T,) positions (may be negative deltas) for each of self.ropes."""
         c = self.config
-        return [rope_tables(positions, c.n_rot, base, scale, self.rope_freq_factors) for base, scale in self.ropes]
+        return [rope_tables(positions, c.n_rot, base, scale, self.rope_freq_factors, c.rope_yarn_orig_ctx,
+                            c.rope_yarn)
+                for base, scale in self.ropes]
 
     def shift_keys(self, layer: int, keys: np.ndarray, delta: int) -> None:
         """Re-rotate one layer's cached keys (T, H_kv, hd) by delta positions: the context-shift hook of

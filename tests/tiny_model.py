@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFWriter
+from gguf import GGMLQuantizationType, GGUFWriter, RopeScalingType
 
 from gguf_runtime.archs import ARCHITECTURES
 from gguf_runtime.quants import quantize
@@ -34,10 +34,13 @@ _ARCH_SHAPES = {
     "olmo2": dict(n_layers=2, n_kv_heads=4),
     "qwen3moe": dict(n_layers=2, n_kv_heads=2, head_dim=64, n_expert=8, n_expert_used=2),
 }
+_COMMON = dict(n_vocab=160, n_embd=128, n_heads=4, n_ff=384, equal_norm_rows=True, seed=7)
 ARCH_CASES = {
-    f"{arch}-{quant.name.lower()}": dict(arch=arch, n_vocab=160, n_embd=128, n_heads=4, n_ff=384, quant=quant,
-                                         equal_norm_rows=True, seed=7, **shape)
+    f"{arch}-{quant.name.lower()}": dict(arch=arch, quant=quant, **_COMMON, **shape)
     for arch, shape in _ARCH_SHAPES.items() for quant in (F32, Q8_0)
+} | {  # RoPE scaling: Llama 3.1's per-dim factors (rope_freqs) and YaRN (long-context Qwen files)
+    "llama-rope-freqs-f32": dict(arch="llama", quant=F32, rope_freqs=True, **_COMMON, **_ARCH_SHAPES["llama"]),
+    "qwen3-yarn-f32": dict(arch="qwen3", quant=F32, yarn=(4.0, 64), **_COMMON, **_ARCH_SHAPES["qwen3"]),
 }
 
 
@@ -45,11 +48,13 @@ def write_tiny_model(path: Path, arch: str = "llama", n_vocab: int = 24, n_embd:
                      n_heads: int = 4, n_kv_heads: int = 2, n_ff: int = 96, quant: GGMLQuantizationType = Q8_0,
                      seed: int = 0, logit_scale: float = 1.0, head_dim: int | None = None,
                      sliding_window: int | None = None, tied: bool = False, equal_norm_rows: bool = False,
-                     n_expert: int = 0, n_expert_used: int = 0) -> Path:
+                     n_expert: int = 0, n_expert_used: int = 0, rope_freqs: bool = False,
+                     yarn: tuple[float, int] | None = None) -> Path:
     """A random model whose vocabulary is <eos>, single letters, then <xN> tokens (byte-level BPE, no merges).
 
     The tensors are the ones `arch` declares (QK-norms, pre/post norms, qwen2's biases, experts of n_ff / 4
-    rows each). equal_norm_rows gives every embedding row the same norm, so tied logits are not ranked by row
+    rows each). rope_freqs adds Llama 3.1-style per-dim RoPE factors; yarn = (factor, original context) YaRN
+    scaling. equal_norm_rows gives every embedding row the same norm, so tied logits are not ranked by row
     norm alone.
     """
     spec = ARCHITECTURES[arch]
@@ -72,6 +77,10 @@ def write_tiny_model(path: Path, arch: str = "llama", n_vocab: int = 24, n_embd:
         w.add_expert_used_count(n_expert_used)
         w.add_expert_feed_forward_length(n_ff // 4)
     w.add_rope_freq_base(10000.0)
+    if yarn is not None:
+        w.add_rope_scaling_type(RopeScalingType.YARN)
+        w.add_rope_scaling_factor(yarn[0])
+        w.add_rope_scaling_orig_ctx_len(yarn[1])
     w.add_layer_norm_rms_eps(1e-5)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
@@ -131,6 +140,8 @@ def write_tiny_model(path: Path, arch: str = "llama", n_vocab: int = 24, n_embd:
         if spec.post_norms:
             norm(f"blk.{i}.post_ffw_norm.weight", n_embd)
     norm("output_norm.weight", n_embd)
+    if rope_freqs:  # 1 for the fast-turning dims up to 8 for the slowest, as Llama 3.1's low/high-frequency rule
+        w.add_tensor("rope_freqs.weight", np.geomspace(1.0, 8.0, hd // 2).astype(np.float32))
     if not tied:
         matrix("output.weight", n_vocab, n_embd, scale=logit_scale * np.sqrt(n_embd))
     w.write_header_to_file()
