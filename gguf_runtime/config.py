@@ -27,8 +27,8 @@ class ModelConfig:
     rope_style: str  # "normal" | "neox"
     rope_base: float
     rope_freq_scale: float  # linear or YaRN scaling: positions are multiplied by this (1 / scaling.factor)
-    rope_yarn_orig_ctx: int  # YaRN's original context length; 0: no YaRN
-    rope_yarn: tuple[float, float, float, float]  # YaRN's (ext_factor, attn_factor, beta_fast, beta_slow)
+    rope_orig_ctx: int  # the context the model was trained for before RoPE scaling (YaRN, LongRoPE)
+    rope_yarn: tuple[float, float, float, float] | None  # YaRN's (ext_factor, attn_factor, beta_fast, beta_slow)
     rms_eps: float
     n_ctx_train: int
     n_vocab: int
@@ -92,8 +92,9 @@ class ModelConfig:
         elif scaling not in ("none", "linear", "yarn"):
             raise ConfigError(f"rope scaling {scaling!r} is not supported (supported: none, linear, yarn)")
         n_ctx_train = int(md.get(f"{arch}.context_length", 2048))
-        yarn_orig_ctx = int(md.get(f"{arch}.rope.scaling.original_context_length", n_ctx_train)) \
-            if scaling == "yarn" else 0
+        yarn = tuple(float(md.get(f"{arch}.rope.scaling.yarn_{name}", default))  # llama.cpp's defaults
+                     for name, default in (("ext_factor", 1.0), ("attn_factor", 1.0), ("beta_fast", 32.0),
+                                           ("beta_slow", 1.0))) if scaling == "yarn" else None
 
         spec = ARCHITECTURES[arch]
         n_layers = int(key("block_count"))
@@ -123,10 +124,8 @@ class ModelConfig:
             rope_freq_scale=freq_scale,
             rms_eps=float(md.get(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
             n_ctx_train=n_ctx_train,
-            rope_yarn_orig_ctx=yarn_orig_ctx,
-            rope_yarn=tuple(float(md.get(f"{arch}.rope.scaling.yarn_{name}", default))  # llama.cpp's defaults
-                            for name, default in (("ext_factor", 1.0), ("attn_factor", 1.0), ("beta_fast", 32.0),
-                                                  ("beta_slow", 1.0))),
+            rope_orig_ctx=int(md.get(f"{arch}.rope.scaling.original_context_length", n_ctx_train)),
+            rope_yarn=yarn,
             n_vocab=int(md.get(f"{arch}.vocab_size", n_vocab)),
             attn_scale=1.0 / math.sqrt(head_dim),
             embedding_scale=math.sqrt(n_embd) if spec.embedding_scale else 1.0,

@@ -77,6 +77,18 @@ class Model:
                                 f"{[rows if rows is not None else 'n_vocab', cols]}")
             return QMatrix(gguf.tensor_data(name), info.ggml_type, name)
 
+        def split(fused: str, parts: dict[str, int], cols: int, separate: list[str]) -> dict[str, QMatrix]:
+            """Matrices stored as one tensor (phi3's attn_qkv, its gate+up ffn_up), as zero-copy views of its
+            row ranges, or the separate tensors where the file has those instead."""
+            if fused not in gguf.tensors:
+                return {key: matrix(name, rows, cols) for (key, rows), name in zip(parts.items(), separate)}
+            whole = matrix(fused, sum(parts.values()), cols)
+            views, start = {}, 0
+            for key, rows in parts.items():
+                views[key] = QMatrix(whole.data[start:start + rows], whole.ggml_type, f"{fused}[{key}]")
+                start += rows
+            return views
+
         def experts(name: str, rows: int, cols: int) -> list[QMatrix]:
             info = self._tensor(name)
             if info.shape != (config.n_expert, rows, cols):
@@ -109,9 +121,8 @@ class Model:
         self.layers = [
             Layer(
                 attn_norm=norm(f"blk.{i}.attn_norm.weight", D, spec.pre_norms),
-                wq=matrix(f"blk.{i}.attn_q.weight", H * hd, D),
-                wk=matrix(f"blk.{i}.attn_k.weight", H_kv * hd, D),
-                wv=matrix(f"blk.{i}.attn_v.weight", H_kv * hd, D),
+                **split(f"blk.{i}.attn_qkv.weight", {"wq": H * hd, "wk": H_kv * hd, "wv": H_kv * hd}, D,
+                        [f"blk.{i}.attn_{p}.weight" for p in "qkv"]),
                 bq=vector(f"blk.{i}.attn_q.bias", H * hd, required=False),
                 bk=vector(f"blk.{i}.attn_k.bias", H_kv * hd, required=False),
                 bv=vector(f"blk.{i}.attn_v.bias", H_kv * hd, required=False),
@@ -120,8 +131,11 @@ class Model:
                 wo=matrix(f"blk.{i}.attn_output.weight", D, H * hd),
                 post_attn_norm=norm(f"blk.{i}.post_attention_norm.weight", D, spec.post_norms),
                 ffn_norm=norm(f"blk.{i}.ffn_norm.weight", D, spec.pre_norms),
-                w_gate=None if c.n_expert else matrix(f"blk.{i}.ffn_gate.weight", c.n_ff, D),
-                w_up=None if c.n_expert else matrix(f"blk.{i}.ffn_up.weight", c.n_ff, D),
+                **({"w_gate": None, "w_up": None} if c.n_expert else
+                   split(f"blk.{i}.ffn_up.weight", {"w_gate": c.n_ff, "w_up": c.n_ff}, D,
+                         [f"blk.{i}.ffn_gate.weight", f"blk.{i}.ffn_up.weight"]) if spec.fused_gate_up else
+                   {"w_gate": matrix(f"blk.{i}.ffn_gate.weight", c.n_ff, D),
+                    "w_up": matrix(f"blk.{i}.ffn_up.weight", c.n_ff, D)}),
                 w_down=None if c.n_expert else matrix(f"blk.{i}.ffn_down.weight", D, c.n_ff),
                 experts=Experts(
                     router=matrix(f"blk.{i}.ffn_gate_inp.weight", c.n_expert, D),
@@ -139,7 +153,11 @@ class Model:
         self.output_norm = vector("output_norm.weight", D)
         # tied embeddings: no output.weight means the token table doubles as the output projection
         self.output = matrix("output.weight" if "output.weight" in gguf.tensors else "token_embd.weight", None, D)
-        self.rope_freq_factors = vector("rope_freqs.weight", c.n_rot // 2, required=False)  # Llama 3.1 factors
+        # per-dim RoPE frequency divisors: Llama 3.1's rope_freqs, or LongRoPE's pair (phi3), long for contexts
+        # past the original one, short otherwise (as llama.cpp picks them, by context size)
+        self.rope_freq_factors = vector("rope_freqs.weight", c.n_rot // 2, required=False)
+        self.rope_factors_long = vector("rope_factors_long.weight", c.n_rot // 2, required=False)
+        self.rope_factors_short = vector("rope_factors_short.weight", c.n_rot // 2, required=False)
         self.n_vocab = self.output.n_rows
         self.gated_activation = GATED_ACTIVATIONS[spec.activation]
 
@@ -165,17 +183,20 @@ class Model:
         """One sequence in a pool of its own."""
         return KVCache(self.new_pool(n_ctx, kv_type), n_ctx)
 
-    def rope_tables(self, positions: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """cos, sin (T, n_rot/2) at the given (T,) positions (may be negative deltas) for each of self.ropes."""
+    def rope_tables(self, positions: np.ndarray, n_ctx: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """cos, sin (T, n_rot/2) at the given (T,) positions (may be negative deltas) for each of self.ropes,
+        in a context of n_ctx positions per sequence."""
         c = self.config
-        return [rope_tables(positions, c.n_rot, base, scale, self.rope_freq_factors, c.rope_yarn_orig_ctx,
-                            c.rope_yarn)
+        factors = self.rope_freq_factors
+        if factors is None and self.rope_factors_long is not None:
+            factors = self.rope_factors_long if n_ctx > c.rope_orig_ctx else self.rope_factors_short
+        return [rope_tables(positions, c.n_rot, base, scale, factors, c.rope_orig_ctx, c.rope_yarn)
                 for base, scale in self.ropes]
 
-    def shift_keys(self, layer: int, keys: np.ndarray, delta: int) -> None:
+    def shift_keys(self, layer: int, keys: np.ndarray, delta: int, n_ctx: int) -> None:
         """Re-rotate one layer's cached keys (T, H_kv, hd) by delta positions: the context-shift hook of
         KVCache (layers may differ in RoPE base)."""
-        cos, sin = self.rope_tables(np.full(keys.shape[0], delta))[self.layers[layer].rope]
+        cos, sin = self.rope_tables(np.full(keys.shape[0], delta), n_ctx)[self.layers[layer].rope]
         rope(keys, cos, sin, self.config.rope_style == "neox")
 
     def forward(self, tokens: np.ndarray, cache: KVCache, logits: str | None = "last") -> np.ndarray | None:
@@ -208,7 +229,7 @@ class Model:
         # a few tokens per sequence take decode's numerics even for float weights (quantized ones always do:
         # integer rows equal one-token matvecs), so verifying drafts never changes a sequence's logits
         decode = max(runs) <= DECODE_NUMERICS_MAX_TOKENS
-        ropes = self.rope_tables(pos)  # per RoPE of the model: cos, sin (T, n_rot/2)
+        ropes = self.rope_tables(pos, caches[0].n_ctx)  # per RoPE of the model: cos, sin (T, n_rot/2)
         neox = c.rope_style == "neox"
         code = pool.code
         eps = c.rms_eps

@@ -32,24 +32,24 @@ def rms_norm(x, weight, eps, out):
 
 
 def rope_tables(positions: np.ndarray, n_rot: int, base: float, freq_scale: float,
-                freq_factors: np.ndarray | None = None, yarn_orig_ctx: int = 0,
-                yarn: tuple[float, float, float, float] = (1.0, 1.0, 32.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
+                freq_factors: np.ndarray | None = None, orig_ctx: int = 0,
+                yarn: tuple[float, float, float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """cos/sin of θ[t, i] = pos[t] · freq_scale · base^(−2i/n_rot) / factor[i].   Each (T, n_rot/2) float32.
 
-    yarn_orig_ctx > 0 applies YaRN as ggml does: dims rotating fewer than beta_slow times over the original
-    context take the interpolated angle, dims rotating more than beta_fast times the unscaled one, a linear
+    yarn = (ext_factor, attn_factor, beta_fast, beta_slow) applies YaRN as ggml does: dims rotating fewer
+    than beta_slow times over the original context (orig_ctx positions) take the interpolated angle, dims rotating more than beta_fast times the unscaled one, a linear
     ramp between (times ext_factor); cos, sin are scaled by attn_factor · (1 + 0.1 ln(1 / freq_scale)).
-    yarn = (ext_factor, attn_factor, beta_fast, beta_slow).
     """
-    ext_factor, attn_factor, beta_fast, beta_slow = yarn
     inv_freq = base ** (-np.arange(0, n_rot, 2, dtype=np.float64) / n_rot)
     if freq_factors is not None:
         inv_freq = inv_freq / freq_factors.astype(np.float64)
     extrapolated = np.outer(np.asarray(positions, dtype=np.float64), inv_freq)
     theta, mscale = extrapolated * freq_scale, 1.0
-    if yarn_orig_ctx > 0 and ext_factor != 0.0:
+    if yarn is not None and yarn[0] != 0.0:
+        ext_factor, attn_factor, beta_fast, beta_slow = yarn
+
         def corr_dim(n_turns: float) -> float:  # the dim that turns n_turns times over the original context
-            return n_rot * math.log(yarn_orig_ctx / (n_turns * 2 * math.pi)) / (2 * math.log(base))
+            return n_rot * math.log(orig_ctx / (n_turns * 2 * math.pi)) / (2 * math.log(base))
         low = max(0.0, math.floor(corr_dim(beta_fast)))
         high = min(n_rot - 1.0, math.ceil(corr_dim(beta_slow)))
         ramp = (1 - np.clip((np.arange(n_rot // 2) - low) / max(0.001, high - low), 0, 1)) * ext_factor

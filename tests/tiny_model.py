@@ -33,6 +33,7 @@ _ARCH_SHAPES = {
     "gemma3": dict(n_layers=6, n_kv_heads=1, head_dim=64, sliding_window=8, tied=True),
     "olmo2": dict(n_layers=2, n_kv_heads=4),
     "qwen3moe": dict(n_layers=2, n_kv_heads=2, head_dim=64, n_expert=8, n_expert_used=2),
+    "phi3": dict(n_layers=2, n_kv_heads=2, long_rope=512),
 }
 _COMMON = dict(n_vocab=160, n_embd=128, n_heads=4, n_ff=384, equal_norm_rows=True, seed=7)
 ARCH_CASES = {
@@ -41,6 +42,8 @@ ARCH_CASES = {
 } | {  # RoPE scaling: Llama 3.1's per-dim factors (rope_freqs) and YaRN (long-context Qwen files)
     "llama-rope-freqs-f32": dict(arch="llama", quant=F32, rope_freqs=True, **_COMMON, **_ARCH_SHAPES["llama"]),
     "qwen3-yarn-f32": dict(arch="qwen3", quant=F32, yarn=(4.0, 64), **_COMMON, **_ARCH_SHAPES["qwen3"]),
+    # an original context (64) below the tests' (128): LongRoPE's long factors
+    "phi3-long-f32": dict(arch="phi3", quant=F32, **_COMMON, **(_ARCH_SHAPES["phi3"] | dict(long_rope=64))),
 }
 
 
@@ -49,12 +52,13 @@ def write_tiny_model(path: Path, arch: str = "llama", n_vocab: int = 24, n_embd:
                      seed: int = 0, logit_scale: float = 1.0, head_dim: int | None = None,
                      sliding_window: int | None = None, tied: bool = False, equal_norm_rows: bool = False,
                      n_expert: int = 0, n_expert_used: int = 0, rope_freqs: bool = False,
-                     yarn: tuple[float, int] | None = None) -> Path:
+                     yarn: tuple[float, int] | None = None, long_rope: int = 0) -> Path:
     """A random model whose vocabulary is <eos>, single letters, then <xN> tokens (byte-level BPE, no merges).
 
     The tensors are the ones `arch` declares (QK-norms, pre/post norms, qwen2's biases, experts of n_ff / 4
     rows each). rope_freqs adds Llama 3.1-style per-dim RoPE factors; yarn = (factor, original context) YaRN
-    scaling. equal_norm_rows gives every embedding row the same norm, so tied logits are not ranked by row
+    scaling; long_rope = original context adds LongRoPE's long and short factors. phi3 gets fused attn_qkv
+    and gate+up ffn_up tensors. equal_norm_rows gives every embedding row the same norm, so tied logits are not ranked by row
     norm alone.
     """
     spec = ARCHITECTURES[arch]
@@ -72,6 +76,8 @@ def write_tiny_model(path: Path, arch: str = "llama", n_vocab: int = 24, n_embd:
         w.add_value_length(hd)
     if sliding_window is not None:
         w.add_sliding_window(sliding_window)
+    if long_rope:
+        w.add_rope_scaling_orig_ctx_len(long_rope)
     if spec.experts:
         w.add_expert_count(n_expert)
         w.add_expert_used_count(n_expert_used)
@@ -113,9 +119,12 @@ def write_tiny_model(path: Path, arch: str = "llama", n_vocab: int = 24, n_embd:
     for i in range(n_layers):
         if spec.pre_norms:
             norm(f"blk.{i}.attn_norm.weight", n_embd)
-        matrix(f"blk.{i}.attn_q.weight", n_heads * hd, n_embd)
-        matrix(f"blk.{i}.attn_k.weight", n_kv_heads * hd, n_embd)
-        matrix(f"blk.{i}.attn_v.weight", n_kv_heads * hd, n_embd)
+        if arch == "phi3":
+            matrix(f"blk.{i}.attn_qkv.weight", (n_heads + 2 * n_kv_heads) * hd, n_embd)
+        else:
+            matrix(f"blk.{i}.attn_q.weight", n_heads * hd, n_embd)
+            matrix(f"blk.{i}.attn_k.weight", n_kv_heads * hd, n_embd)
+            matrix(f"blk.{i}.attn_v.weight", n_kv_heads * hd, n_embd)
         if arch == "qwen2":
             for part, n in (("q", n_heads * hd), ("k", n_kv_heads * hd), ("v", n_kv_heads * hd)):
                 w.add_tensor(f"blk.{i}.attn_{part}.bias", (0.1 * rng.standard_normal(n)).astype(np.float32))
@@ -133,6 +142,9 @@ def write_tiny_model(path: Path, arch: str = "llama", n_vocab: int = 24, n_embd:
             matrix(f"blk.{i}.ffn_gate_exps.weight", n_ff // 4, n_embd, n=n_expert)
             matrix(f"blk.{i}.ffn_up_exps.weight", n_ff // 4, n_embd, n=n_expert)
             matrix(f"blk.{i}.ffn_down_exps.weight", n_embd, n_ff // 4, n=n_expert)
+        elif spec.fused_gate_up:
+            matrix(f"blk.{i}.ffn_up.weight", 2 * n_ff, n_embd)
+            matrix(f"blk.{i}.ffn_down.weight", n_embd, n_ff)
         else:
             matrix(f"blk.{i}.ffn_gate.weight", n_ff, n_embd)
             matrix(f"blk.{i}.ffn_up.weight", n_ff, n_embd)
@@ -140,6 +152,9 @@ def write_tiny_model(path: Path, arch: str = "llama", n_vocab: int = 24, n_embd:
         if spec.post_norms:
             norm(f"blk.{i}.post_ffw_norm.weight", n_embd)
     norm("output_norm.weight", n_embd)
+    if long_rope:  # LongRoPE: mild factors for short contexts, up to 4x stretched for long ones
+        w.add_tensor("rope_factors_short.weight", np.linspace(1.0, 1.5, hd // 2).astype(np.float32))
+        w.add_tensor("rope_factors_long.weight", np.geomspace(1.0, 4.0, hd // 2).astype(np.float32))
     if rope_freqs:  # 1 for the fast-turning dims up to 8 for the slowest, as Llama 3.1's low/high-frequency rule
         w.add_tensor("rope_freqs.weight", np.geomspace(1.0, 8.0, hd // 2).astype(np.float32))
     if not tied:

@@ -38,6 +38,9 @@ class Architecture:
     attn_softcap_default: float | None = None
     # tanh soft-cap of the final logits, likewise (gemma2: 30)
     final_softcap_default: float | None = None
+    # ffn_up holds the gate's rows then the up projection's (2 x n_ff rows; no ffn_gate). A fused attn_qkv
+    # (Q, K, V rows in one tensor) needs no flag: it is used wherever the file has one.
+    fused_gate_up: bool = False
     # the FFN is a mixture of experts: a router (ffn_gate_inp) picks expert_used_count of expert_count
     # experts (ffn_{gate,up,down}_exps, 3-D) per token, weighted by their softmax probabilities renormalised
     experts: bool = False
