@@ -31,7 +31,7 @@ FLAG_SAMPLES = ("", "Hello world", "<|im_start|>hi<|im_end|>")  # also recorded 
 # Pre-tokenizers checked on SmolLM2's vocabulary with only `tokenizer.ggml.pre` changed (no real model needed).
 PRE_VOCAB_MODEL = "smollm2-135m"
 PRE_NAMES = ("default", "gpt-2", "llama-bpe", "dbrx", "qwen2", "stablelm2", "starcoder", "falcon", "deepseek-llm",
-             "deepseek-coder", "deepseek-v3", "poro-chat", "bloom", "viking", "trillion")
+             "deepseek-coder", "deepseek-v3", "poro-chat", "bloom", "viking", "trillion", "tekken", "gpt-4o")
 
 
 def load_llama_vocab(path: Path):
