@@ -68,14 +68,9 @@ def test_logits_and_greedy_match_llama_cpp(case, kv):
 
 
 def test_context_shift_matches_llama_cpp(case):
-    """Not for qwen3-yarn: after a shift, llama.cpp's logits on the YaRN model differ from ours by up to 0.9
-    (re-rotating with or without YaRN's magnitude factor, with or without the ramp: none matches); open.
-
-    Drop positions after the first few, slide the rest down (keys re-rotated with each layer's own RoPE
+    """Drop positions after the first few, slide the rest down (keys re-rotated with each layer's own RoPE
     base), evaluate the last token again: sliding layers see the last W positions of the shifted cache."""
     name, path, ref = case
-    if "yarn" in name:
-        return
     llm = LLM(path, n_ctx=128, kv_cache_dtype="f16")
     _teacher_forced(llm, ref)
     n_keep, n_discard = (int(x) for x in ref["shift"])
@@ -84,4 +79,8 @@ def test_context_shift_matches_llama_cpp(case):
     session.cache.shift(n_keep, n_discard, llm.session.model.shift_keys)
     got = session.eval_next([int(ref["greedy"][-1])])[-1]
     tol, _ = _tolerance(name, ref)
+    if "yarn" in name:
+        # open: after a shift, llama.cpp's logits on the YaRN model are up to 0.9 from ours (re-rotating
+        # with or without YaRN's magnitude factor or its ramp: none matches); a wrong rotation gives 3-10
+        tol = 1.0
     assert np.abs(got - ref["shifted_logits"]).max() < tol
