@@ -56,4 +56,6 @@ $(FIXTURES_VENV)/.fixtures-installed:
 fixtures: fixtures-env models-all
 	$(FIXTURES_VENV)/bin/python scripts/make_fixtures.py tokenizer
 	$(FIXTURES_VENV)/bin/python scripts/make_fixtures.py forward
+	rm -rf .tiny-archs && $(BIN)/python tests/tiny_model.py .tiny-archs
+	$(FIXTURES_VENV)/bin/python scripts/make_fixtures.py archs .tiny-archs && rm -rf .tiny-archs
 	$(FIXTURES_VENV)/bin/python scripts/make_fixtures.py chat

@@ -91,6 +91,19 @@ def _task(job, n_kv, group, per):
 
 
 @njit(**_JIT)
+def _first_position(n, window):
+    """The first of n positions a query at position n - 1 sees: 0, or n - window for a sliding window
+    (llama.cpp's standard SWA masks p when pos - p >= window)."""
+    return max(0, n - window) if window > 0 else 0
+
+
+@njit(**_JIT)
+def _capped(score, cap):
+    """gemma2's attention soft-cap: cap · tanh(score / cap); cap 0 leaves the score as it is."""
+    return cap * np.tanh(score / cap) if cap > 0 else score
+
+
+@njit(**_JIT)
 def _softmax(sc):
     """In place, max-subtracted, summed in position order."""
     best = np.float32(-np.inf)
@@ -107,8 +120,9 @@ def _softmax(sc):
 
 
 @njit(parallel=True, **_JIT)
-def _attend(code, q, K, V, tables, seq, pos, scale, qq, qd, qs, scores, vrow, out):
-    """Causal attention of T query rows, each over its own sequence's positions 0..pos[t].
+def _attend(code, q, K, V, tables, seq, pos, scale, window, cap, qq, qd, qs, scores, vrow, out):
+    """Causal attention of T query rows, each over its own sequence's positions 0..pos[t], or only the last
+    `window` of them (a sliding-window layer; 0 = all). cap > 0 soft-caps scores: cap · tanh(score / cap).
 
     q: (T, H, hd), rounded in place for an F16 cache   K, V: one layer's blocks
     tables: (B, max_blocks) int32   seq, pos: (T,)
@@ -125,20 +139,21 @@ def _attend(code, q, K, V, tables, seq, pos, scale, qq, qd, qs, scores, vrow, ou
         t, kv, h0 = _task(np.int64(job), n_kv, group, per)
         table = tables[seq[t]]
         n = pos[t] + 1
+        first = _first_position(n, window)
         for h in range(h0, h0 + per):
             if code == F16:  # llama.cpp multiplies an f16 cache by f16-rounded queries and weights
                 for i in range(hd):
                     q[t, h, i] = round_to_f16(q[t, h, i])
             quantize_activation(code, q[t, h], qq[t, h], qd[t, h], qs[t, h])
-        for p in range(n):
+        for p in range(first, n):
             k_row = K[table[p // bt], kv, p % bt]
             for h in range(h0, h0 + per):
-                scores[t, h, p] = dot_row(code, k_row, q[t, h], qq[t, h], qd[t, h], qs[t, h]) * scale
+                scores[t, h, p] = _capped(dot_row(code, k_row, q[t, h], qq[t, h], qd[t, h], qs[t, h]) * scale, cap)
         for h in range(h0, h0 + per):
-            _softmax(scores[t, h, :n])
+            _softmax(scores[t, h, first:n])
             out[t, h] = 0.0
         row = vrow[t, h0]
-        for p in range(n):
+        for p in range(first, n):
             dequantize_row(code, V[table[p // bt], kv, p % bt], row)
             for h in range(h0, h0 + per):
                 w = round_to_f16(scores[t, h, p]) if code == F16 else scores[t, h, p]
@@ -149,7 +164,7 @@ def _attend(code, q, K, V, tables, seq, pos, scale, qq, qd, qs, scores, vrow, ou
 
 
 @njit(parallel=True, **_JIT)
-def _attend_f32(q, K, V, tables, seq, pos, scale, scores, out):
+def _attend_f32(q, K, V, tables, seq, pos, scale, window, cap, scores, out):
     """_attend for an F32 cache, reading K, V as float32 (blocks, H_kv, block_tokens, hd) in plain loops that
     LLVM vectorises: the generic path's per-row views and calls cost ~3x at decode. Same task split."""
     n_tok, n_head, hd = q.shape
@@ -161,17 +176,18 @@ def _attend_f32(q, K, V, tables, seq, pos, scale, scores, out):
         t, kv, h0 = _task(np.int64(job), n_kv, group, per)
         table = tables[seq[t]]
         n = pos[t] + 1
-        for p in range(n):
+        first = _first_position(n, window)
+        for p in range(first, n):
             b, sl = table[p // bt], p % bt
             for h in range(h0, h0 + per):
                 s = np.float32(0.0)
                 for i in range(hd):
                     s += q[t, h, i] * K[b, kv, sl, i]
-                scores[t, h, p] = s * scale
+                scores[t, h, p] = _capped(s * scale, cap)
         for h in range(h0, h0 + per):
-            _softmax(scores[t, h, :n])
+            _softmax(scores[t, h, first:n])
             out[t, h] = 0.0
-        for p in range(n):
+        for p in range(first, n):
             b, sl = table[p // bt], p % bt
             for h in range(h0, h0 + per):
                 w = scores[t, h, p]
@@ -185,8 +201,10 @@ gather_rows = Specialized(_gather)
 attend_rows = Specialized(_attend)
 
 
-def attend(code, q, K, V, tables, seq, pos, scale, q_act, scores, v_row, out):
+def attend(code, q, K, V, tables, seq, pos, scale, window, cap, q_act, scores, v_row, out):
     """Attention of every row (see _attend) through the kernel for the cache type `code`."""
+    window, cap = np.int64(window), np.float32(cap)
     if code == F32:
-        return _attend_f32(q, K.view(np.float32), V.view(np.float32), tables, seq, pos, scale, scores, out)
-    return attend_rows(code, q, K, V, tables, seq, pos, scale, *q_act, scores, v_row, out)
+        return _attend_f32(q, K.view(np.float32), V.view(np.float32), tables, seq, pos, scale, window, cap,
+                           scores, out)
+    return attend_rows(code, q, K, V, tables, seq, pos, scale, window, cap, *q_act, scores, v_row, out)

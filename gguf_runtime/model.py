@@ -1,4 +1,8 @@
-"""The Llama-family forward pass (llama; qwen2 = llama + Q/K/V bias and NeoX RoPE) on quantized weights.
+"""The forward pass of every supported architecture, on quantized weights.
+
+One block serves them all: llama's pre-norm attention + gated FFN, with the differences each architecture
+declares in gguf_runtime/archs/ (QK-norm, post-norms, GeGLU, embedding scale, sliding windows, soft-caps)
+taken from the weights and hyperparameters it loaded, never from its name.
 
 Weights stay in the memory-mapped file: every matrix is a QMatrix over its raw GGUF blocks. One call runs the
 next tokens of one or more sequences (a batched decode step, a prefill chunk, a speculative verify), each
@@ -7,7 +11,6 @@ at its cache's next positions, through every weight once. No sampling, tokenizer
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +19,7 @@ from .config import ModelConfig
 from .gguf_file import GGUFError, GGUFFile
 from .attention import attend, store_rows
 from .kv import BLOCK_TOKENS, ForwardBatch, KVPool
-from .ops import rms_norm, rope, rope_tables, swiglu
+from .ops import geglu, rms_norm, rope, rope_tables, softcap, swiglu
 from .quants import QMatrix, embed_rows
 
 # Every row of a forward pass gets the numerics of decoding it alone: quantized weights always go through the
@@ -25,22 +28,41 @@ from .quants import QMatrix, embed_rows
 # Float weights (F32/F16) take BLAS above this many tokens per sequence, keeping that exactness for a
 # verify of up to 16 drafts.
 DECODE_NUMERICS_MAX_TOKENS = 17
+GATED_ACTIVATIONS = {"silu": swiglu, "gelu": geglu}  # out = act(gate) · up
+
+
+@dataclass
+class Experts:
+    """A mixture-of-experts FFN. Each expert is a QMatrix view of its slice of the 3-D GGUF tensor, so a
+    token reads only the rows of the experts the router picked for it."""
+    router: QMatrix  # (E, D) ffn_gate_inp
+    gate: list[QMatrix]  # E x (F, D)
+    up: list[QMatrix]  # E x (F, D)
+    down: list[QMatrix]  # E x (D, F)
+    n_used: int  # experts per token
 
 
 @dataclass
 class Layer:
-    attn_norm: np.ndarray  # (D,)
+    attn_norm: np.ndarray | None  # (D,) none without pre-norms (olmo2)
     wq: QMatrix  # (H·hd, D)
     wk: QMatrix  # (H_kv·hd, D)
     wv: QMatrix  # (H_kv·hd, D)
     bq: np.ndarray | None  # (H·hd,) qwen2 only
     bk: np.ndarray | None  # (H_kv·hd,)
     bv: np.ndarray | None  # (H_kv·hd,)
+    q_norm: np.ndarray | None  # (hd,) per head or (H·hd,) whole projection; none without QK-norm
+    k_norm: np.ndarray | None  # (hd,) or (H_kv·hd,)
     wo: QMatrix  # (D, H·hd)
-    ffn_norm: np.ndarray  # (D,)
-    w_gate: QMatrix  # (F, D)
-    w_up: QMatrix  # (F, D)
-    w_down: QMatrix  # (D, F)
+    post_attn_norm: np.ndarray | None  # (D,) post-norm architectures only
+    ffn_norm: np.ndarray | None  # (D,)
+    w_gate: QMatrix | None  # (F, D) dense FFN
+    w_up: QMatrix | None  # (F, D)
+    w_down: QMatrix | None  # (D, F)
+    experts: Experts | None  # a mixture-of-experts FFN instead
+    post_ffn_norm: np.ndarray | None  # (D,)
+    window: int  # positions this layer attends over; 0: all
+    rope: int  # index of its RoPE (base, scale) in Model.ropes
 
 
 class Model:
@@ -48,44 +70,96 @@ class Model:
         self.config = config
         self._gguf = gguf
 
-        def matrix(name: str) -> QMatrix:
+        def matrix(name: str, rows: int | None, cols: int) -> QMatrix:
             info = self._tensor(name)
+            if len(info.shape) != 2 or info.shape[1] != cols or rows is not None and info.shape[0] != rows:
+                raise GGUFError(f"tensor {name} has shape {list(info.shape)}; the metadata implies "
+                                f"{[rows if rows is not None else 'n_vocab', cols]}")
             return QMatrix(gguf.tensor_data(name), info.ggml_type, name)
 
-        def vector(name: str, required: bool = True) -> np.ndarray | None:
+        def split(fused: str, parts: dict[str, int], cols: int, separate: list[str]) -> dict[str, QMatrix]:
+            """Matrices stored as one tensor (phi3's attn_qkv, its gate+up ffn_up), as zero-copy views of its
+            row ranges, or the separate tensors where the file has those instead."""
+            if fused not in gguf.tensors:
+                return {key: matrix(name, rows, cols) for (key, rows), name in zip(parts.items(), separate)}
+            whole = matrix(fused, sum(parts.values()), cols)
+            views, start = {}, 0
+            for key, rows in parts.items():
+                views[key] = QMatrix(whole.data[start:start + rows], whole.ggml_type, f"{fused}[{key}]")
+                start += rows
+            return views
+
+        def experts(name: str, rows: int, cols: int) -> list[QMatrix]:
+            info = self._tensor(name)
+            if info.shape != (config.n_expert, rows, cols):
+                raise GGUFError(f"tensor {name} has shape {list(info.shape)}; the metadata implies "
+                                f"{[config.n_expert, rows, cols]}")
+            data = gguf.tensor_data(name)  # (E, rows, row bytes or cols)
+            return [QMatrix(data[e], info.ggml_type, f"{name}[{e}]") for e in range(config.n_expert)]
+
+        def vector(name: str, size: int, required: bool = True) -> np.ndarray | None:
             if name not in gguf.tensors and not required:
                 return None
             info = self._tensor(name)
             if info.type_name != "F32":
                 raise GGUFError(f"tensor {name}: expected F32, found {info.type_name}")
+            if info.shape != (size,):
+                raise GGUFError(f"tensor {name} has shape {list(info.shape)}; the metadata implies [{size}]")
             return gguf.tensor_data(name)
+
+        c, spec = config, config.spec
+        H, H_kv, hd, D = c.n_heads, c.n_kv_heads, c.head_dim, c.n_embd
+        q_norm_size, k_norm_size = {"head": (hd, hd), "full": (H * hd, H_kv * hd), None: (0, 0)}[spec.qk_norm]
+        self.ropes = sorted({c.layer_rope(i) for i in range(c.n_layers)})  # distinct (base, freq_scale)
+
+        def norm(name: str, size: int, present: bool = True) -> np.ndarray | None:
+            return vector(name, size) if present else None
 
         embd = self._tensor("token_embd.weight")
         self.tok_embd = gguf.tensor_data("token_embd.weight")  # (V, D) raw blocks
         self.tok_embd_type = embd.ggml_type
         self.layers = [
             Layer(
-                attn_norm=vector(f"blk.{i}.attn_norm.weight"),
-                wq=matrix(f"blk.{i}.attn_q.weight"),
-                wk=matrix(f"blk.{i}.attn_k.weight"),
-                wv=matrix(f"blk.{i}.attn_v.weight"),
-                bq=vector(f"blk.{i}.attn_q.bias", required=False),
-                bk=vector(f"blk.{i}.attn_k.bias", required=False),
-                bv=vector(f"blk.{i}.attn_v.bias", required=False),
-                wo=matrix(f"blk.{i}.attn_output.weight"),
-                ffn_norm=vector(f"blk.{i}.ffn_norm.weight"),
-                w_gate=matrix(f"blk.{i}.ffn_gate.weight"),
-                w_up=matrix(f"blk.{i}.ffn_up.weight"),
-                w_down=matrix(f"blk.{i}.ffn_down.weight"),
+                attn_norm=norm(f"blk.{i}.attn_norm.weight", D, spec.pre_norms),
+                **split(f"blk.{i}.attn_qkv.weight", {"wq": H * hd, "wk": H_kv * hd, "wv": H_kv * hd}, D,
+                        [f"blk.{i}.attn_{p}.weight" for p in "qkv"]),
+                bq=vector(f"blk.{i}.attn_q.bias", H * hd, required=False),
+                bk=vector(f"blk.{i}.attn_k.bias", H_kv * hd, required=False),
+                bv=vector(f"blk.{i}.attn_v.bias", H_kv * hd, required=False),
+                q_norm=norm(f"blk.{i}.attn_q_norm.weight", q_norm_size, spec.qk_norm is not None),
+                k_norm=norm(f"blk.{i}.attn_k_norm.weight", k_norm_size, spec.qk_norm is not None),
+                wo=matrix(f"blk.{i}.attn_output.weight", D, H * hd),
+                post_attn_norm=norm(f"blk.{i}.post_attention_norm.weight", D, spec.post_norms),
+                ffn_norm=norm(f"blk.{i}.ffn_norm.weight", D, spec.pre_norms),
+                **({"w_gate": None, "w_up": None} if c.n_expert else
+                   split(f"blk.{i}.ffn_up.weight", {"w_gate": c.n_ff, "w_up": c.n_ff}, D,
+                         [f"blk.{i}.ffn_gate.weight", f"blk.{i}.ffn_up.weight"]) if spec.fused_gate_up else
+                   {"w_gate": matrix(f"blk.{i}.ffn_gate.weight", c.n_ff, D),
+                    "w_up": matrix(f"blk.{i}.ffn_up.weight", c.n_ff, D)}),
+                w_down=None if c.n_expert else matrix(f"blk.{i}.ffn_down.weight", D, c.n_ff),
+                experts=Experts(
+                    router=matrix(f"blk.{i}.ffn_gate_inp.weight", c.n_expert, D),
+                    gate=experts(f"blk.{i}.ffn_gate_exps.weight", c.n_ff, D),
+                    up=experts(f"blk.{i}.ffn_up_exps.weight", c.n_ff, D),
+                    down=experts(f"blk.{i}.ffn_down_exps.weight", D, c.n_ff),
+                    n_used=c.n_expert_used,
+                ) if c.n_expert else None,
+                post_ffn_norm=norm(f"blk.{i}.post_ffw_norm.weight", D, spec.post_norms),
+                window=c.layer_window(i),
+                rope=self.ropes.index(c.layer_rope(i)),
             )
             for i in range(config.n_layers)
         ]
-        self.output_norm = vector("output_norm.weight")
+        self.output_norm = vector("output_norm.weight", D)
         # tied embeddings: no output.weight means the token table doubles as the output projection
-        self.output = matrix("output.weight" if "output.weight" in gguf.tensors else "token_embd.weight")
-        self.rope_freq_factors = vector("rope_freqs.weight", required=False)  # Llama 3.1 long-context factors
+        self.output = matrix("output.weight" if "output.weight" in gguf.tensors else "token_embd.weight", None, D)
+        # per-dim RoPE frequency divisors: Llama 3.1's rope_freqs, or LongRoPE's pair (phi3), long for contexts
+        # past the original one, short otherwise (as llama.cpp picks them, by context size)
+        self.rope_freq_factors = vector("rope_freqs.weight", c.n_rot // 2, required=False)
+        self.rope_factors_long = vector("rope_factors_long.weight", c.n_rot // 2, required=False)
+        self.rope_factors_short = vector("rope_factors_short.weight", c.n_rot // 2, required=False)
         self.n_vocab = self.output.n_rows
-        self.attn_scale = 1.0 / math.sqrt(config.head_dim)
+        self.gated_activation = GATED_ACTIVATIONS[spec.activation]
 
     @property
     def fingerprint(self) -> str:
@@ -105,15 +179,21 @@ class Model:
         c = self.config
         return KVPool(c.n_layers, c.n_kv_heads, c.head_dim, -(-n_tokens // block_tokens) + 1, block_tokens, kv_type)
 
-    def rotate(self, x: np.ndarray, positions: np.ndarray) -> None:
-        """Apply RoPE in place to x: (T, heads, hd) at the given (T,) positions (may be negative deltas)."""
+    def rope_tables(self, positions: np.ndarray, n_ctx: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """cos, sin (T, n_rot/2) at the given (T,) positions (may be negative deltas) for each of self.ropes,
+        in a context of n_ctx positions per sequence."""
         c = self.config
-        cos, sin = rope_tables(positions, c.n_rot, c.rope_base, c.rope_freq_scale, self.rope_freq_factors)
-        rope(x, cos, sin, c.rope_style == "neox")
+        factors = self.rope_freq_factors
+        if factors is None and self.rope_factors_long is not None:
+            factors = self.rope_factors_long if n_ctx > c.rope_orig_ctx else self.rope_factors_short
+        return [rope_tables(positions, c.n_rot, base, scale, factors, c.rope_orig_ctx, c.rope_yarn)
+                for base, scale in self.ropes]
 
-    def shift_keys(self, keys: np.ndarray, delta: int) -> None:
-        """Re-rotate cached keys (T, H_kv, hd) by delta positions: the context-shift hook of KVCache."""
-        self.rotate(keys, np.full(keys.shape[0], delta))
+    def shift_keys(self, layer: int, keys: np.ndarray, delta: int, n_ctx: int) -> None:
+        """Re-rotate one layer's cached keys (T, H_kv, hd) by delta positions: the context-shift hook of
+        KVCache (layers may differ in RoPE base)."""
+        cos, sin = self.rope_tables(np.full(keys.shape[0], delta), n_ctx)[self.layers[layer].rope]
+        rope(keys, cos, sin, self.config.rope_style == "neox")
 
     def forward(self, batch: ForwardBatch, logits: str | None = "last") -> np.ndarray | None:
         """Run a batch of rows (the next tokens of one or more sequences, see kv/batch.py), all sequences
@@ -130,12 +210,14 @@ class Model:
         # a few tokens per sequence take decode's numerics even for float weights (quantized ones always do:
         # integer rows equal one-token matvecs), so verifying drafts never changes a sequence's logits
         decode = max(batch.runs) <= DECODE_NUMERICS_MAX_TOKENS
-        cos, sin = rope_tables(pos, c.n_rot, c.rope_base, c.rope_freq_scale, self.rope_freq_factors)
+        ropes = self.rope_tables(pos, batch.n_ctx)  # per RoPE of the model: cos, sin (T, n_rot/2)
         neox = c.rope_style == "neox"
         code = pool.code
+        eps = c.rms_eps
 
         x = embed_rows(self.tok_embd, self.tok_embd_type, tokens,
                        np.empty((n_tok, c.n_embd), dtype=np.float32))  # (T, D) residual stream
+        x *= np.float32(c.embedding_scale)
         h = np.empty_like(x)  # (T, D) normed input of each sublayer
         n_act = hd if pool.qtype.activation else 0  # queries quantized as the key type's dot wants them
         q_act = (np.empty((n_tok, H, n_act), np.int8), np.empty((n_tok, H, n_act // 32), np.float32),
@@ -146,29 +228,75 @@ class Model:
 
         for i, L in enumerate(self.layers):
             # attention
-            rms_norm(x, L.attn_norm, c.rms_eps, h)
-            q = _linear(L.wq, h, L.bq, decode).reshape(n_tok, H, hd)  # (T, H, hd)
-            k = _linear(L.wk, h, L.bk, decode).reshape(n_tok, H_kv, hd)  # (T, H_kv, hd)
-            v = _linear(L.wv, h, L.bv, decode).reshape(n_tok, H_kv, hd)  # (T, H_kv, hd)
+            a = _normed(x, L.attn_norm, eps, h)  # (T, D)
+            q = _linear(L.wq, a, L.bq, decode)  # (T, H·hd)
+            k = _linear(L.wk, a, L.bk, decode)  # (T, H_kv·hd)
+            v = _linear(L.wv, a, L.bv, decode).reshape(n_tok, H_kv, hd)  # (T, H_kv, hd)
+            _norm_groups(q, L.q_norm, eps)
+            _norm_groups(k, L.k_norm, eps)
+            q, k = q.reshape(n_tok, H, hd), k.reshape(n_tok, H_kv, hd)  # (T, H, hd), (T, H_kv, hd)
+            cos, sin = ropes[L.rope]
             rope(q, cos, sin, neox)
             rope(k, cos, sin, neox)
             store_rows(code, pool.k[i], pool.v[i], blk, slot, k, v)
-            attend(code, q, pool.k[i], pool.v[i], tables, seq, pos, np.float32(self.attn_scale), q_act, scores,
-                   v_row, attn)
-            x += _linear(L.wo, attn.reshape(n_tok, H * hd), None, decode)
+            attend(code, q, pool.k[i], pool.v[i], tables, seq, pos, np.float32(c.attn_scale), L.window,
+                   np.float32(c.attn_softcap), q_act, scores, v_row, attn)
+            o = _linear(L.wo, attn.reshape(n_tok, H * hd), None, decode)  # (T, D)
+            x += _normed(o, L.post_attn_norm, eps, o)
 
-            # feed-forward (SwiGLU)
-            rms_norm(x, L.ffn_norm, c.rms_eps, h)
-            gate = _linear(L.w_gate, h, None, decode)  # (T, F)
-            up = _linear(L.w_up, h, None, decode)  # (T, F)
-            x += _linear(L.w_down, swiglu(gate, up, gate), None, decode)
+            # feed-forward: down(act(gate) · up)
+            f = _normed(x, L.ffn_norm, eps, h)  # (T, D)
+            if L.experts is None:
+                gate = _linear(L.w_gate, f, None, decode)  # (T, F)
+                up = _linear(L.w_up, f, None, decode)  # (T, F)
+                o = _linear(L.w_down, self.gated_activation(gate, up, gate), None, decode)  # (T, D)
+            else:
+                o = _experts_ffn(L.experts, f, self.gated_activation, decode)  # (T, D)
+            x += _normed(o, L.post_ffn_norm, eps, o)
 
         if logits is None:
             return None
         if logits == "last":
             x = x[batch.last_rows]  # (B, D)
-        rms_norm(x, self.output_norm, c.rms_eps, x)
-        return _linear(self.output, x, None, decode)  # (T or B, V)
+        rms_norm(x, self.output_norm, eps, x)
+        out = _linear(self.output, x, None, decode)  # (T or B, V)
+        return softcap(out, np.float32(c.final_softcap)) if c.final_softcap else out
+
+
+def _experts_ffn(ex: Experts, x: np.ndarray, activation, decode: bool) -> np.ndarray:
+    """Mixture of experts as llama.cpp computes it (softmax gating, weights renormalised over the chosen
+    experts, outputs summed in the order of choice). Tokens are grouped by expert: one matmul per expert
+    over the tokens that chose it, so a decode step reads only its chosen experts' weights.   x: (T, D)"""
+    n_tok, k = x.shape[0], ex.n_used
+    logits = _linear(ex.router, x, None, decode)  # (T, E)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    chosen = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # (T, k) best first
+    weights = np.take_along_axis(probs, chosen, axis=1)  # (T, k)
+    weights /= weights.sum(axis=1, keepdims=True)
+    y = np.empty((n_tok, k, ex.down[0].n_rows), np.float32)  # (T, k, D) each chosen expert's output
+    for e in np.unique(chosen):
+        rows, slots = np.nonzero(chosen == e)
+        xe = np.ascontiguousarray(x[rows])  # (n_e, D)
+        gate = _linear(ex.gate[e], xe, None, decode)  # (n_e, F)
+        up = _linear(ex.up[e], xe, None, decode)  # (n_e, F)
+        y[rows, slots] = _linear(ex.down[e], activation(gate, up, gate), None, decode) * weights[rows, slots, None]
+    out = y[:, 0].copy()  # (T, D)
+    for j in range(1, k):
+        out += y[:, j]
+    return out
+
+
+def _normed(x: np.ndarray, weight: np.ndarray | None, eps: float, out: np.ndarray) -> np.ndarray:
+    """RMSNorm of x's rows into out, or x itself where the architecture has no such norm."""
+    return x if weight is None else rms_norm(x, weight, eps, out)
+
+
+def _norm_groups(y: np.ndarray, weight: np.ndarray | None, eps: float) -> None:
+    """QK-norm in place: RMSNorm over each group of weight.size values of y (T, n), a head or the whole row."""
+    if weight is not None:
+        groups = y.reshape(-1, weight.size)
+        rms_norm(groups, weight, eps, groups)
 
 
 def _linear(w: QMatrix, x: np.ndarray, bias: np.ndarray | None, decode: bool) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The forward pass's elementwise operations: RMSNorm, RoPE, SwiGLU (attention is in attention.py).
+"""The forward pass's elementwise operations: RMSNorm, RoPE, SwiGLU/GeGLU, soft-caps (attention: attention.py).
 
 Each is one compiled call on whole activations so a decode step makes few Python→numba transitions.
 Reductions accumulate in float64 where llama.cpp does (RMSNorm) and float32 elsewhere.
@@ -12,6 +12,7 @@ import numba as nb
 import numpy as np
 
 from . import quants as _quants  # noqa: F401  (sets NUMBA_CACHE_DIR before the first compile)
+from .quants.halves import round_to_f16
 
 _JIT = dict(cache=True, fastmath=True, nogil=True)
 
@@ -31,13 +32,30 @@ def rms_norm(x, weight, eps, out):
 
 
 def rope_tables(positions: np.ndarray, n_rot: int, base: float, freq_scale: float,
-                freq_factors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """cos/sin of θ[t, i] = pos[t] · freq_scale · base^(−2i/n_rot) / factor[i].   Each (T, n_rot/2) float32."""
+                freq_factors: np.ndarray | None = None, orig_ctx: int = 0,
+                yarn: tuple[float, float, float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin of θ[t, i] = pos[t] · freq_scale · base^(−2i/n_rot) / factor[i].   Each (T, n_rot/2) float32.
+
+    yarn = (ext_factor, attn_factor, beta_fast, beta_slow) applies YaRN as ggml does: dims rotating fewer
+    than beta_slow times over the original context (orig_ctx positions) take the interpolated angle, dims rotating more than beta_fast times the unscaled one, a linear
+    ramp between (times ext_factor); cos, sin are scaled by attn_factor · (1 + 0.1 ln(1 / freq_scale)).
+    """
     inv_freq = base ** (-np.arange(0, n_rot, 2, dtype=np.float64) / n_rot)
     if freq_factors is not None:
         inv_freq = inv_freq / freq_factors.astype(np.float64)
-    theta = np.outer(np.asarray(positions, dtype=np.float64) * freq_scale, inv_freq)
-    return np.cos(theta).astype(np.float32), np.sin(theta).astype(np.float32)
+    extrapolated = np.outer(np.asarray(positions, dtype=np.float64), inv_freq)
+    theta, mscale = extrapolated * freq_scale, 1.0
+    if yarn is not None and yarn[0] != 0.0:
+        ext_factor, attn_factor, beta_fast, beta_slow = yarn
+
+        def corr_dim(n_turns: float) -> float:  # the dim that turns n_turns times over the original context
+            return n_rot * math.log(orig_ctx / (n_turns * 2 * math.pi)) / (2 * math.log(base))
+        low = max(0.0, math.floor(corr_dim(beta_fast)))
+        high = min(n_rot - 1.0, math.ceil(corr_dim(beta_slow)))
+        ramp = (1 - np.clip((np.arange(n_rot // 2) - low) / max(0.001, high - low), 0, 1)) * ext_factor
+        theta = theta * (1 - ramp) + extrapolated * ramp  # ramp 1: extrapolate (the unscaled angle)
+        mscale = attn_factor * (1.0 + 0.1 * math.log(1.0 / freq_scale))
+    return (np.cos(theta) * mscale).astype(np.float32), (np.sin(theta) * mscale).astype(np.float32)
 
 
 @nb.njit(**_JIT)
@@ -69,3 +87,37 @@ def swiglu(gate, up, out):
     for i in range(g.shape[0]):
         o[i] = g[i] / (np.float32(1.0) + np.exp(-g[i])) * u[i]
     return out
+
+
+@nb.njit(**_JIT)
+def geglu(gate, up, out):
+    """out = gelu(gate) · up, elementwise, with the tanh-approximated GELU.   All (T, F)
+
+    As llama.cpp's CPU GELU: through its half-precision table, i.e. the input and the result rounded to f16
+    (identity above 10, zero below -10).
+    """
+    g = gate.ravel()
+    u = up.ravel()
+    o = out.ravel()
+    c = np.float32(math.sqrt(2.0 / math.pi))
+    for i in range(g.shape[0]):
+        x = g[i]
+        if x <= -10.0:
+            y = np.float32(0.0)
+        elif x >= 10.0:
+            y = x
+        else:
+            x = round_to_f16(x)
+            y = round_to_f16(np.float32(0.5) * x * (np.float32(1.0) + np.tanh(c * x * (np.float32(1.0) + np.float32(0.044715) * x * x))))
+        o[i] = y * u[i]
+    return out
+
+
+@nb.njit(**_JIT)
+def softcap(x, cap):
+    """x = cap · tanh(x / cap) in place (gemma2's logit soft-cap).   x: any shape"""
+    flat = x.ravel()
+    inv = np.float32(1.0) / cap
+    for i in range(flat.shape[0]):
+        flat[i] = cap * np.tanh(flat[i] * inv)
+    return x

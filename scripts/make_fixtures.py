@@ -31,7 +31,7 @@ FLAG_SAMPLES = ("", "Hello world", "<|im_start|>hi<|im_end|>")  # also recorded 
 # Pre-tokenizers checked on SmolLM2's vocabulary with only `tokenizer.ggml.pre` changed (no real model needed).
 PRE_VOCAB_MODEL = "smollm2-135m"
 PRE_NAMES = ("default", "gpt-2", "llama-bpe", "dbrx", "qwen2", "stablelm2", "starcoder", "falcon", "deepseek-llm",
-             "deepseek-coder", "deepseek-v3", "poro-chat", "bloom", "viking", "trillion")
+             "deepseek-coder", "deepseek-v3", "poro-chat", "bloom", "viking", "trillion", "tekken", "gpt-4o")
 
 
 def load_llama_vocab(path: Path):
@@ -215,6 +215,8 @@ def main(argv: list[str] | None = None) -> None:
     add_tokenizer_command(subparsers)
     add_delegated_command(subparsers, "forward", "fixtures_forward",
                           "logits, greedy continuations and perplexity (forward-pass parity)")
+    add_delegated_command(subparsers, "archs", "fixtures_archs",
+                          "logits and greedy tokens of every architecture's tiny random model")
     add_delegated_command(subparsers, "chat", "fixtures_chat", "chat-template renders (needs transformers)")
     args = parser.parse_args(argv)
     args.handler(args)

@@ -44,7 +44,7 @@ class FakeRunner:
         out[np.arange(len(rows)), [self.next_token(int(t)) for t in rows]] = 10.0
         return out
 
-    def shift_keys(self, keys, delta):
+    def shift_keys(self, layer, keys, delta, n_ctx):
         pass
 
 

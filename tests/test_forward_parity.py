@@ -15,7 +15,7 @@ from gguf_runtime.api import LLM
 from gguf_runtime.perplexity import perplexity
 
 MODELS = {"smollm2-135m": "smollm2_path", "qwen2.5-coder-0.5b": "qwen05_path",
-          "qwen2.5-coder-1.5b": "qwen15_path"}
+          "qwen2.5-coder-1.5b": "qwen15_path", "gemma-3-270m": "gemma_path"}
 NEAR_TIE = 0.5  # logits closer than this may swap order under activation-quantization noise
 
 
@@ -86,3 +86,22 @@ def test_perplexity_within_one_percent(case):
     result = perplexity(tokens, ppl_ref["n_ctx"], llm.logits,
                         llm.tokenizer.bos_id if llm.tokenizer.add_bos else None, ppl_ref["chunks"])
     assert abs(result.ppl / ppl_ref["ppl"] - 1) < 0.01, (result.ppl, ppl_ref["ppl"])
+
+
+def top_kld(ref_ids: np.ndarray, ref_vals: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """KL(llama.cpp || ours) per row over llama.cpp's top tokens, both distributions renormalised to them
+    (the fixtures keep only the top 20 logits; they hold nearly all the probability mass)."""
+    ours = np.take_along_axis(logits, ref_ids, axis=1)
+    p = np.exp(ref_vals - ref_vals.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    log_q = ours - ours.max(axis=1, keepdims=True)
+    log_q -= np.log(np.exp(log_q).sum(axis=1, keepdims=True))
+    return (p * (np.log(p) - log_q)).sum(axis=1)
+
+
+def test_kl_divergence_is_quantization_noise(case):
+    llm, ref, rows = case
+    kld = np.concatenate([top_kld(np.array(p["top_ids"]), np.array(p["top_logits"]), rows[key])
+                          for key, p in ref["prompts"].items()])
+    # llama-perplexity's KLD of a Q4 model against its F16 is ~0.02-0.05: the same weights must be far closer
+    assert kld.mean() < 0.005 and kld.max() < 0.1, (kld.mean(), kld.max())

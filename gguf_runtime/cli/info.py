@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ..archs import SUPPORTED_ARCHITECTURES
 from ..catalog import CATALOG, resolve_model
 from ..gguf_file import GGUFError, GGUFFile, value_type_name
 from ._app import UserError, main
@@ -91,6 +92,8 @@ def summarize(g: GGUFFile) -> dict[str, Any]:
         "bits_per_weight": round(8 * tensor_bytes / n_params, 2) if n_params else None,
         "quant_mix": quant_mix(g),
         **{name: _jsonable(g.get(f"{arch}.{key}")) for name, key in HYPERPARAMETERS.items()},
+        "runs": arch in SUPPORTED_ARCHITECTURES,
+        "architecture_fields": architecture_fields(g, arch),
         "vocab_size": len(tokens) if tokens is not None else _jsonable(g.get(f"{arch}.vocab_size")),
         "tokenizer_model": g.get("tokenizer.ggml.model"),
         "tokenizer_pre": g.get("tokenizer.ggml.pre"),
@@ -100,6 +103,16 @@ def summarize(g: GGUFFile) -> dict[str, Any]:
         "metadata_keys": len(g.metadata),
         "tensor_count": len(g.tensors),
     }
+
+
+def architecture_fields(g: GGUFFile, arch: Any) -> dict[str, Any]:
+    """The `<arch>.*` keys beyond the common hyperparameters (head size, sliding window, RoPE base and scaling,
+    soft-caps, expert counts, ...), without the prefix: what sets this architecture's files apart."""
+    if not isinstance(arch, str):
+        return {}
+    common = {f"{arch}.{key}" for key in HYPERPARAMETERS.values()}
+    return {key.removeprefix(f"{arch}."): _jsonable(value) for key, value in g.metadata.items()
+            if key.startswith(f"{arch}.") and key not in common and g.metadata_types[key] != GGUFValueType.ARRAY}
 
 
 def file_type_name(file_type: Any) -> str | None:
@@ -162,7 +175,7 @@ def print_summary(s: dict[str, Any]) -> None:
     overview.add_column()
     rows = [
         ("file", f"{s['path']} ({_size(s['file_size'])}, GGUF v{s['gguf_version']})"),
-        ("architecture", s["architecture"]),
+        ("architecture", f"{s['architecture']} ({'runs' if s['runs'] else 'not supported'})"),
         ("name", s["name"]),
         ("parameters", f"{s['parameters'] / 1e6:,.1f} M ({s['parameters']:,})"),
         ("file type", f"{s['file_type']} ({s['bits_per_weight']} bits per weight)"
@@ -172,6 +185,8 @@ def print_summary(s: dict[str, Any]) -> None:
         ("layers", s["block_count"]),
         ("feed-forward", s["feed_forward_length"]),
         ("heads (q / kv)", f"{s['head_count']} / {s['head_count_kv']}"),
+        *((key, _preview(value, "float32" if isinstance(value, float) else "")) for key, value in
+          s["architecture_fields"].items()),
         ("vocab", s["vocab_size"]),
         ("tokenizer", f"{s['tokenizer_model']} (pre: {s['tokenizer_pre']})"),
         ("chat template", f"yes ({s['chat_template']['length']:,} chars)" if s["chat_template"]["present"]

@@ -6,6 +6,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from ..archs import SUPPORTED_ARCHITECTURES
 from ..catalog import CATALOG
 from ..fetch import FetchError, fetch, is_fetched
 from ._app import UserError, main
@@ -31,9 +32,11 @@ def pull(names, quiet):
 
 @main.command(name="models")
 def list_models():
-    """List the catalog and what is already fetched."""
-    table = Table("name", "file", "arch", "size", "licence", "fetched")
+    """List the catalog, what is already fetched, and which architectures run."""
+    table = Table("name", "file", "arch", "size", "licence", "fetched", "runs")
     for m in CATALOG.values():
         table.add_row(m.name, m.filename, m.arch, f"{m.size / 1e6:.0f} MB", m.license,
-                      "yes" if is_fetched(m) else "no")
-    Console().print(table)
+                      "yes" if is_fetched(m) else "no", "yes" if m.arch in SUPPORTED_ARCHITECTURES else "no")
+    console = Console()
+    console.print(table)
+    console.print(f"architectures that run (any GGUF file of them): {', '.join(SUPPORTED_ARCHITECTURES)}")

@@ -39,9 +39,9 @@ class ModelRunner:
         self.tokens_evaluated += len(batch.tokens)
         return None if out is None else np.array(out, copy=True)
 
-    def shift_keys(self, keys: np.ndarray, delta: int) -> None:
-        """Re-rotate cached keys by delta positions (the context shift)."""
-        self.model.shift_keys(keys, delta)
+    def shift_keys(self, layer: int, keys: np.ndarray, delta: int, n_ctx: int) -> None:
+        """Re-rotate one layer's cached keys by delta positions (the context shift)."""
+        self.model.shift_keys(layer, keys, delta, n_ctx)
 
     def evaluate(self, kv: KVCache, tokens, all_logits: bool = False) -> np.ndarray:
         """Append tokens to one sequence in chunks of n_batch; the last token's logits (1, V), or with

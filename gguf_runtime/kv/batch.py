@@ -27,6 +27,7 @@ class ForwardBatch:
     tables: np.ndarray  # (B, max blocks) int32 each sequence's block table (zero padded)
     runs: list[int]  # tokens per sequence
     sequences: list[KVCache]
+    n_ctx: int  # positions each sequence's context holds (LongRoPE picks its factors by it)
 
     @classmethod
     def build(cls, sequences: list[KVCache], token_lists: list) -> "ForwardBatch":
@@ -45,7 +46,8 @@ class ForwardBatch:
         return cls(pool=pool, tokens=np.concatenate([np.asarray(t, dtype=np.int64) for t in token_lists]),
                    seq=np.repeat(np.arange(len(sequences)), runs), positions=positions,
                    blocks=np.concatenate([w[0] for w in where]), slots=np.concatenate([w[1] for w in where]),
-                   tables=tables, runs=runs, sequences=sequences)
+                   tables=tables, runs=runs, sequences=sequences,
+                   n_ctx=sequences[0].n_ctx)
 
     @property
     def last_rows(self) -> np.ndarray:

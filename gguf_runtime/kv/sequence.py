@@ -192,7 +192,7 @@ class KVCache:
         diff = np.flatnonzero(cached != np.asarray(tokens[:n]))
         return int(diff[0]) if diff.size else n
 
-    def make_room(self, n_new: int, n_keep: int, rotate_keys: Callable[[np.ndarray, int], None]) -> None:
+    def make_room(self, n_new: int, n_keep: int, rotate_keys: Callable[[int, np.ndarray, int, int], None]) -> None:
         """llama.cpp's context shift, when n_new more tokens would not fit: keep n_keep, discard half of the
         rest (at least enough for n_new). Raises ContextLengthError when even that cannot make room."""
         if self.n + n_new <= self.n_ctx:
@@ -203,10 +203,11 @@ class KVCache:
             raise ContextLengthError(f"{n_new} tokens do not fit a context of {self.n_ctx} keeping {n_keep}")
         self.shift(n_keep, n_discard, rotate_keys)
 
-    def shift(self, n_keep: int, n_discard: int, rotate_keys: Callable[[np.ndarray, int], None]) -> None:
+    def shift(self, n_keep: int, n_discard: int, rotate_keys: Callable[[int, np.ndarray, int, int], None]) -> None:
         """Drop positions n_keep..n_keep+n_discard-1 and slide the rest down by n_discard.
 
-        rotate_keys(keys, delta) re-rotates keys of shape (T, H_kv, hd) in place by delta positions.
+        rotate_keys(layer, keys, delta, n_ctx) re-rotates one layer's keys (T, H_kv, hd) in place by delta
+        positions (in a context of n_ctx).
         """
         if n_discard <= 0 or n_keep + n_discard > self.n:
             raise ValueError(f"bad context shift: keep {n_keep}, discard {n_discard} of {self.n}")
@@ -219,6 +220,6 @@ class KVCache:
         self.prepare(end - src)
         for layer, (k, v) in enumerate(moved):
             keys = k[:, src:end].transpose(1, 0, 2).copy()  # (T, H_kv, hd)
-            rotate_keys(keys, -n_discard)
+            rotate_keys(layer, keys, -n_discard, self.n_ctx)
             self.store(layer, n_keep, keys, v[:, src:end].transpose(1, 0, 2))
         self.commit(kept_tokens)

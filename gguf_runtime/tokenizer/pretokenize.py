@@ -30,6 +30,14 @@ LLAMA3 = (rf"{_CONTRACTIONS_ANY_CASE}|[^\r\n{L}{N}]?[{L}]+|[{N}]{{1,3}}| ?[^\s{L
           r"|\s+(?!\S)|\s+")
 QWEN2 = (rf"{_CONTRACTIONS_ANY_CASE}|[^\r\n{L}{N}]?[{L}]+|[{N}]| ?[^\s{L}{N}]+[\r\n]*|\s*[\r\n]+"
          r"|\s+(?!\S)|\s+")
+# tekken / gpt-4o: llama.cpp spells \p{Lu}... as "a letter that is not a-z" / "not A-Z"; on the collapsed
+# text a non-ASCII letter (either case) is the one stand-in, so it belongs to both classes
+UPPER = "A-Z\xd2"
+LOWER = "a-z\xd2"
+_CAPITALISED = rf"[^\r\n{L}{N}]?[{UPPER}]*[{LOWER}]+{{c}}|[^\r\n{L}{N}]?[{UPPER}]+[{LOWER}]*{{c}}"
+_TAIL = r"| ?[^\s" + L + N + r"]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+TEKKEN = _CAPITALISED.format(c="") + rf"|[{N}]" + _TAIL
+GPT4O = _CAPITALISED.format(c=f"(?:{_CONTRACTIONS_ANY_CASE})?") + rf"|[{N}]{{1,3}}" + _TAIL
 SINGLE_DIGIT = f"[{N}]"
 DIGITS = f"[{N}]+"
 ASCII_TRIPLE_DIGITS = "[0-9][0-9][0-9]"
@@ -127,6 +135,8 @@ PRE_TOKENIZERS: dict[str, PreTokenizer] = {
     "poro-chat": _family("poro-chat", [_raw(NORDIC_WORDS)], clean_spaces=False),
     "bloom": _PORO,
     "gpt3-finnish": _PORO,
+    "tekken": _family("tekken", [_c(TEKKEN)], clean_spaces=False, ignore_merges=True, add_bos=True),
+    **dict.fromkeys(["gpt-4o", "llama4"], _family("gpt-4o", [_c(GPT4O)], clean_spaces=False)),
     "viking": _family("viking", [_raw(NORDIC_WORDS), _c(SINGLE_DIGIT)], clean_spaces=False),
 }
 

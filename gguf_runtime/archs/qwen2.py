@@ -1,0 +1,5 @@
+"""Qwen2 / Qwen2.5: llama with Q/K/V biases (optional tensors the file has) and NeoX RoPE."""
+
+from .base import Architecture
+
+ARCH = Architecture(name="qwen2", rope_style="neox")

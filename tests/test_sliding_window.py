@@ -1,0 +1,28 @@
+"""Sliding-window attention on the real gemma-3 file: past its 512-position window, local layers must drop
+the oldest positions exactly where llama.cpp does (the tiny models in test_archs_parity.py check a window
+of 8 and the context shift)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from gguf_runtime.api import LLM
+from test_forward_parity import top_kld
+
+
+def test_gemma3_beyond_the_sliding_window_matches_llama_cpp(gemma_path, fixtures_dir):
+    long = json.loads((fixtures_dir / "forward" / "gemma-3-270m.json").read_text())["long"]
+    ids, first = long["ids"], long["first"]
+    llm = LLM(gemma_path, n_ctx=1024)
+    assert llm.session.model.config.sliding_window < first, "the rows checked must lie past the window"
+    llm.session.eval_prompt(ids[:first])
+    # (32, V): the logits after each of tokens first..end-1, as the fixture's rows
+    logits = np.concatenate([llm.session.eval_next([t]) for t in ids[first:]])
+    ref_ids, ref_vals = np.array(long["top_ids"]), np.array(long["top_logits"])
+    top1 = logits.argmax(axis=1) == ref_ids[:, 0]
+    gaps = ref_vals[:, 0] - ref_vals[:, 1]
+    assert top1[gaps > 0.5].all(), f"top-1 differs at clear positions {np.flatnonzero(~top1 & (gaps > 0.5))}"
+    kld = top_kld(ref_ids, ref_vals, logits)
+    assert kld.mean() < 0.005, kld.mean()
