@@ -15,7 +15,7 @@ from . import runtime
 from .catalog import resolve_model
 from .chat_template import ChatTemplate
 from .config import ModelConfig
-from .engine import Engine, EngineMetrics, Generation, GenerationStats, StepOutput
+from .engine import Engine, EngineMetrics, Generation, GenerationStats
 from .engine.proposers import DraftModelProposer, NgramProposer, Proposer, check_vocab_compatible
 from .engine.runner import ModelRunner
 from .gguf_file import GGUFFile
