@@ -15,7 +15,7 @@ from . import runtime
 from .catalog import resolve_model
 from .chat_template import ChatTemplate
 from .config import ModelConfig
-from .engine import Engine, EngineMetrics, Generation, GenerationStats, StepOutput
+from .engine import Engine, EngineMetrics, Generation, GenerationStats
 from .engine.proposers import DraftModelProposer, NgramProposer, Proposer, check_vocab_compatible
 from .engine.runner import ModelRunner
 from .gguf_file import GGUFFile
@@ -275,14 +275,15 @@ class LLM:
         agrees with it: the chat REPL's next turn evaluates only the new tokens). Closing the generator early
         stops the generation at once; the cache keeps what was computed."""
         params = self._params(sampling_params)
-        ids = self.prompt_token_ids(prompt)
+        ids = self.prompt_token_ids(prompt)  # refused here, at the call
+        return self._stream(ids, params, n_keep)
+
+    def _stream(self, ids: list[int], params: SamplingParams, n_keep: int) -> Generator[str, None, Generation]:
+        # queued at the first next(), so a generator that is never started leaves the engine as it was
         if self.engine.has_unfinished():
             raise RuntimeError("the engine is running other requests (LLM.generate_stream drives it alone)")
         request_id = self._request_id()
         self.engine.add_request(request_id, ids, params, n_keep=n_keep, slot=CONVERSATION)
-        return self._stream(request_id)
-
-    def _stream(self, request_id: str) -> Generator[str, None, Generation]:
         finished = False
         try:
             while True:
