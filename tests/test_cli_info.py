@@ -118,3 +118,18 @@ def test_real_subprocess(smollm2_path, tmp_path):
     bad = subprocess.run([CLI, "info", tmp_path / "missing.gguf"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.startswith("error: no such file") and len(bad.stderr.splitlines()) == 1
+
+
+def test_architecture_fields_and_whether_it_runs(gemma_path, tmp_path):
+    summary = json.loads(run_info(str(gemma_path), "--json").output)
+    assert summary["runs"] is True
+    fields = summary["architecture_fields"]
+    assert fields["attention.sliding_window"] == 512 and fields["attention.key_length"] == 256
+    assert "block_count" not in fields  # the common hyperparameters have their own entries
+    assert "sliding_window" in run_info(str(gemma_path)).output
+
+
+def test_models_says_which_architectures_run():
+    result = CliRunner().invoke(main, ["models"])
+    assert result.exit_code == 0
+    assert "runs" in result.output and "gemma3" in result.output and "qwen3moe" in result.output

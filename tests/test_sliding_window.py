@@ -9,13 +9,13 @@ import json
 import numpy as np
 
 from gguf_runtime.api import LLM
-from test_forward_parity import top_kld
+from test_forward_parity import KV_TYPE, top_kld
 
 
 def test_gemma3_beyond_the_sliding_window_matches_llama_cpp(gemma_path, fixtures_dir):
     long = json.loads((fixtures_dir / "forward" / "gemma-3-270m.json").read_text())["long"]
     ids, first = long["ids"], long["first"]
-    llm = LLM(gemma_path, n_ctx=1024)
+    llm = LLM(gemma_path, n_ctx=1024, kv_cache_dtype=KV_TYPE["gemma-3-270m"])
     assert llm.session.model.config.sliding_window < first, "the rows checked must lie past the window"
     llm.session.eval_prompt(ids[:first])
     # (32, V): the logits after each of tokens first..end-1, as the fixture's rows
@@ -25,4 +25,4 @@ def test_gemma3_beyond_the_sliding_window_matches_llama_cpp(gemma_path, fixtures
     gaps = ref_vals[:, 0] - ref_vals[:, 1]
     assert top1[gaps > 0.5].all(), f"top-1 differs at clear positions {np.flatnonzero(~top1 & (gaps > 0.5))}"
     kld = top_kld(ref_ids, ref_vals, logits)
-    assert kld.mean() < 0.005, kld.mean()
+    assert kld.mean() < 0.01, kld.mean()
