@@ -23,6 +23,11 @@ KV_TYPE = {"gemma-3-270m": "f16"}
 # while its top-1, greedy, KLD and perplexity checks pass at the common margins.
 LOGIT_P99 = {"gemma-3-270m": 1.1}
 NEAR_TIE = 0.5  # logits closer than this may swap order under activation-quantization noise
+# llama.cpp agrees with itself across CPU builds only this often: measured 2026-12-01, llama-cpp-python 0.3.36
+# built with AVX-512 against these fixtures (recorded by an AVX2 build) gave top-1 322/328 on SmolLM2 (98.2 %)
+# and 323/323 on Qwen2.5-Coder-0.5B; our kernels' rounding shifts with the vector width too (Qwen 0.5B: 319/323
+# on AVX-512, every miss a near-tie). Below this floor a test fails whatever the build.
+CROSS_BUILD_AGREEMENT = 0.98
 
 
 @pytest.fixture(scope="module", params=list(MODELS))
@@ -62,9 +67,10 @@ def test_logits_match_llama_cpp(case):
         diffs.append(np.abs(np.take_along_axis(logits, ref_ids, axis=1) - ref_vals))
     diffs = np.concatenate(diffs)
     # llama.cpp agrees with itself only this often when the same tokens run in one batch instead of one by
-    # one (SmolLM2: ~96%, its near-ties flip): the target is 99% or that floor, whichever is lower
+    # one (SmolLM2: ~96%, its near-ties flip), or across CPU builds (above): the target is 99% or the lower
+    # of those floors
     self_agreement = sum(floor) / positions
-    assert top1_agree / positions >= min(0.99, self_agreement - 0.01), \
+    assert top1_agree / positions >= min(0.99, self_agreement - 0.01, CROSS_BUILD_AGREEMENT), \
         f"top-1 agreement {top1_agree}/{positions}; llama.cpp batch vs sequential: {self_agreement:.3f}"
     assert not far_misses, f"top-1 differs where llama.cpp has no near-tie: {far_misses}"
     assert min(overlaps) >= 3 and np.mean(overlaps) >= 4.5, f"top-5 overlaps {overlaps}"
