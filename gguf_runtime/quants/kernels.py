@@ -165,12 +165,12 @@ def _dequantize_activation(code, xq, xd, out):
 
 
 @njit(cache=True)
-def _rows_per_task(n_rows, row_bytes):
+def _rows_per_task(n_rows, row_bytes, threads):
     """Rows per parallel task: blocks of ~ROW_BLOCK_BYTES (a block stays in L2 while every token passes over
     it), but a multiple of the thread count of them. prange hands each thread an equal contiguous share of
     the tasks, so with L2 blocks alone a 576-row matrix made 4 tasks and left 12 of 16 threads idle, and 21
-    tasks on 16 threads took two rounds for five of them."""
-    threads = numba.get_num_threads()
+    tasks on 16 threads took two rounds for five of them. `threads` is numba.get_num_threads() read by the
+    caller in Python: read inside jitted code it is a ctypes global, and numba would not cache the kernel."""
     n_tasks = -(-n_rows // max(1, ROW_BLOCK_BYTES // row_bytes))
     n_tasks = threads * -(-n_tasks // threads)
     return max(1, -(-n_rows // n_tasks))
@@ -184,7 +184,7 @@ def _row_block(code, W, X, xq, xd, xs, out, r0, r1):
 
 
 @njit(parallel=True, cache=True)
-def _matmul_rows(code, W, X, xq, xd, xs, out):
+def _matmul_rows(code, W, X, xq, xd, xs, out, threads):
     """out[t, r] = W[r] . X[t] for all rows r and tokens t, blocks of rows in parallel.
 
     X float32 (T, K); xq int8 (T, K), xd float32 (T, K/32), xs int16 (T, K/16) are scratch it fills.
@@ -198,14 +198,14 @@ def _matmul_rows(code, W, X, xq, xd, xs, out):
     if W.size * X.shape[0] < PARALLEL_MIN_BYTES:
         _row_block(code, W, X, xq, xd, xs, out, 0, n_rows)
         return
-    per = _rows_per_task(n_rows, W.shape[1])
+    per = _rows_per_task(n_rows, W.shape[1], threads)
     for task in prange(-(-n_rows // per)):  # prange counts in uint64: cast, or _row_block compiles twice
         r0 = np.int64(task) * per
         _row_block(code, W, X, xq, xd, xs, out, r0, min(n_rows, r0 + per))
 
 
 @njit(parallel=True, cache=True)
-def _matmul_rows_group(code, Ws, X, xq, xd, xs, outs):
+def _matmul_rows_group(code, Ws, X, xq, xd, xs, outs, threads):
     """_matmul_rows for several matrices of one type and input width at once (Q, K and V; gate and up):
     one activation quantization and one parallel region instead of one each per matrix, and the tasks cut
     from all their rows together, so the threads share out small matrices (K, V) too.
@@ -218,7 +218,7 @@ def _matmul_rows_group(code, Ws, X, xq, xd, xs, outs):
     n_rows = 0
     for m in range(len(Ws)):
         n_rows += Ws[m].shape[0]
-    per = _rows_per_task(n_rows, Ws[0].shape[1])
+    per = _rows_per_task(n_rows, Ws[0].shape[1], threads)
     for task in prange(-(-n_rows // per)):
         g0 = np.int64(task) * per  # global rows g0..g1 of the matrices stacked in order
         g1 = min(n_rows, g0 + per)
@@ -333,13 +333,13 @@ def _panel_blocks(code, W, xq, xd, xs, out, r0, r1, t0, t1, q, dm):
 
 
 @njit(parallel=True, cache=True)
-def _matmul_panels(code, W, X, xq, xd, xs, out):
+def _matmul_panels(code, W, X, xq, xd, xs, out, threads):
     """out = X @ W.T by the integer GEMM (GEMM_TYPES): bit-identical per row to _matmul_rows, faster from two
     tokens on. Blocks of rows in parallel; within a block, panels of tokens whose activations stay in L2 while
     the block's rows (also in L2) pass over them."""
     for t in prange(X.shape[0]):
         quantize_activation(code, X[t], xq[t], xd[t], xs[t])
-    rows_per_block = _rows_per_task(W.shape[0], W.shape[1])
+    rows_per_block = _rows_per_task(W.shape[0], W.shape[1], threads)
     n_blocks = (W.shape[0] + rows_per_block - 1) // rows_per_block
     panel_tokens = max(2, PANEL_BYTES // xq.shape[1])
     k = xq.shape[1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Sequence
 
+import numba
 import numpy as np
 
 from . import kernels
@@ -98,8 +99,8 @@ class QMatrix:
         key = (kernel, X.flags.num & _KIND_FLAGS, out.flags.num & _KIND_FLAGS)
         entry = self._entries.get(key)
         if entry is None:
-            entry = self._entries[key] = kernel.entry(self.ggml_type, self.data, X, *scratch, out)
-        entry(self.ggml_type, self.data, X, *scratch, out)
+            entry = self._entries[key] = kernel.entry(self.ggml_type, self.data, X, *scratch, out, 1)
+        entry(self.ggml_type, self.data, X, *scratch, out, numba.get_num_threads())
 
     def matvec(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """W @ x for one token: x float32 (n_cols,) -> (n_rows,)."""
@@ -176,7 +177,8 @@ def matmul_many(mats: Sequence[QMatrix], X: np.ndarray, integer_only: bool = Fal
         group = [mats[i] for i in members]
         results = tuple(np.empty((n_tok, m.n_rows), np.float32) for m in group)
         scratch = group[0]._one_token if n_tok == 1 else group[0]._activation_scratch(n_tok)
-        kernels.matmul_rows_group(ggml_type, tuple(m.data for m in group), X, *scratch, results)
+        kernels.matmul_rows_group(ggml_type, tuple(m.data for m in group), X, *scratch, results,
+                                  numba.get_num_threads())
         for i, y in zip(members, results):
             outs[i] = y
     return outs
