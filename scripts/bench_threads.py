@@ -12,6 +12,8 @@ Each cell runs each runtime in a fresh process (scripts/bench.py's children) on 
         --llama avx2=/tmp/llama-avx2
     # there (the device tool carries .perfcarry): build the models, measure, print the table
     python3 .perfcarry/scripts/bench_threads.py run .perfcarry --out $OUT -t 1 2 4 8 16
+    # several versions side by side (each DIR under .perfcarry holds a gguf_runtime), one llama.cpp run per cell
+    python3 .perfcarry/scripts/bench_threads.py run .perfcarry --out $OUT --code before=before --code after=after
 
 `--llama NAME=DIR` gives a directory holding llama-cpp-python's `llama_cpp` package (a ctypes library, so
 one build serves any Python 3); `run` takes the fastest build this CPU can execute (NAME avx512 needs the
