@@ -12,11 +12,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
-	$(BIN)/gguf-runtime warmup  # compile the numba kernels once, into ~/.cache/gguf-runtime/numba
 	touch $@
 
+# Fetch the default model, then compile the kernels of its matrix types only (Q4_1, Q8_0; ~20 s, cached in
+# ~/.cache/gguf-runtime/numba): other types compile on first use.
 models: setup
 	$(BIN)/python scripts/fetch_models.py smollm2-135m
+	$(BIN)/gguf-runtime warmup smollm2-135m
 
 models-all: setup
 	$(BIN)/python scripts/fetch_models.py all

@@ -7,8 +7,9 @@ time to first token (cold and warm numba cache), peak RSS (against the file size
 
 Each measurement runs in a child process of its own (so peak RSS and start-up are per runtime); llama.cpp
 is driven through llama-cpp-python from the interpreter given by --llama-python (`make fixtures-env`).
-Prefill: a 256-token prompt (the first tokens of tests/fixtures/ppl_text.txt) from an empty cache.
-Decode: 128 greedy tokens after it. Both are the median of --reps runs after one warm-up.
+Prefill: a 256-token prompt (the first tokens of tests/fixtures/ppl_text.txt, or the ids of --ids) from an
+empty cache. Decode: 128 greedy tokens after it. Both are the median of --reps runs after one short warm-up
+(WARMUP_PROMPT tokens, WARMUP_GEN generated: it compiles or loads every kernel and pages the weights in).
 Time to first token: `gguf-runtime complete -n 1` (default n_ctx) from process start to exit, the median of
 --ttft-reps runs with a warm numba cache and one run with an empty one; its peak RSS is reported too.
 """
@@ -29,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TEXT = ROOT / "tests" / "fixtures" / "ppl_text.txt"
 N_PROMPT = 256
 N_GEN = 128
+WARMUP_PROMPT, WARMUP_GEN = 32, 8
 
 
 def peak_rss_mb(who: int | None = None) -> float:
@@ -53,7 +55,12 @@ def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float]
     return seconds, peak_rss_mb(usage)
 
 
-def child_ours(model: str, threads: int, reps: int) -> dict:
+def read_ids(path: str | None) -> list[int] | None:
+    """Token ids given to both runtimes (comma-separated in a file), or None to tokenize the text."""
+    return None if path is None else [int(i) for i in Path(path).read_text().split(",")]
+
+
+def child_ours(model: str, threads: int, reps: int, ids: list[int] | None = None) -> dict:
     sys.path.insert(0, str(ROOT))
     import numba
 
@@ -64,20 +71,20 @@ def child_ours(model: str, threads: int, reps: int) -> dict:
     # prefix caching off: each rep must evaluate the whole prompt, not reuse the blocks of the last one
     llm = LLM(model, n_ctx=N_PROMPT + N_GEN + 8, n_threads=threads, enable_prefix_caching=False)
     open_s = time.perf_counter() - t0
-    ids = llm.tokenize(TEXT.read_text(), add_special=True)[:N_PROMPT]
+    ids = ids or llm.tokenize(TEXT.read_text(), add_special=True)[:N_PROMPT]
+    llm.generate(ids[:WARMUP_PROMPT], SamplingParams(temperature=0, max_tokens=WARMUP_GEN, ignore_eos=True))
     params = SamplingParams(temperature=0, max_tokens=N_GEN, ignore_eos=True)
     prefill, decode = [], []
-    for i in range(reps + 1):
+    for _ in range(reps):
         llm.reset()
         stats = llm.generate(ids, params)[0].outputs[0].metrics
-        if i:  # the first run warms caches (and compiles on a cold numba cache)
-            prefill.append(stats.prefill_tokens_per_second)
-            decode.append(stats.decode_tokens_per_second)
+        prefill.append(stats.prefill_tokens_per_second)
+        decode.append(stats.decode_tokens_per_second)
     return {"open_s": open_s, "prefill_tps": statistics.median(prefill), "decode_tps": statistics.median(decode),
             "peak_rss_mb": peak_rss_mb(), "threading_layer": numba.threading_layer()}
 
 
-def child_llama(model: str, threads: int, reps: int) -> dict:
+def child_llama(model: str, threads: int, reps: int, ids: list[int] | None = None) -> dict:
     import numpy as np
     from llama_cpp import Llama
 
@@ -88,21 +95,21 @@ def child_llama(model: str, threads: int, reps: int) -> dict:
     llm = Llama(str(resolve_model(model)), n_ctx=N_PROMPT + N_GEN + 8, n_batch=512, n_threads=threads,
                 n_threads_batch=threads, verbose=False)
     open_s = time.perf_counter() - t0
-    ids = llm.tokenize(TEXT.read_text().encode(), add_bos=True)[:N_PROMPT]
-    prefill, decode = [], []
-    for i in range(reps + 1):
+    ids = ids or llm.tokenize(TEXT.read_text().encode(), add_bos=True)[:N_PROMPT]
+
+    def run(prompt: list[int], n_gen: int) -> tuple[float, float]:
         llm.reset()
         t0 = time.perf_counter()
-        llm.eval(ids)
+        llm.eval(prompt)
         t1 = time.perf_counter()
         token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        for _ in range(N_GEN - 1):
+        for _ in range(n_gen - 1):
             llm.eval([token])
             token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        t2 = time.perf_counter()
-        if i:
-            prefill.append(len(ids) / (t1 - t0))
-            decode.append((N_GEN - 1) / (t2 - t1))
+        return len(prompt) / (t1 - t0), (n_gen - 1) / (time.perf_counter() - t1)
+
+    run(ids[:WARMUP_PROMPT], WARMUP_GEN)
+    prefill, decode = zip(*(run(ids, N_GEN) for _ in range(reps)))
     return {"open_s": open_s, "prefill_tps": statistics.median(prefill), "decode_tps": statistics.median(decode),
             "peak_rss_mb": peak_rss_mb()}
 
@@ -126,9 +133,12 @@ def ttft_llama(python: str, model: str, threads: int) -> float:
     return run_measured([python, "-c", code])[0]
 
 
-def run_child(python: str, which: str, model: str, threads: int, reps: int) -> dict:
-    out = subprocess.run([python, __file__, "--child", which, "-m", model, "-t", str(threads), "--reps", str(reps)],
-                         check=True, capture_output=True, text=True)
+def run_child(python: str, which: str, model: str, threads: int, reps: int, ids_file: str | None = None,
+              env: dict | None = None) -> dict:
+    """One measurement in a fresh process (`python` runs this file with --child)."""
+    cmd = [python, __file__, "--child", which, "-m", model, "-t", str(threads), "--reps", str(reps)]
+    out = subprocess.run(cmd + (["--ids", ids_file] if ids_file else []), check=True, capture_output=True,
+                         text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -142,11 +152,12 @@ def main() -> None:
     ap.add_argument("--no-ttft", action="store_true", help="skip the time-to-first-token runs")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", choices=["ours", "llama"], help=argparse.SUPPRESS)
+    ap.add_argument("--ids", help=argparse.SUPPRESS)  # child: a file of comma-separated prompt ids
     args = ap.parse_args()
     models = args.model or ["smollm2-135m"]
     if args.child:
         fn = child_ours if args.child == "ours" else child_llama
-        print(json.dumps(fn(models[0], args.threads, args.reps)))
+        print(json.dumps(fn(models[0], args.threads, args.reps, read_ids(args.ids))))
         return
     have_llama = Path(args.llama_python).exists()
     if not have_llama:

@@ -13,7 +13,7 @@ from gguf_runtime.quants import (QTYPES, QMatrix, UnsupportedQuantError, dequant
                                  quantize, set_threads)
 from gguf_runtime.quants.activation import quantize_q8_0, quantize_q8_k
 from gguf_runtime.quants.kernels import GEMM_MIN_TOKENS, GEMM_TYPES, PANEL_BYTES, ROW_BLOCK_BYTES
-from gguf_runtime.quants.qmatrix import INTEGER_PATH_MAX_TOKENS
+from gguf_runtime.quants.qmatrix import INTEGER_PATH_MAX_TOKENS, matmul_many
 from gguf_runtime.quants.registry import ACT_F32, ACT_Q8_0
 
 ALL = sorted(QTYPES)
@@ -255,6 +255,27 @@ def test_matmul_threads():
     finally:
         set_threads(2)
     assert np.array_equal(one, two)
+
+
+def test_matmul_many_matches_each_matmul():
+    """Matrices read together (Q, K, V) give each matrix's own matmul bits: same-type ones through the one
+    grouped kernel, whose row split crosses matrix boundaries, another type alone, at 1 and 2 threads."""
+    rng = np.random.default_rng(6)
+    k = 256
+    mats = [QMatrix(quantize(weights(rng, n, k), t), t, f"w{i}")
+            for i, (n, t) in enumerate([(40, GT.Q4_1), (24, GT.Q4_1), (16, GT.Q8_0), (9, GT.Q4_1)])]
+    X = rng.standard_normal((5, k)).astype(np.float32)
+    try:
+        for threads in (1, 2):
+            set_threads(threads)
+            for n_tokens in (1, 3, 5):  # rows kernel (grouped), and from GEMM_MIN_TOKENS the GEMM per matrix
+                for integer_only in (False, True):
+                    got = matmul_many(mats, X[:n_tokens], integer_only)
+                    assert all(same_bits(y, m.matmul_integer(X[:n_tokens])) for y, m in zip(got, mats))
+    finally:
+        set_threads(2)
+    with pytest.raises(ValueError, match="input width"):
+        matmul_many([mats[0], QMatrix(quantize(weights(rng, 4, 512), GT.Q4_1), GT.Q4_1)], X)
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, 10_000])

@@ -53,8 +53,9 @@ def test_warmup_compiles_a_models_types(smollm2_path: Path):
     result = CliRunner().invoke(main, ["warmup", str(smollm2_path)])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert [line.split()[0] for line in lines[:-1]] == ["F32", "Q4_1", "Q8_0"]
-    assert lines[-1].startswith("kernels ready for F32, Q4_1, Q8_0")
+    # its matrices' types only: the F32 tensors are norms, read as float32 without kernels
+    assert [line.split()[0] for line in lines[:-1]] == ["Q4_1", "Q8_0"]
+    assert lines[-1].startswith("kernels ready for Q4_1, Q8_0")
 
 
 @pytest.mark.parametrize("t", [GT.Q4_0, GT.Q4_K], ids=["Q4_0", "Q4_K"])

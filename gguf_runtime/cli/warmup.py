@@ -15,14 +15,15 @@ from .info import open_model
 @main.command()
 @click.argument("model", required=False)
 def warmup(model: str | None) -> None:
-    """Compile the kernels for the tensor types MODEL uses (a path or catalog name), or for every supported
+    """Compile the kernels for the matrix types MODEL uses (a path or catalog name), or for every supported
     type. Compiled code is cached on disk (NUMBA_CACHE_DIR, default ~/.cache/gguf-runtime/numba), so later
     runs start in about a second."""
     if model is None:
         wanted = None
     else:
         with open_model(model) as g:
-            wanted = sorted({t.ggml_type for t in g.tensors.values()})
+            # the matrices' types: 1-D tensors (norms, biases) are read as float32 and need no kernels
+            wanted = sorted({t.ggml_type for t in g.tensors.values() if len(t.shape) > 1})
     with status("loading numba ..."):
         from .. import runtime
         from ..quants import QTYPES, UnsupportedQuantError, get_qtype, warm_up

@@ -23,7 +23,7 @@ from .simd import (f16_at, f32_at, fmadd_i, fzero, hsum, iadd, izero, load_i16x1
                    maddubs_s8, store_u8x32)
 
 ROW_BLOCK_BYTES = 1 << 16     # weight bytes per parallel task: fits L2 beside the activations
-PARALLEL_MIN_BYTES = 1 << 18  # below this (weight bytes x tokens) a call runs on one thread
+PARALLEL_MIN_BYTES = 1 << 16  # below this (weight bytes x tokens) a call runs on one thread
 PANEL_BYTES = 1 << 18         # quantized activation bytes per token panel of the GEMM: stays in L2
 
 # Types with an integer GEMM (`matmul_panels`), by how a row unpacks for it. K-quants: super-blocks of unsigned
@@ -165,14 +165,26 @@ def _dequantize_activation(code, xq, xd, out):
 
 
 @njit(cache=True)
-def _row_block(code, W, X, xq, xd, xs, out, block, rows_per_block):
+def _rows_per_task(n_rows, row_bytes, threads):
+    """Rows per parallel task: blocks of ~ROW_BLOCK_BYTES (a block stays in L2 while every token passes over
+    it), but a multiple of the thread count of them. prange hands each thread an equal contiguous share of
+    the tasks, so with L2 blocks alone a 576-row matrix made 4 tasks and left 12 of 16 threads idle, and 21
+    tasks on 16 threads took two rounds for five of them. `threads` is numba.get_num_threads() read by the
+    caller in Python: read inside jitted code it is a ctypes global, and numba would not cache the kernel."""
+    n_tasks = -(-n_rows // max(1, ROW_BLOCK_BYTES // row_bytes))
+    n_tasks = threads * -(-n_tasks // threads)
+    return max(1, -(-n_rows // n_tasks))
+
+
+@njit(cache=True)
+def _row_block(code, W, X, xq, xd, xs, out, r0, r1):
     for t in range(X.shape[0]):
-        for r in range(block * rows_per_block, min(W.shape[0], (block + 1) * rows_per_block)):
+        for r in range(r0, r1):
             out[t, r] = dot_row(code, W[r], X[t], xq[t], xd[t], xs[t])
 
 
 @njit(parallel=True, cache=True)
-def _matmul_rows(code, W, X, xq, xd, xs, out):
+def _matmul_rows(code, W, X, xq, xd, xs, out, threads):
     """out[t, r] = W[r] . X[t] for all rows r and tokens t, blocks of rows in parallel.
 
     X float32 (T, K); xq int8 (T, K), xd float32 (T, K/32), xs int16 (T, K/16) are scratch it fills.
@@ -182,14 +194,41 @@ def _matmul_rows(code, W, X, xq, xd, xs, out):
     """
     for t in range(X.shape[0]):
         quantize_activation(code, X[t], xq[t], xd[t], xs[t])
-    rows_per_block = max(1, ROW_BLOCK_BYTES // W.shape[1])
-    n_blocks = (W.shape[0] + rows_per_block - 1) // rows_per_block
+    n_rows = W.shape[0]
     if W.size * X.shape[0] < PARALLEL_MIN_BYTES:
-        for block in range(n_blocks):
-            _row_block(code, W, X, xq, xd, xs, out, block, rows_per_block)
-    else:
-        for block in prange(n_blocks):  # prange counts in uint64: cast, or _row_block compiles twice
-            _row_block(code, W, X, xq, xd, xs, out, np.int64(block), rows_per_block)
+        _row_block(code, W, X, xq, xd, xs, out, 0, n_rows)
+        return
+    per = _rows_per_task(n_rows, W.shape[1], threads)
+    for task in prange(-(-n_rows // per)):  # prange counts in uint64: cast, or _row_block compiles twice
+        r0 = np.int64(task) * per
+        _row_block(code, W, X, xq, xd, xs, out, r0, min(n_rows, r0 + per))
+
+
+@njit(parallel=True, cache=True)
+def _matmul_rows_group(code, Ws, X, xq, xd, xs, outs, threads):
+    """_matmul_rows for several matrices of one type and input width at once (Q, K and V; gate and up):
+    one activation quantization and one parallel region instead of one each per matrix, and the tasks cut
+    from all their rows together, so the threads share out small matrices (K, V) too.
+
+    Ws: a tuple of (rows_m, row_bytes) weights   outs: a tuple of (T, rows_m) outputs; per row it computes
+    exactly what _matmul_rows does.
+    """
+    for t in range(X.shape[0]):
+        quantize_activation(code, X[t], xq[t], xd[t], xs[t])
+    n_rows = 0
+    for m in range(len(Ws)):
+        n_rows += Ws[m].shape[0]
+    per = _rows_per_task(n_rows, Ws[0].shape[1], threads)
+    for task in prange(-(-n_rows // per)):
+        g0 = np.int64(task) * per  # global rows g0..g1 of the matrices stacked in order
+        g1 = min(n_rows, g0 + per)
+        base = 0
+        for m in range(len(Ws)):
+            rows = Ws[m].shape[0]
+            r0, r1 = max(g0 - base, 0), min(g1 - base, rows)
+            if r0 < r1:
+                _row_block(code, Ws[m], X, xq, xd, xs, outs[m], r0, r1)
+            base += rows
 
 
 @njit(cache=True)
@@ -294,13 +333,13 @@ def _panel_blocks(code, W, xq, xd, xs, out, r0, r1, t0, t1, q, dm):
 
 
 @njit(parallel=True, cache=True)
-def _matmul_panels(code, W, X, xq, xd, xs, out):
+def _matmul_panels(code, W, X, xq, xd, xs, out, threads):
     """out = X @ W.T by the integer GEMM (GEMM_TYPES): bit-identical per row to _matmul_rows, faster from two
     tokens on. Blocks of rows in parallel; within a block, panels of tokens whose activations stay in L2 while
     the block's rows (also in L2) pass over them."""
     for t in prange(X.shape[0]):
         quantize_activation(code, X[t], xq[t], xd[t], xs[t])
-    rows_per_block = max(1, ROW_BLOCK_BYTES // W.shape[1])
+    rows_per_block = _rows_per_task(W.shape[0], W.shape[1], threads)
     n_blocks = (W.shape[0] + rows_per_block - 1) // rows_per_block
     panel_tokens = max(2, PANEL_BYTES // xq.shape[1])
     k = xq.shape[1]
@@ -346,16 +385,24 @@ class Specialized:
         self._entries: dict[tuple, object] = {}
 
     @staticmethod
-    def _key(code: int, args) -> tuple:
-        return (code, *((a.dtype.num, a.ndim, a.flags.c_contiguous, a.flags.aligned, a.flags.writeable)
-                        if isinstance(a, np.ndarray) else type(a) for a in args))
+    def _kind(a) -> object:
+        if isinstance(a, np.ndarray):
+            return a.dtype.num, a.ndim, a.flags.c_contiguous, a.flags.aligned, a.flags.writeable
+        if isinstance(a, tuple):  # a tuple of arrays (matmul_rows_group) is typed by its elements
+            return tuple(Specialized._kind(x) for x in a)
+        return type(a)
 
     def __call__(self, code: int, *args):
-        key = self._key(code, args)
+        return self.entry(code, *args)(code, *args)
+
+    def entry(self, code: int, *args):
+        """The compiled entry point for this type id and these arguments' kinds (compiled on first use). A
+        caller whose arguments keep their kinds may keep it and call it directly, skipping the per-call key."""
+        key = (code, *(self._kind(a) for a in args))
         entry = self._entries.get(key)
         if entry is None:
             entry = self._entries[key] = self.compile(code, *args)
-        return entry(code, *args)
+        return entry
 
     def compile(self, code: int, *args):
         """Compile (or load) the specialisation for this type id and these arguments; returns its entry."""
@@ -365,6 +412,7 @@ class Specialized:
 
 
 matmul_rows = Specialized(_matmul_rows)
+matmul_rows_group = Specialized(_matmul_rows_group)
 matmul_panels = Specialized(_matmul_panels)
 dequantize_rows = Specialized(_dequantize_rows)
 rounded_activations = Specialized(_rounded_activations)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
+from typing import Sequence
 
+import numba
 import numpy as np
 
 from . import kernels
@@ -19,6 +21,8 @@ from .rows import as_rows
 INTEGER_PATH_MAX_TOKENS = {1: 8, 32: 32, 256: 16}
 TILE_BYTES = 1 << 23  # float32 bytes per dequantized tile: big enough for BLAS, small enough for L3
 
+# the array flags a compiled kernel's signature depends on (besides dtype and ndim): layout, alignment, writability
+_KIND_FLAGS = 0x1 | 0x100 | 0x400  # NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_WRITEABLE
 _scratch = threading.local()  # one tile buffer per Python thread, reused (fresh pages cost ~1 ms per 8 MB)
 
 
@@ -46,6 +50,7 @@ class QMatrix:
         self.n_rows = self.data.shape[0]
         self.n_cols = self.qtype.n_cols(self.data.shape[1])
         self._one_token = self._activation_scratch(1)
+        self._entries: dict[tuple, object] = {}  # (kernel, input flags, output flags) -> compiled entry
 
     def __repr__(self) -> str:
         return f"QMatrix({self.name!r}, {self.qtype.name}, {self.n_rows}x{self.n_cols})"
@@ -75,21 +80,38 @@ class QMatrix:
             raise ValueError(f"{self!r}: out must be C-contiguous float32 {shape}, got {out.dtype} {out.shape}")
         return out
 
+    def strategy(self, n_tokens: int, integer_only: bool = False) -> str:
+        """The kernel X @ W.T takes for n_tokens rows: "rows" (the row kernels, every token per weight row),
+        "panels" (the integer GEMM) or "tiled" (BLAS on dequantized tiles; never when integer_only)."""
+        if integer_only or self.ggml_type in kernels.GEMM_TYPES or (
+                n_tokens <= INTEGER_PATH_MAX_TOKENS[self.qtype.block_size] and self.ggml_type != F32):
+            # The integer GEMM even where BLAS tiles would be a little faster on an idle machine (blocks of
+            # 32 at 64+ tokens): BLAS runs on one thread here (threads.py: its spinning threads collapse
+            # under load), and integer rows equal matvec bit for bit, so prefill, batched decode and
+            # speculative verify all see the logits one-token decoding would.
+            return "panels" if n_tokens >= kernels.GEMM_MIN_TOKENS.get(self.ggml_type, n_tokens + 1) else "rows"
+        return "tiled"
+
+    def _run(self, kernel: kernels.Specialized, X: np.ndarray, scratch: tuple, out: np.ndarray) -> None:
+        """kernel(type, W, X, scratch..., out). The weights and scratch never change kind, so the compiled
+        entry is looked up by the input's and output's flags alone: ~1 us instead of ~5 per call, and a decode
+        step of a small model makes hundreds of these calls."""
+        key = (kernel, X.flags.num & _KIND_FLAGS, out.flags.num & _KIND_FLAGS)
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries[key] = kernel.entry(self.ggml_type, self.data, X, *scratch, out, 1)
+        entry(self.ggml_type, self.data, X, *scratch, out, numba.get_num_threads())
+
     def matvec(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """W @ x for one token: x float32 (n_cols,) -> (n_rows,)."""
         x = self._input(x, 1)
         out = self._output(out, (self.n_rows,))
-        kernels.matmul_rows(self.ggml_type, self.data, x[None], *self._one_token, out[None])
+        self._run(kernels.matmul_rows, x[None], self._one_token, out[None])
         return out
 
     def matmul(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """X @ W.T for T tokens: X float32 (T, n_cols) -> (T, n_rows), by the faster strategy for T."""
-        # The integer GEMM even where BLAS tiles would be a little faster on an idle machine (blocks of 32 at
-        # 64+ tokens): BLAS runs on one thread here (threads.py: its spinning threads collapse under load), and
-        # integer rows equal matvec bit for bit, so prefill, batched decode and speculative verify all see the
-        # logits one-token decoding would.
-        if self.ggml_type in kernels.GEMM_TYPES or (
-                np.shape(X)[0] <= INTEGER_PATH_MAX_TOKENS[self.qtype.block_size] and self.ggml_type != F32):
+        if self.strategy(np.shape(X)[0]) != "tiled":
             return self.matmul_integer(X, out)
         return self.matmul_tiled(X, out)
 
@@ -99,10 +121,8 @@ class QMatrix:
         each weight row unpacked once per panel of tokens."""
         X = self._input(X, 2)
         out = self._output(out, (X.shape[0], self.n_rows))
-        if X.shape[0] >= kernels.GEMM_MIN_TOKENS.get(self.ggml_type, X.shape[0] + 1):
-            kernels.matmul_panels(self.ggml_type, self.data, X, *self._activation_scratch(X.shape[0]), out)
-        else:
-            kernels.matmul_rows(self.ggml_type, self.data, X, *self._activation_scratch(X.shape[0]), out)
+        kernel = kernels.matmul_panels if self.strategy(X.shape[0], True) == "panels" else kernels.matmul_rows
+        self._run(kernel, X, self._one_token if X.shape[0] == 1 else self._activation_scratch(X.shape[0]), out)
         return out
 
     def matmul_tiled(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -128,3 +148,37 @@ class QMatrix:
             kernels.dequantize_rows(self.ggml_type, self.data, np.arange(r0, r0 + part.shape[0], dtype=np.int64), part)
             out[:, r0:r0 + part.shape[0]] = X @ part.T
         return out
+
+
+def matmul_many(mats: Sequence[QMatrix], X: np.ndarray, integer_only: bool = False) -> list[np.ndarray]:
+    """[X @ W.T for W in mats] for matrices that read the same input (Q, K, V; gate, up), each result exactly
+    what W.matmul(X) (or W.matmul_integer(X) with integer_only) gives.
+
+    Where the row kernels serve (one token, a few decode tokens), matrices of one type run as one call of
+    kernels.matmul_rows_group: one activation quantization and one parallel region for all of them, their
+    rows split among the threads together. X: float32 (T, n_cols) -> [(T, W.n_rows)].
+    """
+    first = mats[0]
+    X = first._input(X, 2)
+    n_tok = X.shape[0]
+    outs: list[np.ndarray | None] = [None] * len(mats)
+    together: dict[int, list[int]] = {}  # ggml type -> the mats it runs for in one grouped call
+    for i, m in enumerate(mats):
+        if m.n_cols != first.n_cols:
+            raise ValueError(f"matmul_many: {m!r} does not take {first!r}'s input width {first.n_cols}")
+        if m.strategy(n_tok, integer_only) == "rows":
+            together.setdefault(m.ggml_type, []).append(i)
+        else:
+            outs[i] = m.matmul_integer(X) if integer_only else m.matmul(X)
+    for ggml_type, members in together.items():
+        if len(members) == 1:
+            outs[members[0]] = mats[members[0]].matmul_integer(X)
+            continue
+        group = [mats[i] for i in members]
+        results = tuple(np.empty((n_tok, m.n_rows), np.float32) for m in group)
+        scratch = group[0]._one_token if n_tok == 1 else group[0]._activation_scratch(n_tok)
+        kernels.matmul_rows_group(ggml_type, tuple(m.data for m in group), X, *scratch, results,
+                                  numba.get_num_threads())
+        for i, y in zip(members, results):
+            outs[i] = y
+    return outs
