@@ -22,18 +22,25 @@ which is what llama.cpp's context shift does. Freed tail blocks return to the po
 from __future__ import annotations
 
 import hashlib
+import math
+import os
 from collections import OrderedDict
 from typing import Callable
 
 import numpy as np
 
 from .attention import gather_rows, store_rows
+from .config import ConfigError
 from .quants.registry import F16, F32, IQ4_NL, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, get_qtype
 
 # KV cache types, as llama.cpp's --cache-type-k/-v names them
 KV_TYPES = {"f32": F32, "f16": F16, "q8_0": Q8_0, "q4_0": Q4_0, "q4_1": Q4_1, "q5_0": Q5_0, "q5_1": Q5_1,
             "iq4_nl": IQ4_NL}
 BLOCK_TOKENS = 32
+
+
+class KVCacheSizeError(ConfigError):
+    """The KV pool asked for would not fit in the memory this machine has available."""
 
 
 class ContextFullError(Exception):
@@ -67,6 +74,7 @@ class KVPool:
         self.n_blocks = n_blocks
         row_bytes = self.qtype.row_bytes(head_dim)
         shape = (n_layers, n_blocks, n_kv_heads, block_tokens, row_bytes)
+        _check_fits_in_memory(2 * math.prod(shape), n_blocks * block_tokens, kv_type)
         self.k = np.zeros(shape, np.uint8)
         self.v = np.zeros(shape, np.uint8)
         self.refs = np.zeros(n_blocks, np.int32)
@@ -131,6 +139,28 @@ class KVPool:
         """The block's content is about to change: it no longer stands for its tokens."""
         for key in self._hash_of.pop(block, ()):
             del self._by_hash[key]
+
+
+def available_memory() -> int:
+    """Bytes of memory this process can still use: MemAvailable on Linux, physical memory elsewhere."""
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _check_fits_in_memory(n_bytes: int, n_tokens: int, kv_type: str) -> None:
+    """Refuse a pool bigger than the available memory before allocating it: np.zeros would reserve it lazily
+    and the process would be killed later, mid-generation, once the blocks fill."""
+    free = available_memory()
+    if n_bytes > free:
+        raise KVCacheSizeError(f"the KV cache for {n_tokens} tokens ({kv_type}) needs {n_bytes / 2**30:.1f} GiB, "
+                               f"more than the {free / 2**30:.1f} GiB of memory available (lower n_ctx, or use a "
+                               f"smaller cache type such as q8_0)")
 
 
 def _chain_hash(parent: bytes, tokens: list[int]) -> bytes:

@@ -18,6 +18,7 @@ from .attention import attend, store_rows
 from .kv_cache import BLOCK_TOKENS, KVCache, KVPool
 from .ops import rms_norm, rope, rope_tables, swiglu
 from .quants import QMatrix, embed_rows
+from .weights import Weights
 
 # Every row of a forward pass gets the numerics of decoding it alone: quantized weights always go through the
 # integer kernels (each row equals a one-token matvec) and attention runs per row over the cache, so
@@ -45,45 +46,43 @@ class Layer:
 
 class Model:
     def __init__(self, gguf: GGUFFile, config: ModelConfig):
+        """Take every tensor with the shape `config` requires (GGUFError naming the tensor otherwise): the
+        kernels below read exactly these shapes, so a malformed file is refused here, not read out of bounds."""
         self.config = config
         self._gguf = gguf
-
-        def matrix(name: str) -> QMatrix:
-            info = self._tensor(name)
-            return QMatrix(gguf.tensor_data(name), info.ggml_type, name)
-
-        def vector(name: str, required: bool = True) -> np.ndarray | None:
-            if name not in gguf.tensors and not required:
-                return None
-            info = self._tensor(name)
-            if info.type_name != "F32":
-                raise GGUFError(f"tensor {name}: expected F32, found {info.type_name}")
-            return gguf.tensor_data(name)
-
-        embd = self._tensor("token_embd.weight")
-        self.tok_embd = gguf.tensor_data("token_embd.weight")  # (V, D) raw blocks
+        c = config
+        D, F, V = c.n_embd, c.n_ff, c.n_vocab
+        q_dim, kv_dim = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
+        w = Weights(gguf)
+        embd = w.info("token_embd.weight", (D, V))
         self.tok_embd_type = embd.ggml_type
+        self.tok_embd = w.rows("token_embd.weight", embd, V)  # (V, D) raw blocks
         self.layers = [
             Layer(
-                attn_norm=vector(f"blk.{i}.attn_norm.weight"),
-                wq=matrix(f"blk.{i}.attn_q.weight"),
-                wk=matrix(f"blk.{i}.attn_k.weight"),
-                wv=matrix(f"blk.{i}.attn_v.weight"),
-                bq=vector(f"blk.{i}.attn_q.bias", required=False),
-                bk=vector(f"blk.{i}.attn_k.bias", required=False),
-                bv=vector(f"blk.{i}.attn_v.bias", required=False),
-                wo=matrix(f"blk.{i}.attn_output.weight"),
-                ffn_norm=vector(f"blk.{i}.ffn_norm.weight"),
-                w_gate=matrix(f"blk.{i}.ffn_gate.weight"),
-                w_up=matrix(f"blk.{i}.ffn_up.weight"),
-                w_down=matrix(f"blk.{i}.ffn_down.weight"),
+                attn_norm=w.vector(f"blk.{i}.attn_norm.weight", D),
+                wq=w.matrix(f"blk.{i}.attn_q.weight", q_dim, D),
+                wk=w.matrix(f"blk.{i}.attn_k.weight", kv_dim, D),
+                wv=w.matrix(f"blk.{i}.attn_v.weight", kv_dim, D),
+                bq=w.vector(f"blk.{i}.attn_q.bias", q_dim, required=False),
+                bk=w.vector(f"blk.{i}.attn_k.bias", kv_dim, required=False),
+                bv=w.vector(f"blk.{i}.attn_v.bias", kv_dim, required=False),
+                wo=w.matrix(f"blk.{i}.attn_output.weight", D, q_dim),
+                ffn_norm=w.vector(f"blk.{i}.ffn_norm.weight", D),
+                w_gate=w.matrix(f"blk.{i}.ffn_gate.weight", F, D),
+                w_up=w.matrix(f"blk.{i}.ffn_up.weight", F, D),
+                w_down=w.matrix(f"blk.{i}.ffn_down.weight", D, F),
             )
-            for i in range(config.n_layers)
+            for i in range(c.n_layers)
         ]
-        self.output_norm = vector("output_norm.weight")
+        self.output_norm = w.vector("output_norm.weight", D)
         # tied embeddings: no output.weight means the token table doubles as the output projection
-        self.output = matrix("output.weight" if "output.weight" in gguf.tensors else "token_embd.weight")
-        self.rope_freq_factors = vector("rope_freqs.weight", required=False)  # Llama 3.1 long-context factors
+        self.output = w.matrix("output.weight" if w.has("output.weight") else "token_embd.weight", V, D)
+        # Llama 3.1 long-context factors, one per rotated pair
+        self.rope_freq_factors = w.vector("rope_freqs.weight", c.n_rot // 2, required=False)
+        if self.rope_freq_factors is not None and not (
+                np.isfinite(self.rope_freq_factors).all() and (self.rope_freq_factors > 0).all()):
+            raise GGUFError("tensor rope_freqs.weight: every factor must be a finite number > 0")
+        w.check_all_used(f"{c.arch} with {c.n_layers} layers")
         self.n_vocab = self.output.n_rows
         self.attn_scale = 1.0 / math.sqrt(config.head_dim)
 
@@ -93,12 +92,6 @@ class Model:
         c, g = self.config, self._gguf
         return (f"{c.arch}/{c.n_layers}x{c.n_embd}/{self.n_vocab}/{g.get('general.name', '')}/"
                 f"{g.path.stat().st_size}")
-
-    def _tensor(self, name: str):
-        info = self._gguf.tensors.get(name)
-        if info is None:
-            raise GGUFError(f"tensor {name} is missing from {self._gguf.path.name}")
-        return info
 
     def new_pool(self, n_tokens: int, kv_type: str = "f32", block_tokens: int = BLOCK_TOKENS) -> KVPool:
         """A KV pool for n_tokens cached positions in all (plus one block of copy-on-write slack)."""
