@@ -204,6 +204,8 @@ class ChatTemplate:
             raise ChatTemplateError(f"chat template blocked by the sandbox: {_one_line(err)}") from None
         except RecursionError:
             raise ChatTemplateError("chat template recursed too deeply") from None
+        except ZeroDivisionError:
+            raise ChatTemplateError("chat template divides by zero") from None
         except MemoryError:
             raise ChatTemplateError("chat template ran out of memory") from None
         except Exception as err:  # noqa: BLE001 - undefined names, type errors, loader use: all template faults

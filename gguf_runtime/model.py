@@ -28,6 +28,10 @@ from .weights import Weights
 DECODE_NUMERICS_MAX_TOKENS = 17
 
 
+class NonFiniteError(GGUFError):
+    """The model computed NaN or infinity: its weights (or block scales) hold non-finite values."""
+
+
 @dataclass
 class Layer:
     attn_norm: np.ndarray  # (D,)
@@ -92,6 +96,10 @@ class Model:
         c, g = self.config, self._gguf
         return (f"{c.arch}/{c.n_layers}x{c.n_embd}/{self.n_vocab}/{g.get('general.name', '')}/"
                 f"{g.path.stat().st_size}")
+
+    def _non_finite(self) -> NonFiniteError:
+        return NonFiniteError(f"{self._gguf.path.name}: the forward pass produced NaN or infinite values "
+                              "(the file's weights or scales are corrupt)")
 
     def new_pool(self, n_tokens: int, kv_type: str = "f32", block_tokens: int = BLOCK_TOKENS) -> KVPool:
         """A KV pool for n_tokens cached positions in all (plus one block of copy-on-write slack)."""
@@ -165,8 +173,11 @@ class Model:
             rope(q, cos, sin, neox)
             rope(k, cos, sin, neox)
             store_rows(code, pool.k[i], pool.v[i], blk, slot, k, v)
-            attend(code, q, pool.k[i], pool.v[i], tables, seq, pos, np.float32(self.attn_scale), q_act, scores,
-                   v_row, attn)
+            try:
+                attend(code, q, pool.k[i], pool.v[i], tables, seq, pos, np.float32(self.attn_scale), q_act,
+                       scores, v_row, attn)
+            except (ZeroDivisionError, SystemError):  # numba's softmax on inf scores (SystemError when threaded)
+                raise self._non_finite() from None
             x += _linear(L.wo, attn.reshape(n_tok, H * hd), None, decode)
 
             # feed-forward (SwiGLU)
@@ -175,14 +186,18 @@ class Model:
             up = _linear(L.w_up, h, None, decode)  # (T, F)
             x += _linear(L.w_down, swiglu(gate, up, gate), None, decode)
 
+        out = None
+        if logits is not None:
+            if logits == "last":
+                x = x[np.cumsum(runs) - 1]  # (B, D)
+            rms_norm(x, self.output_norm, c.rms_eps, x)
+            out = _linear(self.output, x, None, decode)  # (T or B, V)
+        # NaN/inf weights or scales surface here; refused before the tokens count as cached
+        if not np.isfinite(x).all() or (out is not None and not np.isfinite(out).all()):
+            raise self._non_finite()
         for cache, t in zip(caches, token_lists):
             cache.commit(t)
-        if logits is None:
-            return None
-        if logits == "last":
-            x = x[np.cumsum(runs) - 1]  # (B, D)
-        rms_norm(x, self.output_norm, c.rms_eps, x)
-        return _linear(self.output, x, None, decode)  # (T or B, V)
+        return out
 
 
 def _linear(w: QMatrix, x: np.ndarray, bias: np.ndarray | None, decode: bool) -> np.ndarray:

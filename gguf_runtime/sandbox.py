@@ -144,7 +144,8 @@ def _check_int(value: Any, what: str) -> None:
 
 def _check_width(value: Any, what: str) -> None:
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_WIDTH:
-        raise SecurityError(f"{what} with a width of {value} (limit {MAX_WIDTH})")
+        shown = value if abs(value) < 10**12 else f"about 2**{abs(value).bit_length()}"
+        raise SecurityError(f"{what} with a width or count of {shown} (limit {MAX_WIDTH})")
 
 
 def _check_format(fmt: str, args: tuple, what: str) -> None:
