@@ -24,6 +24,7 @@ from .session import ContextLengthError, Session
 from .speculative import Drafter, ModelDrafter, NgramDrafter, check_vocab_compatible
 from .state import load_state, save_state
 from .tokenizer import Tokenizer
+from .weights import check_finite_scales
 
 # vLLM constructor arguments that mean nothing on one CPU: accepted at their vLLM default, refused otherwise.
 _VLLM_DEFAULTS: dict[str, Any] = {
@@ -273,11 +274,16 @@ class LLM:
         return self.session.eval_prompt(ids, all_logits=True, reuse_pool=False)
 
 
-def load(path: Path) -> tuple[GGUFFile, Tokenizer, Model]:
-    """Open a GGUF file and build its tokenizer and model (weights stay memory-mapped)."""
+def load(path: Path, check_weights: bool | None = None) -> tuple[GGUFFile, Tokenizer, Model]:
+    """Open a GGUF file and build its tokenizer and model (weights stay memory-mapped), validating metadata and
+    every tensor shape first. `check_weights` also scans all block scales for NaN/inf (reads the whole file;
+    default: the GGUF_RUNTIME_CHECK_WEIGHTS environment variable, else off)."""
     gguf = GGUFFile(path)
     tokenizer = Tokenizer.from_metadata(gguf.metadata)
-    return gguf, tokenizer, Model(gguf, ModelConfig.from_metadata(gguf.metadata, tokenizer.n_vocab))
+    model = Model(gguf, ModelConfig.from_metadata(gguf.metadata, tokenizer.n_vocab))
+    if check_weights if check_weights is not None else os.environ.get("GGUF_RUNTIME_CHECK_WEIGHTS") == "1":
+        check_finite_scales(gguf)
+    return gguf, tokenizer, model
 
 
 def _drain(gen: Iterator[str]) -> Generation:

@@ -58,6 +58,7 @@ class Model:
         D, F, V = c.n_embd, c.n_ff, c.n_vocab
         q_dim, kv_dim = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
         w = Weights(gguf)
+        biased = c.arch == "qwen2"  # Q/K/V biases: required there (as in llama.cpp), absent in llama
         embd = w.info("token_embd.weight", (D, V))
         self.tok_embd_type = embd.ggml_type
         self.tok_embd = w.rows("token_embd.weight", embd, V)  # (V, D) raw blocks
@@ -67,9 +68,9 @@ class Model:
                 wq=w.matrix(f"blk.{i}.attn_q.weight", q_dim, D),
                 wk=w.matrix(f"blk.{i}.attn_k.weight", kv_dim, D),
                 wv=w.matrix(f"blk.{i}.attn_v.weight", kv_dim, D),
-                bq=w.vector(f"blk.{i}.attn_q.bias", q_dim, required=False),
-                bk=w.vector(f"blk.{i}.attn_k.bias", kv_dim, required=False),
-                bv=w.vector(f"blk.{i}.attn_v.bias", kv_dim, required=False),
+                bq=w.vector(f"blk.{i}.attn_q.bias", q_dim, required=biased),
+                bk=w.vector(f"blk.{i}.attn_k.bias", kv_dim, required=biased),
+                bv=w.vector(f"blk.{i}.attn_v.bias", kv_dim, required=biased),
                 wo=w.matrix(f"blk.{i}.attn_output.weight", D, q_dim),
                 ffn_norm=w.vector(f"blk.{i}.ffn_norm.weight", D),
                 w_gate=w.matrix(f"blk.{i}.ffn_gate.weight", F, D),
@@ -130,7 +131,14 @@ class Model:
 
         Returns float32 logits: (ΣT, V) for logits="all", (B, V) of each sequence's last token for "last",
         None for None (a prefill chunk whose logits nobody reads skips the vocabulary projection).
+        NonFiniteError when NaN/inf weights or scales poison the computation (the tokens are not committed).
         """
+        try:
+            return self._forward_batch(caches, token_lists, logits)
+        except (ZeroDivisionError, SystemError):  # numba kernels dividing by inf/NaN-derived zeros
+            raise self._non_finite() from None
+
+    def _forward_batch(self, caches: list[KVCache], token_lists: list, logits: str | None) -> np.ndarray | None:
         c = self.config
         H, H_kv, hd = c.n_heads, c.n_kv_heads, c.head_dim
         runs = [len(t) for t in token_lists]  # tokens per sequence
@@ -173,11 +181,8 @@ class Model:
             rope(q, cos, sin, neox)
             rope(k, cos, sin, neox)
             store_rows(code, pool.k[i], pool.v[i], blk, slot, k, v)
-            try:
-                attend(code, q, pool.k[i], pool.v[i], tables, seq, pos, np.float32(self.attn_scale), q_act,
-                       scores, v_row, attn)
-            except (ZeroDivisionError, SystemError):  # numba's softmax on inf scores (SystemError when threaded)
-                raise self._non_finite() from None
+            attend(code, q, pool.k[i], pool.v[i], tables, seq, pos, np.float32(self.attn_scale), q_act, scores,
+                   v_row, attn)
             x += _linear(L.wo, attn.reshape(n_tok, H * hd), None, decode)
 
             # feed-forward (SwiGLU)

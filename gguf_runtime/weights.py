@@ -9,6 +9,7 @@ do not count ([576] and [576, 1] are the same vector).
 from __future__ import annotations
 
 import numpy as np
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from .gguf_file import MAX_DIMS, GGUFError, GGUFFile, TensorInfo
 from .quants import QMatrix
@@ -54,7 +55,10 @@ class Weights:
         info = self.info(name, (n,))
         if info.type_name != "F32":
             raise GGUFError(f"tensor {name}: expected type F32, found {info.type_name}")
-        return self._gguf.tensor_data(name).reshape(n)
+        data = self._gguf.tensor_data(name).reshape(n)
+        if not np.isfinite(data).all():  # small: always checked (a norm or bias poisons every token)
+            raise GGUFError(f"tensor {name}: holds NaN or infinite values")
+        return data
 
     def check_all_used(self, what: str) -> None:
         """Refuse a file holding tensors nobody asked for (`what` names the architecture and layer count)."""
@@ -64,6 +68,33 @@ class Weights:
             raise GGUFError(f"{self._gguf.path.name}: wrong number of tensors: {what} uses "
                             f"{len(self._used)}, the file has {len(self._gguf.tensors)} "
                             f"(unexpected: {', '.join(extra[:3])}{more})")
+
+
+# Byte offsets of the f16 scales (d, and dmin/m where there is one) inside one block of each quantized type;
+# negative offsets count from the block's end (the K-quants that store d last).
+_SCALE_OFFSETS = {"Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,), "IQ4_NL": (0,),
+                  "IQ4_XS": (0,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q2_K": (-4, -2), "Q3_K": (-2,), "Q6_K": (-2,)}
+
+
+def check_finite_scales(gguf: GGUFFile) -> None:
+    """Refuse a file whose block scales (or F32/F16 values) include NaN or infinity: one strided pass over
+    every tensor. It reads (pages in) the whole file, which is why loading does it only when asked
+    (`load(..., check_weights=True)`); without it a poisoned computation stops with NonFiniteError."""
+    for info in gguf.tensors.values():
+        data = gguf.tensor_data(info.name)
+        if info.type_name in ("F32", "F16"):
+            bad = not np.isfinite(data).all()
+        elif info.type_name == "BF16":
+            bad = bool(((data & 0x7F80) == 0x7F80).any())
+        elif info.type_name in _SCALE_OFFSETS:
+            _, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(info.ggml_type)]
+            blocks = data.reshape(-1, type_size)
+            bad = any(not np.isfinite(blocks[:, at % type_size:at % type_size + 2].copy().view(np.float16)).all()
+                      for at in _SCALE_OFFSETS[info.type_name])
+        else:
+            continue
+        if bad:
+            raise GGUFError(f"tensor {info.name}: NaN or infinite values in its {info.type_name} scales or data")
 
 
 def _padded(ne: tuple[int, ...]) -> tuple[int, ...]:

@@ -186,8 +186,7 @@ class Worker:
             with GGUFFile(path):
                 pass
             llm = LLM(str(path), n_ctx=128, n_threads=1)
-            out = llm.generate("ab", SamplingParams(max_tokens=2, temperature=0.0))
-            assert len(out[0].outputs[0].token_ids) >= 1
+            llm.generate("ab", SamplingParams(max_tokens=2, temperature=0.0))
             text = llm.render_chat([{"role": "user", "content": "hi"}])
             assert isinstance(text, str)
         return {"outcome": "accepted_malformed" if must_reject else "ok"}
@@ -234,7 +233,7 @@ class Worker:
         else:
             path = self.dir / ("case.state" if spec.category == "state" else "case.gguf")
             path.write_bytes(case.data)
-        sys.stdout.write("B\n")  # the clock starts now
+        sys.stdout.write("B " + json.dumps(case.description) + "\n")  # the clock starts now
         sys.stdout.flush()
         start = time.perf_counter()
         try:
@@ -360,14 +359,15 @@ class WorkerProcess:
         self.proc.stdin.write(json.dumps(spec.__dict__) + "\n")
         self.proc.stdin.flush()
         began = self._readline(120)  # building the case (copying the real model) is not timed
-        if began != "B":
+        if not began or not began.startswith("B "):
             return self._died("while building the case")
+        description = json.loads(began[2:])
         line = self._readline(CASE_SECONDS)
         if line is None:
             self.kill()
-            return {"outcome": "hang", "seconds": CASE_SECONDS}
+            return {"outcome": "hang", "seconds": CASE_SECONDS, "description": description}
         if not line:
-            return self._died("")
+            return {**self._died(""), "description": description}
         return json.loads(line)
 
     def _died(self, when: str) -> dict:
@@ -445,13 +445,14 @@ def main() -> None:
     parser.add_argument("--state-cases", type=int, default=200)
     parser.add_argument("--seed", type=int, default=19)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--only", help="run only this category (e.g. template)")
     parser.add_argument("--json", type=Path, help="write counts and failure examples here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker_main(args.seed)
         return
-    specs = plan(args.gguf_cases, args.state_cases, args.seed)
+    specs = [s for s in plan(args.gguf_cases, args.state_cases, args.seed) if args.only in (None, s.category)]
     report = run_campaign(specs, args.seed, args.jobs, Path.cwd(), progress=True)
     print(report.table())
     print(f"{len(specs)} cases in {report.seconds} s; {report.failures()} failures")
