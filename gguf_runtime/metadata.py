@@ -14,7 +14,7 @@ llama.cpp reads uint32); floats accept float32 and float64 (and integers); bools
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -49,14 +49,28 @@ def describe(value: Any) -> str:
     return type(value).__name__
 
 
+def _read(md: Mapping[str, Any], key: str, accepts: Callable[[Any], bool], expected: str) -> Any:
+    """The key's value if present (MISSING if not), after checking its type with `accepts`."""
+    value = md.get(key, MISSING)
+    if value is not MISSING and not accepts(value):
+        raise MetadataError(f"key {key}: expected {expected}, got {describe(value)}")
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
 def get_int(md: Mapping[str, Any], key: str, default: Any = MISSING, *, lo: int = 0, hi: int = UINT32_MAX,
             type_name: str = "uint32") -> Any:
     """An integer key in [lo, hi]; `default` (returned as is) when absent, MetadataError when required."""
-    value = md.get(key, MISSING)
+    value = _read(md, key, _is_int, type_name)
     if value is MISSING:
         return _absent(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise MetadataError(f"key {key}: expected {type_name}, got {describe(value)}")
     value = int(value)
     if not lo <= value <= hi:
         raise MetadataError(f"key {key}: {value} is out of range [{lo}, {hi}]")
@@ -66,11 +80,9 @@ def get_int(md: Mapping[str, Any], key: str, default: Any = MISSING, *, lo: int 
 def get_float(md: Mapping[str, Any], key: str, default: Any = MISSING, *, lo: float = -math.inf,
               hi: float = math.inf, positive: bool = False, type_name: str = "float32") -> Any:
     """A finite float key in [lo, hi] (and > 0 with `positive`); integers are accepted as floats."""
-    value = md.get(key, MISSING)
+    value = _read(md, key, _is_number, type_name)
     if value is MISSING:
         return _absent(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise MetadataError(f"key {key}: expected {type_name}, got {describe(value)}")
     value = float(value)
     if not math.isfinite(value):
         raise MetadataError(f"key {key}: {value} is not a finite number")
@@ -82,31 +94,22 @@ def get_float(md: Mapping[str, Any], key: str, default: Any = MISSING, *, lo: fl
 
 
 def get_bool(md: Mapping[str, Any], key: str, default: Any = MISSING) -> Any:
-    value = md.get(key, MISSING)
-    if value is MISSING:
-        return _absent(key, default)
-    if not isinstance(value, (bool, np.bool_)):
-        raise MetadataError(f"key {key}: expected bool, got {describe(value)}")
-    return bool(value)
+    value = _read(md, key, lambda v: isinstance(v, (bool, np.bool_)), "bool")
+    return _absent(key, default) if value is MISSING else bool(value)
 
 
 def get_str(md: Mapping[str, Any], key: str, default: Any = MISSING) -> Any:
-    value = md.get(key, MISSING)
-    if value is MISSING:
-        return _absent(key, default)
-    if not isinstance(value, str):
-        raise MetadataError(f"key {key}: expected string, got {describe(value)}")
-    return value
+    value = _read(md, key, lambda v: isinstance(v, str), "string")
+    return _absent(key, default) if value is MISSING else value
 
 
 def get_str_array(md: Mapping[str, Any], key: str, default: Any = MISSING) -> Any:
     """A string array key as a list of str."""
-    value = md.get(key, MISSING)
+    # set(map(type, ...)) runs at C speed: this is checked on 150k-entry token and merge lists at every load
+    value = _read(md, key, lambda v: isinstance(v, (list, tuple)) and set(map(type, v)) <= {str},
+                  "array of string")
     if value is MISSING:
         return _absent(key, default)
-    # set(map(type, ...)) runs at C speed: this is checked on 150k-entry token and merge lists at every load
-    if not isinstance(value, (list, tuple)) or not set(map(type, value)) <= {str}:
-        raise MetadataError(f"key {key}: expected array of string, got {describe(value)}")
     return value if isinstance(value, list) else list(value)
 
 
