@@ -15,6 +15,9 @@ its start-up size + 2 GiB; the parent gives each case 10 s. So a case ends as on
     crash               the worker died (segfault, abort)
     corrupted           (state files) refused, but the KV cache changed
 
+Models load with the optional NaN/inf scan of block scales (GGUF_RUNTIME_CHECK_WEIGHTS=1) unless
+--no-check-weights: without it a NaN scale is refused only when it reaches the forward pass's output.
+
     python tests/fuzz_harness.py --gguf-cases 3000 --state-cases 200 --seed 19 --jobs 2
 """
 
@@ -313,13 +316,15 @@ def _vm_size() -> int:
 # ---- parent ---------------------------------------------------------------------------------------------------
 
 class WorkerProcess:
-    def __init__(self, seed: int, cwd: Path):
-        self.seed, self.cwd = seed, cwd
+    def __init__(self, seed: int, cwd: Path, check_weights: bool = True):
+        self.seed, self.cwd, self.check_weights = seed, cwd, check_weights
         self.proc: subprocess.Popen | None = None
         self._buffer = b""
 
     def start(self) -> None:
         env = dict(os.environ, NUMBA_NUM_THREADS="1", PYTHONPATH=str(self.cwd))
+        if self.check_weights:  # the optional load-time scan of block scales (off by default: it reads the file)
+            env["GGUF_RUNTIME_CHECK_WEIGHTS"] = "1"
         self.proc = subprocess.Popen([sys.executable, __file__, "--worker", "--seed", str(self.seed)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      cwd=self.cwd, env=env, text=True, bufsize=1, start_new_session=True)
@@ -406,14 +411,15 @@ class Report:
                 "examples": {f"{c}/{o}": v for (c, o), v in self.examples.items()}, "seconds": self.seconds}
 
 
-def run_campaign(specs: list[Spec], seed: int, jobs: int, cwd: Path, progress: bool = False) -> Report:
+def run_campaign(specs: list[Spec], seed: int, jobs: int, cwd: Path, progress: bool = False,
+                 check_weights: bool = True) -> Report:
     report = Report()
     lock = threading.Lock()
     queue = list(reversed(specs))
     start = time.perf_counter()
 
     def loop() -> None:
-        worker = WorkerProcess(seed, cwd)
+        worker = WorkerProcess(seed, cwd, check_weights)
         try:
             while True:
                 with lock:
@@ -445,6 +451,8 @@ def main() -> None:
     parser.add_argument("--state-cases", type=int, default=200)
     parser.add_argument("--seed", type=int, default=19)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--no-check-weights", action="store_true",
+                        help="load without the NaN/inf scan of block scales (the default mode of LLM())")
     parser.add_argument("--only", help="run only this category (e.g. template)")
     parser.add_argument("--json", type=Path, help="write counts and failure examples here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -453,7 +461,8 @@ def main() -> None:
         worker_main(args.seed)
         return
     specs = [s for s in plan(args.gguf_cases, args.state_cases, args.seed) if args.only in (None, s.category)]
-    report = run_campaign(specs, args.seed, args.jobs, Path.cwd(), progress=True)
+    report = run_campaign(specs, args.seed, args.jobs, Path.cwd(), progress=True,
+                          check_weights=not args.no_check_weights)
     print(report.table())
     print(f"{len(specs)} cases in {report.seconds} s; {report.failures()} failures")
     for (category, outcome), examples in sorted(report.examples.items()):
