@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PROMPT ?= The three primary colours are
 
-.PHONY: setup run test models models-all warmup bench clean
+.PHONY: setup run test models models-all warmup bench clean fuzz
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,15 @@ run: models
 # The tests use every catalog model (real vocabularies and quant types), so fetch them all first.
 test: models-all
 	$(BIN)/python -m pytest -q
+
+# Hostile model files, chat templates and KV-state files (tests/fuzz_harness.py), per mutation category; fails
+# on any crash, hang, giant allocation, foreign exception or unclear message. CI runs a short campaign in
+# tests/test_hostile_models.py; this is the long one.
+FUZZ_CASES ?= 3000
+FUZZ_STATE_CASES ?= 200
+FUZZ_SEED ?= 19
+fuzz: models
+	$(BIN)/python tests/fuzz_harness.py --gguf-cases $(FUZZ_CASES) --state-cases $(FUZZ_STATE_CASES) --seed $(FUZZ_SEED)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -24,6 +24,7 @@ from .quants import set_threads
 from .sampling import SampledToken, SamplingParams
 from .state import load_state, save_state
 from .tokenizer import Tokenizer
+from .weights import check_finite_scales
 
 CONVERSATION = "conversation"  # the engine slot `stream`/`generate_stream`, saved state and the chat REPL use
 
@@ -373,11 +374,16 @@ class LLM:
         return np.concatenate(rows)
 
 
-def load(path: Path) -> tuple[GGUFFile, Tokenizer, Model]:
-    """Open a GGUF file and build its tokenizer and model (weights stay memory-mapped)."""
+def load(path: Path, check_weights: bool | None = None) -> tuple[GGUFFile, Tokenizer, Model]:
+    """Open a GGUF file and build its tokenizer and model (weights stay memory-mapped), validating metadata and
+    every tensor shape first. `check_weights` also scans all block scales for NaN/inf (reads the whole file;
+    default: the GGUF_RUNTIME_CHECK_WEIGHTS environment variable, else off)."""
     gguf = GGUFFile(path)
     tokenizer = Tokenizer.from_metadata(gguf.metadata)
-    return gguf, tokenizer, Model(gguf, ModelConfig.from_metadata(gguf.metadata, tokenizer.n_vocab))
+    model = Model(gguf, ModelConfig.from_metadata(gguf.metadata, tokenizer.n_vocab))
+    if check_weights if check_weights is not None else os.environ.get("GGUF_RUNTIME_CHECK_WEIGHTS") == "1":
+        check_finite_scales(gguf)
+    return gguf, tokenizer, model
 
 
 def _logprob_dict(s: SampledToken) -> dict[int, float]:

@@ -15,14 +15,15 @@ A model without a template gets llama.cpp's ChatML fallback (what llama-server u
 from __future__ import annotations
 
 import json
-import operator
+import warnings
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
 from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError
 from jinja2.ext import Extension
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from .sandbox import MAX_POWER_EXPONENT, MAX_SEQUENCE_REPEAT, BudgetedSandbox, budgeted_filter  # noqa: F401
 
 from .errors import ChatTemplateError  # noqa: F401  (re-exported: its old home)
 
@@ -38,8 +39,7 @@ CHATML_TEMPLATE = (
     "{%- endif -%}"
 )
 
-MAX_SEQUENCE_REPEAT = 1_000_000  # longest string/list a template may build with `*`
-MAX_POWER_EXPONENT = 1_000  # largest integer exponent a template may use with `**`
+MAX_TEMPLATE_CHARS = 256 * 1024  # the largest released templates are ~20k; compiling 3 MB takes > 10 s
 
 
 
@@ -59,25 +59,6 @@ class _GenerationTag(Extension):
         return parser.parse_statements(("name:endgeneration",), drop_needle=True)
 
 
-class _Sandbox(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**"})
-
-    def unsafe_undefined(self, obj: Any, attribute: str):
-        # The stock sandbox returns an Undefined that prints as "": fail loudly instead.
-        raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe")
-
-    def call_binop(self, context, op: str, left: Any, right: Any) -> Any:
-        if op == "*":
-            for seq, times in ((left, right), (right, left)):
-                if isinstance(seq, (str, list, tuple)) and isinstance(times, int) \
-                        and len(seq) * times > MAX_SEQUENCE_REPEAT:
-                    raise SecurityError(f"'*' would build a sequence longer than {MAX_SEQUENCE_REPEAT}")
-            return operator.mul(left, right)
-        if isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > MAX_POWER_EXPONENT:
-            raise SecurityError(f"'**' with an exponent above {MAX_POWER_EXPONENT}")
-        return operator.pow(left, right)
-
-
 def _raise_exception(message: str):
     raise _RaisedByTemplate(message)
 
@@ -92,9 +73,10 @@ def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
 
 
-def _environment() -> _Sandbox:
-    env = _Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols", _GenerationTag])
-    env.filters["tojson"] = _tojson
+def _environment() -> BudgetedSandbox:
+    env = BudgetedSandbox(trim_blocks=True, lstrip_blocks=True,
+                          extensions=["jinja2.ext.loopcontrols", _GenerationTag])
+    env.filters["tojson"] = budgeted_filter("tojson", _tojson)
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     return env
@@ -144,11 +126,17 @@ class ChatTemplate:
         self.bos_token = bos_token
         self.eos_token = eos_token
         self.name = name
+        self.refusal: str | None = None  # why the model's own template was replaced by the fallback
+        if len(self.source) > MAX_TEMPLATE_CHARS:
+            raise ChatTemplateError(f"chat template of {len(self.source)} characters is longer than the "
+                                    f"{MAX_TEMPLATE_CHARS} allowed")
         try:
             self._template = _ENV.from_string(self.source)
         except TemplateSyntaxError as err:
             raise ChatTemplateError(f"chat template syntax error at line {err.lineno}: {_one_line(err.message)}") \
                 from None
+        except (RecursionError, MemoryError):
+            raise ChatTemplateError("chat template nests too deeply to compile") from None
         except Exception as err:  # noqa: BLE001 - any compile failure is the template's fault
             raise ChatTemplateError(f"chat template does not compile: {_one_line(err)}") from None
 
@@ -171,9 +159,24 @@ class ChatTemplate:
 
         def special(key: str) -> str:
             token_id = metadata.get(key)
-            return "" if token_id is None else token_text(int(token_id))
+            if not isinstance(token_id, int) or isinstance(token_id, bool) or token_id < 0:
+                return ""
+            try:
+                return token_text(token_id)
+            except IndexError:  # outside the vocabulary: the tokenizer ignores it too (with a warning)
+                return ""
 
-        return cls(source, special("tokenizer.ggml.bos_token_id"), special("tokenizer.ggml.eos_token_id"), name)
+        bos, eos = special("tokenizer.ggml.bos_token_id"), special("tokenizer.ggml.eos_token_id")
+        try:
+            return cls(source, bos, eos, name)
+        except ChatTemplateError as err:
+            if name is not None:  # a variant asked for by name: say no
+                raise
+            # the model's default template is refused: chat still works, on llama.cpp's ChatML fallback
+            fallback = cls(None, bos, eos)
+            fallback.refusal = f"the model's chat template is refused ({err}); using the ChatML fallback"
+            warnings.warn(fallback.refusal, stacklevel=2)
+            return fallback
 
     @staticmethod
     def variant_names(metadata: Mapping[str, Any]) -> list[str]:
@@ -192,12 +195,19 @@ class ChatTemplate:
         """
         context = {"bos_token": self.bos_token, "eos_token": self.eos_token, "tools": None, "documents": None,
                    **extra, "messages": _check_messages(messages), "add_generation_prompt": add_generation_prompt}
+        allowance = sum(len(str(m.get("content") or "")) for m in context["messages"])
         try:
-            text = self._template.render(context)
+            text = _ENV.render_budgeted(self._template, context, allowance)
         except _RaisedByTemplate as err:
             raise ChatTemplateError(f"chat template rejected the messages: {_one_line(err.message)}") from None
         except SecurityError as err:
             raise ChatTemplateError(f"chat template blocked by the sandbox: {_one_line(err)}") from None
+        except RecursionError:
+            raise ChatTemplateError("chat template recursed too deeply") from None
+        except ZeroDivisionError:
+            raise ChatTemplateError("chat template divides by zero") from None
+        except MemoryError:
+            raise ChatTemplateError("chat template ran out of memory") from None
         except Exception as err:  # noqa: BLE001 - undefined names, type errors, loader use: all template faults
             raise ChatTemplateError(f"chat template failed ({type(err).__name__}): {_one_line(err)}") from None
         bos, eos = context["bos_token"], context["eos_token"]

@@ -18,8 +18,20 @@ class GGUFError(UserInputError, ValueError):
     """Not a GGUF file, or a truncated, corrupt or hostile one."""
 
 
+class MetadataError(GGUFError):
+    """A metadata key is missing, of the wrong type, or out of range."""
+
+
+class NonFiniteError(GGUFError):
+    """NaN or infinite weights (or block scales) reached the computation."""
+
+
 class ConfigError(UserInputError, ValueError):
     """An unsupported architecture or implausible hyperparameters in the file's metadata."""
+
+
+class KVCacheSizeError(ConfigError):
+    """The KV pool asked for would not fit in the memory this machine has available."""
 
 
 class UnsupportedQuantError(UserInputError, ValueError):

@@ -1,7 +1,8 @@
 """Read a GGUF file (llama.cpp's model format): all metadata and the tensor index, from one read-only mmap.
 
 Errors: a path that cannot be opened (missing, a directory, no permission) raises the usual `OSError`
-subclass from `open()`; anything wrong with the file's *bytes* (including an empty file) raises `GGUFError`,
+subclass from `open()`; a FIFO, socket or device is refused with `GGUFError` before opening it (a FIFO would
+block `open()`); anything wrong with the file's *bytes* (including an empty file) raises `GGUFError`,
 whose message says what is wrong and where (byte offset, key or tensor name). No other exception escapes
 parsing, and nothing is allocated before checking that the file is large enough to hold it.
 
@@ -14,6 +15,7 @@ import codecs
 import math
 import mmap
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,8 +121,14 @@ class GGUFFile:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        with open(self.path, "rb") as f:
-            self.file_size = os.fstat(f.fileno()).st_size
+        _check_regular_file(self.path)
+        # O_NONBLOCK: should the path turn into a FIFO between the check and the open, open() still returns
+        fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with open(fd, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise GGUFError(f"{self.path}: not a regular file")
+            self.file_size = info.st_size
             if self.file_size == 0:
                 raise GGUFError(f"{self.path}: empty file, not a GGUF file")
             self._mm: mmap.mmap | None = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -423,6 +431,18 @@ class _Parser:
             tensors[name] = TensorInfo(name, ggml_type, shape, offset, n_bytes)
         _check_no_overlap(tensors.values())
         return tensors
+
+
+def _check_regular_file(path: Path) -> None:
+    """Refuse FIFOs, sockets and devices before open() (a FIFO blocks it until a writer appears). Missing
+    paths and directories keep their OSError (FileNotFoundError, IsADirectoryError) for the caller."""
+    mode = os.stat(path).st_mode
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(21, "Is a directory", str(path))
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) \
+            else "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
+        raise GGUFError(f"{path}: {kind}, not a GGUF file (only regular files can be read)")
 
 
 def _check_no_overlap(tensors) -> None:

@@ -16,11 +16,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import ModelConfig
+from .errors import NonFiniteError
 from .gguf_file import GGUFError, GGUFFile
 from .attention import attend, store_rows
 from .kv import BLOCK_TOKENS, ForwardBatch, KVPool
 from .ops import geglu, rms_norm, rope, rope_tables, softcap, swiglu
 from .quants import QMatrix, embed_rows
+from .weights import Weights
 
 # Every row of a forward pass gets the numerics of decoding it alone: quantized weights always go through the
 # integer kernels (each row equals a one-token matvec) and attention runs per row over the cache, so
@@ -67,22 +69,22 @@ class Layer:
 
 class Model:
     def __init__(self, gguf: GGUFFile, config: ModelConfig):
+        """Take every tensor with the shape `config` requires (GGUFError naming the tensor otherwise): the
+        kernels below read exactly these shapes, so a malformed file is refused here, not read out of bounds."""
         self.config = config
         self._gguf = gguf
-
-        def matrix(name: str, rows: int | None, cols: int) -> QMatrix:
-            info = self._tensor(name)
-            if len(info.shape) != 2 or info.shape[1] != cols or rows is not None and info.shape[0] != rows:
-                raise GGUFError(f"tensor {name} has shape {list(info.shape)}; the metadata implies "
-                                f"{[rows if rows is not None else 'n_vocab', cols]}")
-            return QMatrix(gguf.tensor_data(name), info.ggml_type, name)
+        c, spec = config, config.spec
+        H, H_kv, hd, D, V = c.n_heads, c.n_kv_heads, c.head_dim, c.n_embd, c.n_vocab
+        q_norm_size, k_norm_size = {"head": (hd, hd), "full": (H * hd, H_kv * hd), None: (0, 0)}[spec.qk_norm]
+        self.ropes = sorted({c.layer_rope(i) for i in range(c.n_layers)})  # distinct (base, freq_scale)
+        w = Weights(gguf)
 
         def split(fused: str, parts: dict[str, int], cols: int, separate: list[str]) -> dict[str, QMatrix]:
             """Matrices stored as one tensor (phi3's attn_qkv, its gate+up ffn_up), as zero-copy views of its
             row ranges, or the separate tensors where the file has those instead."""
-            if fused not in gguf.tensors:
-                return {key: matrix(name, rows, cols) for (key, rows), name in zip(parts.items(), separate)}
-            whole = matrix(fused, sum(parts.values()), cols)
+            if not w.has(fused):
+                return {key: w.matrix(name, rows, cols) for (key, rows), name in zip(parts.items(), separate)}
+            whole = w.matrix(fused, sum(parts.values()), cols)
             views, start = {}, 0
             for key, rows in parts.items():
                 views[key] = QMatrix(whole.data[start:start + rows], whole.ggml_type, f"{fused}[{key}]")
@@ -90,55 +92,37 @@ class Model:
             return views
 
         def experts(name: str, rows: int, cols: int) -> list[QMatrix]:
-            info = self._tensor(name)
-            if info.shape != (config.n_expert, rows, cols):
-                raise GGUFError(f"tensor {name} has shape {list(info.shape)}; the metadata implies "
-                                f"{[config.n_expert, rows, cols]}")
+            info = w.info(name, (cols, rows, c.n_expert))
             data = gguf.tensor_data(name)  # (E, rows, row bytes or cols)
-            return [QMatrix(data[e], info.ggml_type, f"{name}[{e}]") for e in range(config.n_expert)]
-
-        def vector(name: str, size: int, required: bool = True) -> np.ndarray | None:
-            if name not in gguf.tensors and not required:
-                return None
-            info = self._tensor(name)
-            if info.type_name != "F32":
-                raise GGUFError(f"tensor {name}: expected F32, found {info.type_name}")
-            if info.shape != (size,):
-                raise GGUFError(f"tensor {name} has shape {list(info.shape)}; the metadata implies [{size}]")
-            return gguf.tensor_data(name)
-
-        c, spec = config, config.spec
-        H, H_kv, hd, D = c.n_heads, c.n_kv_heads, c.head_dim, c.n_embd
-        q_norm_size, k_norm_size = {"head": (hd, hd), "full": (H * hd, H_kv * hd), None: (0, 0)}[spec.qk_norm]
-        self.ropes = sorted({c.layer_rope(i) for i in range(c.n_layers)})  # distinct (base, freq_scale)
+            return [QMatrix(data[e], info.ggml_type, f"{name}[{e}]") for e in range(c.n_expert)]
 
         def norm(name: str, size: int, present: bool = True) -> np.ndarray | None:
-            return vector(name, size) if present else None
+            return w.vector(name, size) if present else None
 
-        embd = self._tensor("token_embd.weight")
-        self.tok_embd = gguf.tensor_data("token_embd.weight")  # (V, D) raw blocks
+        embd = w.info("token_embd.weight", (D, V))
         self.tok_embd_type = embd.ggml_type
+        self.tok_embd = w.rows("token_embd.weight", embd, V)  # (V, D) raw blocks
         self.layers = [
             Layer(
                 attn_norm=norm(f"blk.{i}.attn_norm.weight", D, spec.pre_norms),
                 **split(f"blk.{i}.attn_qkv.weight", {"wq": H * hd, "wk": H_kv * hd, "wv": H_kv * hd}, D,
                         [f"blk.{i}.attn_{p}.weight" for p in "qkv"]),
-                bq=vector(f"blk.{i}.attn_q.bias", H * hd, required=False),
-                bk=vector(f"blk.{i}.attn_k.bias", H_kv * hd, required=False),
-                bv=vector(f"blk.{i}.attn_v.bias", H_kv * hd, required=False),
+                bq=w.vector(f"blk.{i}.attn_q.bias", H * hd, required=spec.qkv_bias),
+                bk=w.vector(f"blk.{i}.attn_k.bias", H_kv * hd, required=spec.qkv_bias),
+                bv=w.vector(f"blk.{i}.attn_v.bias", H_kv * hd, required=spec.qkv_bias),
                 q_norm=norm(f"blk.{i}.attn_q_norm.weight", q_norm_size, spec.qk_norm is not None),
                 k_norm=norm(f"blk.{i}.attn_k_norm.weight", k_norm_size, spec.qk_norm is not None),
-                wo=matrix(f"blk.{i}.attn_output.weight", D, H * hd),
+                wo=w.matrix(f"blk.{i}.attn_output.weight", D, H * hd),
                 post_attn_norm=norm(f"blk.{i}.post_attention_norm.weight", D, spec.post_norms),
                 ffn_norm=norm(f"blk.{i}.ffn_norm.weight", D, spec.pre_norms),
                 **({"w_gate": None, "w_up": None} if c.n_expert else
                    split(f"blk.{i}.ffn_up.weight", {"w_gate": c.n_ff, "w_up": c.n_ff}, D,
                          [f"blk.{i}.ffn_gate.weight", f"blk.{i}.ffn_up.weight"]) if spec.fused_gate_up else
-                   {"w_gate": matrix(f"blk.{i}.ffn_gate.weight", c.n_ff, D),
-                    "w_up": matrix(f"blk.{i}.ffn_up.weight", c.n_ff, D)}),
-                w_down=None if c.n_expert else matrix(f"blk.{i}.ffn_down.weight", D, c.n_ff),
+                   {"w_gate": w.matrix(f"blk.{i}.ffn_gate.weight", c.n_ff, D),
+                    "w_up": w.matrix(f"blk.{i}.ffn_up.weight", c.n_ff, D)}),
+                w_down=None if c.n_expert else w.matrix(f"blk.{i}.ffn_down.weight", D, c.n_ff),
                 experts=Experts(
-                    router=matrix(f"blk.{i}.ffn_gate_inp.weight", c.n_expert, D),
+                    router=w.matrix(f"blk.{i}.ffn_gate_inp.weight", c.n_expert, D),
                     gate=experts(f"blk.{i}.ffn_gate_exps.weight", c.n_ff, D),
                     up=experts(f"blk.{i}.ffn_up_exps.weight", c.n_ff, D),
                     down=experts(f"blk.{i}.ffn_down_exps.weight", D, c.n_ff),
@@ -148,16 +132,21 @@ class Model:
                 window=c.layer_window(i),
                 rope=self.ropes.index(c.layer_rope(i)),
             )
-            for i in range(config.n_layers)
+            for i in range(c.n_layers)
         ]
-        self.output_norm = vector("output_norm.weight", D)
+        self.output_norm = w.vector("output_norm.weight", D)
         # tied embeddings: no output.weight means the token table doubles as the output projection
-        self.output = matrix("output.weight" if "output.weight" in gguf.tensors else "token_embd.weight", None, D)
+        self.output = w.matrix("output.weight" if w.has("output.weight") else "token_embd.weight", V, D)
         # per-dim RoPE frequency divisors: Llama 3.1's rope_freqs, or LongRoPE's pair (phi3), long for contexts
         # past the original one, short otherwise (as llama.cpp picks them, by context size)
-        self.rope_freq_factors = vector("rope_freqs.weight", c.n_rot // 2, required=False)
-        self.rope_factors_long = vector("rope_factors_long.weight", c.n_rot // 2, required=False)
-        self.rope_factors_short = vector("rope_factors_short.weight", c.n_rot // 2, required=False)
+        self.rope_freq_factors = w.vector("rope_freqs.weight", c.n_rot // 2, required=False)
+        self.rope_factors_long = w.vector("rope_factors_long.weight", c.n_rot // 2, required=False)
+        self.rope_factors_short = w.vector("rope_factors_short.weight", c.n_rot // 2, required=False)
+        for name, factors in (("rope_freqs", self.rope_freq_factors), ("rope_factors_long", self.rope_factors_long),
+                              ("rope_factors_short", self.rope_factors_short)):
+            if factors is not None and not (factors > 0).all():
+                raise GGUFError(f"tensor {name}.weight: every factor must be a finite number > 0")
+        w.check_all_used(f"{c.arch} with {c.n_layers} layers")
         self.n_vocab = self.output.n_rows
         self.gated_activation = GATED_ACTIVATIONS[spec.activation]
 
@@ -168,11 +157,9 @@ class Model:
         return (f"{c.arch}/{c.n_layers}x{c.n_embd}/{self.n_vocab}/{g.get('general.name', '')}/"
                 f"{g.path.stat().st_size}")
 
-    def _tensor(self, name: str):
-        info = self._gguf.tensors.get(name)
-        if info is None:
-            raise GGUFError(f"tensor {name} is missing from {self._gguf.path.name}")
-        return info
+    def _non_finite(self) -> NonFiniteError:
+        return NonFiniteError(f"{self._gguf.path.name}: the forward pass produced NaN or infinite values "
+                              "(the file's weights or scales are corrupt)")
 
     def new_pool(self, n_tokens: int, kv_type: str = "f32", block_tokens: int = BLOCK_TOKENS) -> KVPool:
         """A KV pool for n_tokens cached positions in all (plus one block of copy-on-write slack)."""
@@ -201,7 +188,14 @@ class Model:
 
         Returns float32 logits: (T, V) for logits="all", (B, V) of each sequence's last token for "last",
         None for None (a prefill chunk whose logits nobody reads skips the vocabulary projection).
+        NonFiniteError when NaN/inf weights or scales poison the computation (the tokens are not committed).
         """
+        try:
+            return self._forward(batch, logits)
+        except (ZeroDivisionError, SystemError):  # numba kernels dividing by inf/NaN-derived zeros
+            raise self._non_finite() from None
+
+    def _forward(self, batch: ForwardBatch, logits: str | None) -> np.ndarray | None:
         c = self.config
         H, H_kv, hd = c.n_heads, c.n_kv_heads, c.head_dim
         pool, tokens, pos, tables, seq = batch.pool, batch.tokens, batch.positions, batch.tables, batch.seq
@@ -254,13 +248,18 @@ class Model:
                 o = _experts_ffn(L.experts, f, self.gated_activation, decode)  # (T, D)
             x += _normed(o, L.post_ffn_norm, eps, o)
 
-        if logits is None:
-            return None
-        if logits == "last":
-            x = x[batch.last_rows]  # (B, D)
-        rms_norm(x, self.output_norm, eps, x)
-        out = _linear(self.output, x, None, decode)  # (T or B, V)
-        return softcap(out, np.float32(c.final_softcap)) if c.final_softcap else out
+        out = None
+        if logits is not None:
+            if logits == "last":
+                x = x[batch.last_rows]  # (B, D)
+            rms_norm(x, self.output_norm, eps, x)
+            out = _linear(self.output, x, None, decode)  # (T or B, V)
+            if c.final_softcap:
+                out = softcap(out, np.float32(c.final_softcap))
+        # NaN/inf weights or scales surface here; refused before the tokens count as cached
+        if not np.isfinite(x).all() or (out is not None and not np.isfinite(out).all()):
+            raise self._non_finite()
+        return out
 
 
 def _experts_ffn(ex: Experts, x: np.ndarray, activation, decode: bool) -> np.ndarray:

@@ -17,11 +17,24 @@ from pathlib import Path
 import numpy as np
 
 from .errors import StateFileError  # noqa: F401  (re-exported: its old home)
-
-from .kv import KVCache
+from .kv import KV_TYPES, KVCache
+from .quants import get_qtype
 
 MAGIC = b"GGRTKV01"
 MAX_HEADER = 1 << 16
+MAX_HEADER_NESTING = 8  # the header is one flat object; json.loads recurses per level
+
+
+def _nesting_depth(raw: bytes) -> int:
+    """How deep brackets nest in a JSON text (brackets inside strings count too: an upper bound)."""
+    depth = deepest = 0
+    for byte in raw.translate(None, _NOT_BRACKETS):
+        depth += 1 if byte in b"[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
 
@@ -61,10 +74,11 @@ def load_state(cache: KVCache, fingerprint: str, path: str | os.PathLike, n_voca
             expect = {"version": 1, "model": fingerprint, "kv_type": pool.kv_type, "n_layers": n_layers,
                       "n_kv_heads": n_kv, "row_bytes": row_bytes}
             for key, want in expect.items():
-                if header.get(key) != want:
-                    raise StateFileError(f"{path}: saved with {key}={header.get(key)!r}, this run has {want!r}")
+                got = header.get(key)
+                if type(got) is not type(want) or got != want:  # `true` is not version 1
+                    raise StateFileError(f"{path}: saved with {key}={got!r}, this run has {want!r}")
             n = header.get("n_tokens")
-            if not isinstance(n, int) or not 0 <= n <= cache.n_ctx:
+            if type(n) is not int or not 0 <= n <= cache.n_ctx:
                 raise StateFileError(f"{path}: {n!r} tokens do not fit a context of {cache.n_ctx}")
             row = n_layers * n_kv * row_bytes
             if size != len(MAGIC) + 4 + header_len + 4 * n + 2 * n * row:
@@ -75,6 +89,7 @@ def load_state(cache: KVCache, fingerprint: str, path: str | os.PathLike, n_voca
                 raise StateFileError(f"{path}: token ids outside the vocabulary of {n_vocab}")
             k = np.frombuffer(f.read(n * row), np.uint8).reshape(n, n_layers, n_kv, row_bytes)
             v = np.frombuffer(f.read(n * row), np.uint8).reshape(n, n_layers, n_kv, row_bytes)
+            _check_finite(k, v, pool.kv_type, path)
     except OSError as e:
         raise StateFileError(f"cannot read state file {path}: {e.strerror or e}") from None
     cache.truncate(0)
@@ -86,7 +101,22 @@ def load_state(cache: KVCache, fingerprint: str, path: str | os.PathLike, n_voca
     return n
 
 
+def _check_finite(k: np.ndarray, v: np.ndarray, kv_type: str, path: Path) -> None:
+    """NaN/inf rows would poison every later attention step: refuse them here, where they enter. Float caches
+    are checked whole; quantized ones by their f16 block scales (the first two bytes of each block)."""
+    if kv_type in ("f32", "f16"):
+        dtype = np.float32 if kv_type == "f32" else np.float16
+        rows = [k.view(dtype), v.view(dtype)]
+    else:
+        block_bytes = get_qtype(KV_TYPES[kv_type]).type_size
+        rows = [x.reshape(-1, block_bytes)[:, :2].copy().view(np.float16) for x in (k, v)]
+    if not all(np.isfinite(r).all() for r in rows):
+        raise StateFileError(f"{path}: the saved K/V rows hold NaN or infinite values (corrupt file)")
+
+
 def _parse_header(raw: bytes, path: Path) -> dict:
+    if _nesting_depth(raw) > MAX_HEADER_NESTING:
+        raise StateFileError(f"{path}: the header nests deeper than {MAX_HEADER_NESTING} levels")
     try:
         header = json.loads(raw.decode())
     except (UnicodeDecodeError, json.JSONDecodeError):

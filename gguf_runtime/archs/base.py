@@ -17,6 +17,8 @@ class Architecture:
     # RoPE pair layout in the GGUF weights: "normal" rotates adjacent dims (2i, 2i+1), which is how llama.cpp's
     # converter permutes llama's Q/K rows; "neox" rotates halves (i, i + n_rot/2), HF's layout, kept by the rest
     rope_style: str = "normal"
+    # Q/K/V carry biases (attn_{q,k,v}.bias), required as llama.cpp requires them (qwen2); elsewhere optional
+    qkv_bias: bool = False
     # the gated FFN: "silu" (SwiGLU) or "gelu" (GeGLU with tanh-approximated GELU)
     activation: str = "silu"
     # RMSNorm before attention / FFN (attn_norm, ffn_norm); olmo2 has none and normalises the outputs instead

@@ -1,5 +1,5 @@
-"""Qwen2 / Qwen2.5: llama with Q/K/V biases (optional tensors the file has) and NeoX RoPE."""
+"""Qwen2 / Qwen2.5: llama with Q/K/V biases and NeoX RoPE."""
 
 from .base import Architecture
 
-ARCH = Architecture(name="qwen2", rope_style="neox")
+ARCH = Architecture(name="qwen2", rope_style="neox", qkv_bias=True)

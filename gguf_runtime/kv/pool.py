@@ -11,11 +11,13 @@ registered never changes: writing into one unregisters or copies it first.
 from __future__ import annotations
 
 import hashlib
+import math
+import os
 from collections import OrderedDict
 
 import numpy as np
 
-from ..errors import PoolFullError
+from ..errors import KVCacheSizeError, PoolFullError
 from ..quants.registry import F16, F32, IQ4_NL, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, get_qtype
 
 # KV cache types, as llama.cpp's --cache-type-k/-v names them
@@ -47,6 +49,7 @@ class KVPool:
         self.n_blocks = n_blocks
         row_bytes = self.qtype.row_bytes(head_dim)
         shape = (n_layers, n_blocks, n_kv_heads, block_tokens, row_bytes)
+        _check_fits_in_memory(2 * math.prod(shape), n_blocks * block_tokens, kv_type)
         self.k = np.zeros(shape, np.uint8)
         self.v = np.zeros(shape, np.uint8)
         self.refs = np.zeros(n_blocks, np.int32)
@@ -116,3 +119,25 @@ class KVPool:
 def chain_hash(parent: bytes, tokens: list[int]) -> bytes:
     """The key of a block: its tokens, chained to the key of the blocks before it."""
     return hashlib.blake2b(np.asarray(tokens, np.int64).tobytes(), digest_size=16, key=parent).digest()
+
+
+def available_memory() -> int:
+    """Bytes of memory this process can still use: MemAvailable on Linux, physical memory elsewhere."""
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _check_fits_in_memory(n_bytes: int, n_tokens: int, kv_type: str) -> None:
+    """Refuse a pool bigger than the available memory before allocating it: np.zeros would reserve it lazily
+    and the process would be killed later, mid-generation, once the blocks fill."""
+    free = available_memory()
+    if n_bytes > free:
+        raise KVCacheSizeError(f"the KV cache for {n_tokens} tokens ({kv_type}) needs {n_bytes / 2**30:.1f} GiB, "
+                               f"more than the {free / 2**30:.1f} GiB of memory available (lower n_ctx, or use a "
+                               f"smaller cache type such as q8_0)")

@@ -11,6 +11,9 @@ _C_SPACE = " \t\n\v\f\r"  # C isspace(), used for the lstrip/rstrip token attrib
 # Below this many (text length x special tokens), testing each token with `in` beats compiling the trie regex
 # (~0.2 s for Gemma's 6k control tokens); once compiled, the regex is always used.
 _DIRECT_SCAN_LIMIT = 50_000_000
+# The trie regex nests one group per character of the longest token, and building it recurses as deep: past
+# this length (only hostile vocabularies have such special tokens) the direct scan is used whatever the text.
+MAX_TRIE_DEPTH = 200
 
 Fragment = str | int  # raw text still to tokenize, or a token id
 
@@ -23,6 +26,7 @@ class SpecialSplitter:
         self._ids = token_ids
         self._attrs = [vocab.attrs[i] for i in token_ids]
         self._finder: re.Pattern | None = None  # compiled on first use (can take ~0.1 s for 6k tokens)
+        self._trie_ok = max(map(len, self._texts), default=0) <= MAX_TRIE_DEPTH
         self._prefixes: dict[str, list[int]] = {}
 
     def split(self, text: str) -> list[Fragment]:
@@ -46,7 +50,7 @@ class SpecialSplitter:
         where one starts; every shorter special token starting there is a prefix of it, so those are added."""
         if not self._texts:
             return []
-        if self._finder is None and len(text) * len(self._texts) < _DIRECT_SCAN_LIMIT:
+        if self._finder is None and (not self._trie_ok or len(text) * len(self._texts) < _DIRECT_SCAN_LIMIT):
             return [k for k, token_text in enumerate(self._texts) if token_text in text]
         if self._finder is None:
             self._finder = re.compile(_trie_pattern(self._texts))

@@ -4,6 +4,8 @@ control tokens) that are not in the file itself."""
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -12,9 +14,12 @@ import numpy as np
 
 from ..errors import TokenizerError  # noqa: F401  (re-exported: its old home)
 
+from ..metadata import get_bool, get_int, get_num_array, get_str, get_str_array
 from .pretokenize import PreTokenizer, pre_tokenizer_for
 
 KEY = "tokenizer.ggml."
+MAX_TOKENS = 1 << 24  # llama_token is int32; no released vocabulary comes near
+_BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
 
 
@@ -110,31 +115,38 @@ class Vocab:
 
 
 def load_vocab(metadata: Mapping[str, Any]) -> Vocab:
-    """Build the vocabulary from GGUF metadata, as llama_vocab::impl::load does for SPM and BPE models."""
-    model = metadata.get(KEY + "model")
+    """Build the vocabulary from GGUF metadata, as llama_vocab::impl::load does for SPM and BPE models.
+
+    Every key is type-checked (MetadataError names it); the per-token arrays must have one entry per token,
+    token types must be llama.cpp's 0..6, and a BYTE token must be written <0xNN>."""
+    model = get_str(metadata, KEY + "model", None)
     if model not in ("gpt2", "llama"):
         raise TokenizerError(f"unsupported tokenizer model {model!r} (supported: 'gpt2' BPE, 'llama' SPM)")
-    raw_tokens = metadata.get(KEY + "tokens")
-    if raw_tokens is None or len(raw_tokens) == 0:
+    tokens = get_str_array(metadata, KEY + "tokens", [])
+    if not tokens:
         raise TokenizerError("metadata has no tokenizer.ggml.tokens")
-    tokens = list(raw_tokens)
+    if len(tokens) > MAX_TOKENS:
+        raise TokenizerError(f"tokenizer.ggml.tokens has {len(tokens)} entries, more than {MAX_TOKENS}")
     if "" in tokens:  # llama.cpp renames empty tokens
         tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
     n = len(tokens)
 
-    scores = _array(metadata, "scores", n, np.float32)
-    types = _array(metadata, "token_type", n, np.int32)
-    attrs = (_TYPE_TO_ATTR[np.where((types >= 0) & (types < len(_TYPE_TO_ATTR)), types, 0)]
-             if types is not None else np.full(n, Attr.NORMAL, dtype=np.int32))
+    scores = get_num_array(metadata, KEY + "scores", n, None)
+    types = get_num_array(metadata, KEY + "token_type", n, None, integer=True)
+    if types is not None:
+        attrs = _attrs_of_types(types, tokens)
+    else:
+        attrs = np.full(n, Attr.NORMAL, dtype=np.int32)
 
-    pre_name = metadata.get(KEY + "pre") or ""
+    pre_name = get_str(metadata, KEY + "pre", "")
     vocab = Vocab(model=model, pre_name=pre_name, tokens=tokens, token_to_id=dict(zip(tokens, range(n))),
-                  scores=scores.tolist() if scores is not None else [0.0] * n, attrs=[], merges=[])
+                  scores=scores.astype(np.float32).tolist() if scores is not None else [0.0] * n, attrs=[],
+                  merges=[])
     if model == "gpt2":
-        merges = metadata.get(KEY + "merges")
+        merges = get_str_array(metadata, KEY + "merges", None)
         if merges is None:
             raise TokenizerError("BPE tokenizer without tokenizer.ggml.merges")
-        vocab.merges = list(merges)
+        vocab.merges = merges
         vocab.pre = pre_tokenizer_for(pre_name)
         vocab.bos_id = vocab.eos_id = 11
         vocab.clean_spaces = vocab.pre.clean_spaces
@@ -144,40 +156,48 @@ def load_vocab(metadata: Mapping[str, Any]) -> Vocab:
         vocab.bos_id, vocab.eos_id, vocab.unk_id = 1, 2, 0
         vocab.add_space_prefix = True
         vocab.add_bos = True
-    vocab.add_space_prefix = bool(metadata.get(KEY + "add_space_prefix", vocab.add_space_prefix))
+    vocab.add_space_prefix = get_bool(metadata, KEY + "add_space_prefix", vocab.add_space_prefix)
 
     _read_special_ids(vocab, metadata)
-    if (flag := metadata.get(KEY + "add_bos_token")) is not None:
-        vocab.add_bos = bool(flag)
-    if (flag := metadata.get(KEY + "add_eos_token")) is not None:
-        vocab.add_eos = bool(flag)
+    vocab.add_bos = get_bool(metadata, KEY + "add_bos_token", vocab.add_bos)
+    vocab.add_eos = get_bool(metadata, KEY + "add_eos_token", vocab.add_eos)
     _detect_special_tokens(vocab, attrs)
     vocab.special_ids = _special_tokens_longest_first(vocab, attrs)
     vocab.attrs = attrs.tolist()
-    _apply_model_name_rules(vocab, str(metadata.get("general.name", "")).lower(), pre_name,
-                            str(metadata.get("general.architecture", "")))
+    _apply_model_name_rules(vocab, get_str(metadata, "general.name", "").lower(), pre_name,
+                            get_str(metadata, "general.architecture", ""))
     return vocab
 
 
-def _array(metadata: Mapping[str, Any], name: str, n: int, dtype) -> np.ndarray | None:
-    values = metadata.get(KEY + name)
-    if values is None:
-        return None
-    values = np.asarray(values, dtype=dtype)
-    if len(values) < n:
-        raise TokenizerError(f"tokenizer.ggml.{name} has {len(values)} entries for {n} tokens")
-    return values
+def _attrs_of_types(types: np.ndarray, tokens: list[str]) -> np.ndarray:
+    """Token attributes from GGUF token types, refusing types llama.cpp does not define and BYTE tokens
+    whose text is not <0xNN> (llama.cpp parses the two hex digits; other text has no byte value)."""
+    bad = np.flatnonzero((types < 0) | (types >= len(_TYPE_TO_ATTR)))
+    if bad.size:
+        i = int(bad[0])
+        raise TokenizerError(f"tokenizer.ggml.token_type[{i}] is {int(types[i])}, not a token type "
+                             f"(0..{len(_TYPE_TO_ATTR) - 1})")
+    attrs = _TYPE_TO_ATTR[types]
+    for i in np.flatnonzero(attrs == Attr.BYTE).tolist():
+        if not _BYTE_TOKEN.fullmatch(tokens[i]):
+            raise TokenizerError(f"token {i} {tokens[i][:20]!r} has type BYTE but is not written <0xNN>")
+    return attrs
 
 
 def _read_special_ids(vocab: Vocab, metadata: Mapping[str, Any]) -> None:
+    """Special ids from the file; an id outside the vocabulary is ignored with a warning, as llama.cpp does."""
     n = vocab.n_vocab
     for key, attr_name in _SPECIAL_ID_KEYS:
         current = getattr(vocab, attr_name)
         if current is not None and current >= n:  # a default outside this vocabulary is disabled
             setattr(vocab, attr_name, None)
-        new = metadata.get(KEY + key)
-        if new is not None and 0 <= int(new) < n:
-            setattr(vocab, attr_name, int(new))
+        new = get_int(metadata, KEY + key, None, lo=-(2**63), hi=2**64 - 1)
+        if new is None:
+            continue
+        if 0 <= new < n:
+            setattr(vocab, attr_name, new)
+        else:
+            warnings.warn(f"{KEY}{key} = {new} is outside the vocabulary of {n} tokens; ignored", stacklevel=4)
 
 
 def _detect_special_tokens(vocab: Vocab, attrs: np.ndarray) -> None:
