@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .model import Model
+from .kv import KVCache
 from .sampling import sampled_token
 
 POOLINGS = ("mean", "cls", "last")
@@ -27,29 +27,28 @@ def default_pooling(metadata, arch: str) -> str:
     return _GGUF_POOLING.get(metadata.get(f"{arch}.pooling_type"), "mean")
 
 
-def _rows(model: Model, ids: list[int], what: str, n_batch: int) -> Iterator[np.ndarray]:
-    """Per-position outputs of the prompt, a chunk of at most n_batch positions at a time: final hidden
-    states (what="hidden", (T, D)) or logits (what="all", (T, V))."""
-    cache = model.new_cache(len(ids))
-    for start in range(0, len(ids), n_batch):
-        yield model.forward(np.asarray(ids[start:start + n_batch]), cache, logits=what)
+def _rows(runner, ids: list[int], what: str) -> Iterator[np.ndarray]:
+    """Per-position outputs of the prompt (runner: the engine's ModelRunner), a chunk of at most n_batch
+    positions at a time: final hidden states (what="hidden", (T, D)) or logits (what="all", (T, V))."""
+    cache = KVCache(runner.model.new_pool(len(ids)), len(ids))
+    for start in range(0, len(ids), runner.n_batch):
+        yield runner.forward([cache], [np.asarray(ids[start:start + runner.n_batch], np.int64)], what)
 
 
-def embedding(model: Model, ids: list[int], pooling: str = "mean", normalize: bool = True,
-              n_batch: int = 256) -> np.ndarray:
+def embedding(runner, ids: list[int], pooling: str = "mean", normalize: bool = True) -> np.ndarray:
     """The pooled (D,) float32 embedding of a prompt."""
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
     if not ids:
         raise ValueError("cannot embed an empty prompt (no tokens)")
     if pooling == "mean":
-        total = np.zeros(model.config.n_embd, np.float64)
-        for hidden in _rows(model, ids, "hidden", n_batch):
+        total = np.zeros(runner.model.config.n_embd, np.float64)
+        for hidden in _rows(runner, ids, "hidden"):
             total += hidden.sum(axis=0, dtype=np.float64)
         vector = (total / len(ids)).astype(np.float32)
     else:
         chunk = ids[:1] if pooling == "cls" else ids  # the first token's state needs nothing after it
-        *_, hidden = _rows(model, chunk, "hidden", n_batch)
+        *_, hidden = _rows(runner, chunk, "hidden")
         vector = hidden[-1].copy()
     if normalize:
         norm = float(np.linalg.norm(vector.astype(np.float64)))
@@ -58,13 +57,12 @@ def embedding(model: Model, ids: list[int], pooling: str = "mean", normalize: bo
     return vector
 
 
-def prompt_logprobs(model: Model, ids: list[int], n_top: int, n_batch: int = 256
-                    ) -> list[tuple[int, float | None, dict[int, float] | None]]:
+def prompt_logprobs(runner, ids: list[int], n_top: int) -> list[tuple[int, float | None, dict[int, float] | None]]:
     """(token id, its log-probability given the tokens before it, the n_top best alternatives) per prompt
     token; the first token has no context, so (id, None, None)."""
     out: list[tuple[int, float | None, dict[int, float] | None]] = [(ids[0], None, None)]
     position = 0
-    for logits in _rows(model, ids, "all", n_batch):
+    for logits in _rows(runner, ids, "all"):
         for row in logits:  # row predicts ids[position + 1]
             position += 1
             if position >= len(ids):

@@ -68,7 +68,7 @@ def child_ours(model: str, threads: int, reps: int) -> dict:
     params = SamplingParams(temperature=0, max_tokens=N_GEN, ignore_eos=True)
     prefill, decode = [], []
     for i in range(reps + 1):
-        llm.session.reset()
+        llm.reset()
         stats = llm.generate(ids, params)[0].outputs[0].metrics
         if i:  # the first run warms caches (and compiles on a cold numba cache)
             prefill.append(stats.prefill_tokens_per_second)

@@ -44,7 +44,7 @@ def child_ours(args) -> dict:
         llm = LLM(args.model, n_ctx=n_ctx, n_threads=args.threads, kv_cache_tokens=max_c * n_ctx * 2,
                   kv_cache_dtype=kv_type, enable_prefix_caching=False)
         prompts = prompts_from(llm.tokenize(TEXT.read_text(), add_special=False), max_c, args.n_prompt)
-        out["kv_bytes_per_seq"][kv_type] = llm.pool.bytes_per_token * (args.n_prompt + args.n_gen)
+        out["kv_bytes_per_seq"][kv_type] = llm.kv_bytes_per_token * (args.n_prompt + args.n_gen)
         for c in (1, max_c):  # warm-up: compile every kernel (the GEMM from 4 rows), page the weights in
             llm.max_num_seqs = c
             llm.generate(prompts[:max(c, 4)], SamplingParams(temperature=0, max_tokens=4))

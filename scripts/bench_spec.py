@@ -35,9 +35,7 @@ EDIT_PROMPT = (
 
 
 def decode_rate(llm: LLM, prompt: str, params: SamplingParams) -> dict:
-    llm.session.reset()
-    if llm.draft_session is not None:
-        llm.draft_session.reset()
+    llm.reset()
     gen = llm.generate_stream(prompt, params)
     t0 = time.perf_counter()
     while True:

@@ -38,11 +38,11 @@ def main() -> None:
             bos = llm.tokenizer.bos_id if llm.tokenizer.add_bos else None
             result = perplexity(tokens, args.n_ctx, llm.logits, bos, args.chunks)
             rows.append({"model": model, "kv_type": kv_type, "ppl": result.ppl, "chunks": result.chunks,
-                         "bytes_per_token": llm.pool.bytes_per_token})
+                         "bytes_per_token": llm.kv_bytes_per_token})
             base = next(r["ppl"] for r in rows if r["model"] == model)
             if not args.json:
                 print(f"{model:20} {kv_type:6} ppl {result.ppl:8.4f} ({100 * (result.ppl / base - 1):+.2f}% vs the "
-                      f"first type)  {llm.pool.bytes_per_token / 1024:.1f} KiB/token", flush=True)
+                      f"first type)  {llm.kv_bytes_per_token / 1024:.1f} KiB/token", flush=True)
     if args.json:
         print(json.dumps(rows, indent=1))
 

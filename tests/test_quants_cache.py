@@ -15,7 +15,7 @@ from gguf_runtime.cli import main
 from gguf_runtime.quants import cachedir, kernels
 from gguf_runtime.quants.warm import warm_up
 
-SHOW_CACHE_DIR = "import os, gguf_runtime.quants; print(os.environ['NUMBA_CACHE_DIR'])"
+SHOW_CACHE_DIR = "import os, gguf_runtime.runtime as r; r.setup(); print(os.environ['NUMBA_CACHE_DIR'])"
 
 
 def _run(env: dict) -> str:

@@ -1,7 +1,7 @@
 """Print a generation as it streams, with a spinner until the first text and a gentle Ctrl-C.
 
 Ctrl-C while text streams stops the generation at the next token: the generator is closed between tokens, so
-the KV cache still matches `session.tokens` and the next prompt reuses it. A second Ctrl-C (say, during a long
+the conversation cache keeps what was computed and the next prompt reuses it. A second Ctrl-C (say, during a long
 prompt evaluation) interrupts at once with KeyboardInterrupt; the cache state is then unknown.
 """
 
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Generator, Iterator, TextIO
 from ._load import status
 
 if TYPE_CHECKING:
-    from ..generate import Generation
+    from ..engine import Generation
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """`gguf-runtime bench`: prompt-processing and generation speed, shaped like llama.cpp's llama-bench.
 
-`ppN` evaluates N tokens as one prompt from an empty cache; `tgN` generates N tokens one at a time from an
-empty cache (each token's logits computed, no sampling). Tokens are random ids, as in llama-bench. Each test
+`ppN` evaluates N tokens as one prompt from an empty cache; `tgN` decodes N tokens one at a time after a
+one-token prompt (greedy sampling, which costs microseconds beside a forward pass). Both run through the engine. Tokens are random ids, as in llama-bench. Each test
 runs once untimed to warm up (compiling kernels on a cold cache), then REPS times; speed is the mean of the
 per-run tokens/second, ± their standard deviation.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -83,21 +82,25 @@ def _tokens(llm: LLM, n: int) -> list[int]:
 
 def _prompt_run(llm: LLM, n_tokens: int) -> float:
     """Seconds to evaluate n_tokens as one prompt (chunked by n_batch) from an empty cache."""
-    tokens = _tokens(llm, n_tokens)
-    llm.session.reset()
-    start = time.perf_counter()
-    llm.session.eval_prompt(tokens, reuse_pool=False)  # every rep evaluates the whole prompt
-    return time.perf_counter() - start
+    return _run(llm, _tokens(llm, n_tokens), 1).prefill_seconds
 
 
 def _generation_run(llm: LLM, n_tokens: int) -> float:
-    """Seconds to decode n_tokens one at a time from an empty cache."""
-    tokens = _tokens(llm, n_tokens)
-    llm.session.reset()
-    start = time.perf_counter()
-    for token in tokens:
-        llm.session.eval_next([token])
-    return time.perf_counter() - start
+    """Seconds to decode n_tokens one at a time after a one-token prompt (greedy, end-of-text ignored)."""
+    return _run(llm, _tokens(llm, 1), n_tokens + 1).decode_seconds
+
+
+def _run(llm: LLM, prompt: list[int], max_tokens: int):
+    """One request through the engine with nothing reused from earlier runs; its stats."""
+    from ..sampling import SamplingParams
+
+    llm.reset()
+    llm.engine.prefix_caching = False  # every rep evaluates the whole prompt
+    try:
+        params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+        return llm.generate(prompt, params)[0].outputs[0].metrics
+    finally:
+        llm.engine.prefix_caching = True
 
 
 def _result(llm: LLM, model: str, test: str, n_tokens: int, threads: int, samples: list[float]) -> BenchResult:

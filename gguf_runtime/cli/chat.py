@@ -123,7 +123,7 @@ class Repl:
 
     def reply(self, message: str) -> None:
         from ..chat_template import ChatTemplateError
-        from ..session import ContextLengthError
+        from ..errors import ContextLengthError
 
         turns = self.conversation.turns
         turns.append({"role": "user", "content": message})
@@ -139,7 +139,7 @@ class Repl:
         streamed = stream_to(sys.stdout, gen, self.waiting)
         self.waiting = THINKING
         if not streamed.clean:  # stopped inside the model: its cache may not match its tokens
-            self.llm.session.reset()
+            self.llm.reset()
         sys.stdout.write("\n" if streamed.text and not streamed.text.endswith("\n") else "")
         sys.stdout.flush()
         turns.append({"role": "assistant", "content": streamed.text})  # partial if interrupted: still said
@@ -196,7 +196,7 @@ class Repl:
                 ("model", f"{self.model} ({s['path']})"), ("architecture", s["architecture"]),
                 ("name", s["name"]), ("parameters", f"{s['parameters'] / 1e6:,.1f} M"),
                 ("file type", s["file_type"]),
-                ("context", f"{self.llm.n_ctx} tokens, {len(self.llm.session.tokens)} in use "
+                ("context", f"{self.llm.n_ctx} tokens, {len(self.llm.conversation_tokens)} in use "
                             f"(trained for {s['context_length']})"),
                 ("messages", str(len(self.conversation.messages()))), ("stats", "on" if self.show_stats else "off")):
             model.add_row(Text(label, style="bold"), Text(str(value)))

@@ -24,7 +24,10 @@ def warmup(model: str | None) -> None:
         with open_model(model) as g:
             wanted = sorted({t.ggml_type for t in g.tensors.values()})
     with status("loading numba ..."):
+        from .. import runtime
         from ..quants import QTYPES, UnsupportedQuantError, get_qtype, warm_up
+
+        runtime.setup()
         from ..quants.registry import type_name
 
     if wanted is None:

@@ -5,22 +5,25 @@
     QMatrix                                    W @ x on raw blocks (qmatrix.py)
     set_threads                                kernel threads (threads.py)
     warm_up                                    compile a type's kernels ahead of use (warm.py)
+
+Importing this package changes one thing, because numba forces it: NUMBA_CACHE_DIR gets its default (the user
+cache folder; cachedir.point_numba_cache), since numba fixes where a cached kernel lives when the kernel is
+decorated, that is when the modules below are imported. Everything else process-wide (threading layer, BLAS
+threads, stale-cache clean-up, the cached-code loader) is gguf_runtime.runtime.setup(), which LLM() and the
+CLI call.
 """
 
 from __future__ import annotations
 
-from . import cachedir, threads
+from . import cachedir
 
-cachedir.configure()  # before numba is imported by the modules below
-threads.configure()  # before the first parallel kernel runs
+cachedir.point_numba_cache()  # before the kernel modules below are decorated
 
 from .qmatrix import QMatrix  # noqa: E402
 from .registry import QTYPES, QuantType, UnsupportedQuantError, get_qtype  # noqa: E402
 from .rows import dequantize, embed_rows, quantize  # noqa: E402
 from .threads import set_threads  # noqa: E402
 from .warm import warm_up  # noqa: E402
-
-cachedir.load_cached_without_refresh()
 
 __all__ = ["QTYPES", "QuantType", "UnsupportedQuantError", "get_qtype", "dequantize", "quantize", "QMatrix",
            "embed_rows", "set_threads", "warm_up"]

@@ -1,7 +1,8 @@
 """Where numba caches the compiled kernels, dropping that cache when the kernel sources change, and loading
 from it without preparing the compiler.
 
-Imported before numba: an installed package cannot write next to its own sources, so the cache defaults to
+`point_numba_cache` runs when gguf_runtime.quants is imported (numba forces that: see quants/__init__.py);
+the rest is part of gguf_runtime.runtime.setup(). An installed package cannot write next to its own sources, so the cache defaults to
 ~/.cache/gguf-runtime/numba (an explicit NUMBA_CACHE_DIR wins). numba checks only the timestamp of the file
 that defines a cached function, but the drivers in kernels.py embed code from every other module here, so a
 hash of all of them decides whether the cached code may be reused.
@@ -18,12 +19,20 @@ from pathlib import Path
 SOURCE_DIR = Path(__file__).resolve().parent
 
 
-def configure() -> Path:
+def point_numba_cache() -> Path:
+    """NUMBA_CACHE_DIR defaults to the user cache folder (an explicit setting wins); numba's live config follows
+    when numba is imported already. Must run before the kernel modules are imported: numba fixes a cached
+    function's cache location when the function is decorated."""
     if "NUMBA_CACHE_DIR" not in os.environ:
         os.environ["NUMBA_CACHE_DIR"] = str(Path.home() / ".cache" / "gguf-runtime" / "numba")
         if "numba" in sys.modules:  # imported before us: point its live config there too
             sys.modules["numba"].config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
-    cache_dir = Path(os.environ["NUMBA_CACHE_DIR"])
+    return Path(os.environ["NUMBA_CACHE_DIR"])
+
+
+def configure() -> Path:
+    """Point numba at the cache folder and drop what it holds from other kernel sources."""
+    cache_dir = point_numba_cache()
     _drop_if_stale(cache_dir)
     return cache_dir
 

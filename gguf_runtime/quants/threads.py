@@ -1,7 +1,7 @@
 """How many threads the kernels use, and which numba threading layer runs them.
 
-`configure()` runs in quants/__init__.py before the first parallel kernel: numba picks its threading layer
-once, at the first launch of a parallel region, from NUMBA_THREADING_LAYER(_PRIORITY).
+`configure()` is part of gguf_runtime.runtime.setup(), which runs before the first parallel kernel: numba picks
+its threading layer once, at the first launch of a parallel region, from NUMBA_THREADING_LAYER(_PRIORITY).
 """
 
 from __future__ import annotations

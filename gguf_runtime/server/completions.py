@@ -59,8 +59,8 @@ async def _echoes(service: Service, req: CompletionRequest, texts: list[str | No
         logprobs = None
         if req.logprobs is not None:  # the model runs once more over the prompt, between engine steps
             llm = service.llm
-            logprobs = await service.worker.call(lambda ids=ids: prompt_logprobs(llm.model, ids, req.logprobs,
-                                                                                 llm.n_batch))
+            logprobs = await service.worker.call(lambda ids=ids: prompt_logprobs(llm.engine.runner, ids,
+                                                                                 req.logprobs))
         out.append(_Echo(text, logprobs))
     return out
 

@@ -35,7 +35,7 @@ async def embeddings(request: Request) -> Response:
 async def _embed_all(service: Service, prompts: list[list[int]]) -> list[np.ndarray]:
     llm = service.llm
     # one prompt per engine-thread call: generation steps of other clients run between them
-    return [await service.worker.call(lambda ids=ids: embedding(llm.model, ids, service.pooling, True, llm.n_batch))
+    return [await service.worker.call(lambda ids=ids: embedding(llm.engine.runner, ids, service.pooling))
             for ids in prompts]
 
 

@@ -20,7 +20,7 @@ import anyio.to_thread
 from starlette.requests import Request
 
 from ..catalog import CATALOG, resolve_model
-from ..session import ContextLengthError
+from ..errors import ContextLengthError, KVCapacityError, StructuredOutputError
 from .errors import SERVER_BUSY, SERVER_ERROR, APIError, bad_request, context_length_exceeded, one_line
 from .protocol import Limits
 from .worker import EngineWorker, RequestStream
@@ -124,7 +124,7 @@ class Service:
                     await self.worker.add(stream, f"{request_id}-{i}", ids, params)
                 except ContextLengthError:
                     raise context_length_exceeded(len(ids), self.limits.n_ctx) from None
-                except ValueError as err:  # the engine's own refusals: bad params, can never fit the KV pool
+                except (ValueError, KVCapacityError, StructuredOutputError) as err:  # bad params, never fits
                     raise bad_request(one_line(err)) from None
             yield stream
         finally:
