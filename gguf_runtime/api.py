@@ -22,6 +22,7 @@ from .gguf_file import GGUFFile
 from .model import Model
 from .quants import set_threads
 from .sampling import SampledToken, SamplingParams
+from .scoring import default_pooling, embedding
 from .state import load_state, save_state
 from .tokenizer import Tokenizer
 from .weights import check_finite_scales
@@ -62,6 +63,18 @@ class CompletionOutput:
     cumulative_logprob: float | None = None
     logprobs: list[dict[int, float]] | None = None  # per generated token: {token_id: logprob}, top-N + chosen
     metrics: GenerationStats = field(default_factory=GenerationStats)
+
+
+@dataclass
+class EmbeddingOutput:
+    embedding: list[float]
+
+
+@dataclass
+class EmbeddingRequestOutput:
+    request_id: str
+    prompt_token_ids: list[int]
+    outputs: EmbeddingOutput
 
 
 @dataclass
@@ -373,6 +386,20 @@ class LLM:
             kv.release()
         return np.concatenate(rows)
 
+    def embed(self, prompts: str | Sequence[int] | Sequence[str | Sequence[int] | dict] | dict,
+              pooling: str | None = None, normalize: bool = True) -> list[EmbeddingRequestOutput]:
+        """One embedding per prompt, vLLM-shaped (`outputs[i].outputs.embedding`): the final hidden states
+        pooled as llama.cpp's --pooling does ("mean", "cls" or "last"; default: the model's own pooling type,
+        else "mean"), then L2-normalised unless normalize=False. Runs outside the KV pool (see scoring.py)."""
+        pooling = pooling or default_pooling(self.gguf.metadata, self.config.arch)
+        outputs = []
+        for prompt in _prompt_list(prompts):
+            _, ids = self._prompt_ids(prompt, room=0)
+            vector = embedding(self.engine.runner, ids, pooling, normalize)
+            outputs.append(EmbeddingRequestOutput(str(self._requests), ids, EmbeddingOutput(vector.tolist())))
+            self._requests += 1
+        return outputs
+
 
 def load(path: Path, check_weights: bool | None = None) -> tuple[GGUFFile, Tokenizer, Model]:
     """Open a GGUF file and build its tokenizer and model (weights stay memory-mapped), validating metadata and
@@ -384,6 +411,13 @@ def load(path: Path, check_weights: bool | None = None) -> tuple[GGUFFile, Token
     if check_weights if check_weights is not None else os.environ.get("GGUF_RUNTIME_CHECK_WEIGHTS") == "1":
         check_finite_scales(gguf)
     return gguf, tokenizer, model
+
+
+def _prompt_list(prompts) -> list:
+    """One prompt (text, token ids, a vLLM prompt dict) as a list of one; a list of prompts as is."""
+    single = isinstance(prompts, (str, dict)) or (
+        isinstance(prompts, Sequence) and len(prompts) > 0 and isinstance(prompts[0], (int, np.integer)))
+    return [prompts] if single else list(prompts)
 
 
 def _logprob_dict(s: SampledToken) -> dict[int, float]:

@@ -187,7 +187,8 @@ class Model:
         through each weight at once, storing every row's K/V where the batch says.
 
         Returns float32 logits: (T, V) for logits="all", (B, V) of each sequence's last token for "last",
-        None for None (a prefill chunk whose logits nobody reads skips the vocabulary projection).
+        None for None (a prefill chunk whose logits nobody reads skips the vocabulary projection); "hidden"
+        returns the final-normed hidden states (T, D) instead (embeddings).
         NonFiniteError when NaN/inf weights or scales poison the computation (the tokens are not committed).
         """
         try:
@@ -253,8 +254,8 @@ class Model:
             if logits == "last":
                 x = x[batch.last_rows]  # (B, D)
             rms_norm(x, self.output_norm, eps, x)
-            out = _linear(self.output, x, None, decode)  # (T or B, V)
-            if c.final_softcap:
+            out = x if logits == "hidden" else _linear(self.output, x, None, decode)  # (T, D) or (T or B, V)
+            if c.final_softcap and logits != "hidden":
                 out = softcap(out, np.float32(c.final_softcap))
         # NaN/inf weights or scales surface here; refused before the tokens count as cached
         if not np.isfinite(x).all() or (out is not None and not np.isfinite(out).all()):
