@@ -20,6 +20,7 @@ from .gguf_file import GGUFFile
 from .model import Model
 from .quants import set_threads
 from .sampling import SampledToken, Sampler, SamplingParams
+from .scoring import default_pooling, embedding
 from .session import ContextLengthError, Session
 from .speculative import Drafter, ModelDrafter, NgramDrafter, check_vocab_compatible
 from .state import load_state, save_state
@@ -43,6 +44,18 @@ class CompletionOutput:
     cumulative_logprob: float | None = None
     logprobs: list[dict[int, float]] | None = None  # per generated token: {token_id: logprob}, top-N + chosen
     metrics: GenerationStats = field(default_factory=GenerationStats)
+
+
+@dataclass
+class EmbeddingOutput:
+    embedding: list[float]
+
+
+@dataclass
+class EmbeddingRequestOutput:
+    request_id: str
+    prompt_token_ids: list[int]
+    outputs: EmbeddingOutput
 
 
 @dataclass
@@ -272,12 +285,33 @@ class LLM:
         self.session.reset()
         return self.session.eval_prompt(ids, all_logits=True, reuse_pool=False)
 
+    def embed(self, prompts: str | Sequence[int] | Sequence[str | Sequence[int] | dict] | dict,
+              pooling: str | None = None, normalize: bool = True) -> list[EmbeddingRequestOutput]:
+        """One embedding per prompt, vLLM-shaped (`outputs[i].outputs.embedding`): the final hidden states
+        pooled as llama.cpp's --pooling does ("mean", "cls" or "last"; default: the model's own pooling type,
+        else "mean"), then L2-normalised unless normalize=False. Runs outside the KV pool (see scoring.py)."""
+        pooling = pooling or default_pooling(self.gguf.metadata, self.config.arch)
+        outputs = []
+        for prompt in _prompt_list(prompts):
+            _, ids = self._prompt_ids(prompt, room=0)
+            vector = embedding(self.model, ids, pooling, normalize, self.n_batch)
+            outputs.append(EmbeddingRequestOutput(str(self._requests), ids, EmbeddingOutput(vector.tolist())))
+            self._requests += 1
+        return outputs
+
 
 def load(path: Path) -> tuple[GGUFFile, Tokenizer, Model]:
     """Open a GGUF file and build its tokenizer and model (weights stay memory-mapped)."""
     gguf = GGUFFile(path)
     tokenizer = Tokenizer.from_metadata(gguf.metadata)
     return gguf, tokenizer, Model(gguf, ModelConfig.from_metadata(gguf.metadata, tokenizer.n_vocab))
+
+
+def _prompt_list(prompts) -> list:
+    """One prompt (text, token ids, a vLLM prompt dict) as a list of one; a list of prompts as is."""
+    single = isinstance(prompts, (str, dict)) or (
+        isinstance(prompts, Sequence) and len(prompts) > 0 and isinstance(prompts[0], (int, np.integer)))
+    return [prompts] if single else list(prompts)
 
 
 def _drain(gen: Iterator[str]) -> Generation:

@@ -128,7 +128,8 @@ class Model:
         and append them to the caches (which share one pool).
 
         Returns float32 logits: (ΣT, V) for logits="all", (B, V) of each sequence's last token for "last",
-        None for None (a prefill chunk whose logits nobody reads skips the vocabulary projection).
+        None for None (a prefill chunk whose logits nobody reads skips the vocabulary projection); "hidden"
+        returns the final-normed hidden states (ΣT, D) instead (embeddings).
         """
         c = self.config
         H, H_kv, hd = c.n_heads, c.n_kv_heads, c.head_dim
@@ -189,6 +190,8 @@ class Model:
         if logits == "last":
             x = x[np.cumsum(runs) - 1]  # (B, D)
         rms_norm(x, self.output_norm, c.rms_eps, x)
+        if logits == "hidden":
+            return x  # (T, D)
         return _linear(self.output, x, None, decode)  # (T or B, V)
 
 

@@ -79,7 +79,8 @@ def _debug(ctx: click.Context) -> bool:
 
 # Command name -> the module defining it.
 _COMMANDS = {"pull": "pull", "models": "pull", "info": "info", "complete": "complete", "chat": "chat",
-             "bench": "bench", "perplexity": "perplexity", "tokenize": "tokenize", "warmup": "warmup"}
+             "bench": "bench", "perplexity": "perplexity", "tokenize": "tokenize", "warmup": "warmup",
+             "serve": "serve"}
 
 
 @click.group(cls=_Group, lazy=_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
