@@ -203,7 +203,8 @@ GREEDY = {"temperature": "0", "topP": "1", "maxTokens": "16"}
 
 
 def _reference_reply(server: Server, messages: list[dict], max_tokens: int) -> dict:
-    return server.post("/v1/chat/completions", {"model": "any", "messages": messages, "temperature": 0,
+    model = json.loads(server.get("/v1/models"))["data"][0]["id"]
+    return server.post("/v1/chat/completions", {"model": model, "messages": messages, "temperature": 0,
                                                 "top_p": 1, "max_tokens": max_tokens})
 
 
