@@ -290,7 +290,7 @@ def test_stop_frees_the_request(page):
     assert page.driver.switch_to.active_element.get_attribute("id") == "prompt"
 
 
-def test_script_in_a_reply_is_text(page):
+def test_script_in_a_reply_is_text(page, tmp_path):
     page.open(GREEDY)
     page.send(SCRIPT_QUESTION)
     shown = page.wait_for_reply()
@@ -303,6 +303,7 @@ def test_script_in_a_reply_is_text(page):
     page.wait_for_model()
     assert "<script>" in page.driver.execute_script(LAST_REPLY_TEXT_JS)
     assert page.driver.find_elements(By.CSS_SELECTOR, "#messages script") == []
+    page.driver.save_screenshot(str(tmp_path / "chat-script-reply.png"))
 
 
 def test_reload_keeps_conversations(page):
