@@ -227,7 +227,12 @@ def test_api_key_prompt(page):
 
 
 def test_streamed_reply_with_enter_and_shift_enter(page):
-    page.open(GREEDY)
+    page.open({**GREEDY, "maxTokens": "300"})
+    max_tokens = page.driver.find_element(By.ID, "max-tokens")  # the settings form feeds the request
+    max_tokens.clear()
+    max_tokens.send_keys("16", Keys.TAB)
+    assert json.loads(page.driver.execute_script("return localStorage.getItem('gguf-runtime.settings')"))[
+        "maxTokens"] == "16"
     box = page.prompt()
     box.send_keys("Name a colour.")
     box.send_keys(Keys.SHIFT, Keys.ENTER, Keys.NULL)  # Shift+Enter: a newline, nothing sent
@@ -325,6 +330,15 @@ def test_reload_keeps_conversations(page):
     page.driver.find_elements(By.CSS_SELECTOR, "#conversation-list .open-conversation")[1].click()
     assert page.message_texts() == first
     assert re.search(r"\d+ tokens? · ", page.last_stats())  # the reply's numbers are kept too
+
+    page.driver.execute_cdp_cmd("Browser.grantPermissions", {
+        "origin": page.server.url, "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]})
+    copy = page.driver.find_elements(By.CSS_SELECTOR, "#messages .msg.assistant .copy")[-1]
+    copy.click()
+    page.wait(lambda d: copy.text == "Copied", 5, "the copy button did not copy")
+    copied = page.driver.execute_async_script(
+        "navigator.clipboard.readText().then(arguments[0], e => arguments[0]('error: ' + e))")
+    assert copied == page.stored_current()["messages"][-1]["content"]
 
 
 HOSTILE_MARKDOWN = """\
