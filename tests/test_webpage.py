@@ -196,7 +196,12 @@ class Page:
 
 @pytest.fixture
 def page(browser, server):
-    return Page(browser, server)
+    """The page; afterwards, the browser's console must hold no errors but the 401s the key prompt causes."""
+    browser.get_log("browser")  # drop what earlier tests left
+    yield Page(browser, server)
+    errors = [entry["message"] for entry in browser.get_log("browser")
+              if entry["level"] == "SEVERE" and "status of 401" not in entry["message"]]
+    assert errors == [], errors
 
 
 GREEDY = {"temperature": "0", "topP": "1", "maxTokens": "16"}
