@@ -406,7 +406,8 @@ def test_markdown_is_rendered_safely_and_fits_400_px(page, tmp_path):
 
     toggle = driver.find_element(By.ID, "menu-toggle")
     toggle.click()
-    page.wait(lambda d: d.find_element(By.ID, "sidebar").is_displayed(), 5, "the drawer did not open")
+    page.wait(lambda d: d.find_element(By.ID, "sidebar").is_displayed()
+              and d.find_element(By.ID, "sidebar").rect["x"] == 0, 5, "the drawer did not open")
     assert toggle.get_attribute("aria-expanded") == "true"
     assert driver.switch_to.active_element.get_attribute("id") == "new-chat"
     driver.save_screenshot(str(tmp_path / "chat-400px-menu.png"))
