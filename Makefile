@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PROMPT ?= The three primary colours are
 
-.PHONY: setup run test models models-all warmup bench clean fuzz
+.PHONY: setup run test models models-all browser warmup bench clean fuzz
 
 setup: $(VENV)/.installed
 
@@ -27,8 +27,19 @@ models-all: setup
 run: models
 	$(BIN)/gguf-runtime complete "$(PROMPT)"
 
+# The browser tests (tests/test_webpage.py) drive Debian's Chromium headless through Debian's chromedriver: both
+# come from apt (as root, or through sudo), only when chromedriver is missing. Elsewhere install Chromium and its
+# driver yourself and point GGUF_RUNTIME_CHROMIUM / GGUF_RUNTIME_CHROMEDRIVER at them.
+CHROMEDRIVER ?= /usr/bin/chromedriver
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+browser:
+	@test -x $(CHROMEDRIVER) || { command -v apt-get >/dev/null \
+		|| { echo "no $(CHROMEDRIVER) and no apt-get: install Chromium and chromedriver, then set GGUF_RUNTIME_CHROMEDRIVER" >&2; exit 1; }; \
+		$(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y chromium chromium-driver; }
+
 # The tests use every catalog model (real vocabularies and quant types), so fetch them all first.
-test: models-all
+test: models-all browser
 	$(BIN)/python -m pytest -q
 
 # Hostile model files, chat templates and KV-state files (tests/fuzz_harness.py), per mutation category; fails
