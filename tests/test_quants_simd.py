@@ -22,11 +22,13 @@ ALL_HALVES = np.arange(65536, dtype=np.uint32).astype(np.uint16)
 
 @pytest.fixture
 def generic_ir(monkeypatch):
-    """Kernels compiled inside this fixture use only target-independent IR (no AVX2, no F16C). None of them is
+    """Kernels compiled inside this fixture use only target-independent IR (no AVX2, F16C, NEON). None of them is
     saved to the disk cache: a cached kernel first compiled here (a callee of a fresh kernel, or the fast path
     called for comparison) would otherwise be loaded as generic code by every later process."""
     monkeypatch.setattr(simd, "USE_X86_AVX2", False)
     monkeypatch.setattr(simd, "USE_NATIVE_F16", False)
+    monkeypatch.setattr(simd, "USE_ARM_NEON", False)
+    monkeypatch.setattr(simd, "USE_ARM_DOTPROD", False)
     monkeypatch.setattr(caching.Cache, "save_overload", lambda self, sig, data: None)
 
 
@@ -120,7 +122,7 @@ def test_generic_ir_dot_matches_fast_path(t, generic_ir):
     act = _activation(qtype, x)
     generic = fresh(module.dot_row)
     for row in raw:
-        assert np.isclose(generic(row, x, *act), qtype.dot_row(row, x, *act), rtol=1e-6, atol=0)
+        assert generic(row, x, *act) == qtype.dot_row(row, x, *act)
 
 
 @pytest.mark.parametrize("t", sorted(GEMM_SUPERBLOCKS), ids=[GT(t).name for t in sorted(GEMM_SUPERBLOCKS)])
@@ -146,15 +148,22 @@ def test_generic_ir_dequantize_bit_exact(t, generic_ir):
     assert _nan_aware_equal(out, dequantize(raw, t))
 
 
-def test_fast_path_uses_vector_dot_instructions():
-    """On AVX2 hosts the Q4_K kernel runs on vpmaddubsw/vpmaddwd; elsewhere on LLVM's own vector code."""
-    qtype = QTYPES[GT.Q4_K]
+def _dot_row_asm(t) -> str:
+    qtype = QTYPES[t]
     module = importlib.import_module(qtype.dot_row.py_func.__module__)
     kernel = fresh(module.dot_row)
     x = np.ones(256, np.float32)
-    kernel(quantize(x[None], GT.Q4_K)[0], x, *_activation(qtype, x))
-    asm = kernel.inspect_asm(kernel.signatures[0])
+    kernel(quantize(x[None], t)[0], x, *_activation(qtype, x))
+    return kernel.inspect_asm(kernel.signatures[0])
+
+
+def test_fast_path_uses_vector_dot_instructions():
+    """On AVX2 hosts the Q4_K kernel runs on vpmaddubsw/vpmaddwd, on AArch64 with the dot-product extension on
+    sdot; elsewhere on LLVM's own vector code. IQ4_NL's table lookups are vpshufb or tbl."""
+    asm, lookups = _dot_row_asm(GT.Q4_K), _dot_row_asm(GT.IQ4_NL)
     if simd.USE_X86_AVX2:
-        assert "vpmaddubsw" in asm and "vpmaddwd" in asm
+        assert "vpmaddubsw" in asm and "vpmaddwd" in asm and "vpshufb" in lookups
+    elif simd.USE_ARM_DOTPROD:
+        assert "sdot" in asm and "tbl" in lookups
     else:
         assert "pmaddubs" not in asm  # the generic path must not emit x86-only instructions
