@@ -54,6 +54,13 @@ fuzz: models
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
 
+# The AArch64 (Apple Silicon) code path under qemu-user emulation, in a cached arm64 Debian root: kernels
+# (NEON against the generic IR), tokenizers, SmolLM2 greedy parity. Needs root; slow, so not in `make test`
+# or CI (README: "Apple Silicon").
+.PHONY: check-aarch64
+check-aarch64: models-all
+	GGUF_RUNTIME_MODELS="$${GGUF_RUNTIME_MODELS:-$(CURDIR)/models}" scripts/check_aarch64.sh
+
 # Reference fixtures: llama-cpp-python (llama.cpp, the parity reference; never a runtime dependency) in a venv
 # of its own, then scripts/make_fixtures.py. Portable x86 flags: a native build uses AMX where the CPU has it and
 # segfaults in llama_decode; AVX-512 is enabled only where this CPU has it (elsewhere the library dies with

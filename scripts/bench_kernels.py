@@ -128,7 +128,7 @@ def run_crossover(name: str, shape: str, threads: int) -> None:
 
 
 ASM_WATCH = ("vpmaddubsw", "vpmaddwd", "vpdpbusd", "vpsignb", "vpshufb", "vfmadd231ps", "vcvtph2ps", "vcvtdq2ps",
-             "sdot", "smull", "fmla")
+             "sdot", "smull", "tbl", "fmla", "fcvtl", "fcvtl2", "fcvt", "scvtf")
 
 
 def asm_report(types: list[str]) -> None:
@@ -139,10 +139,17 @@ def asm_report(types: list[str]) -> None:
     import numpy as np
     from numba import njit
 
+    import llvmlite.binding as llvm
+    import numba
+
     from gguf_runtime import quants
+    from gguf_runtime.quants import simd
     from gguf_runtime.quants.activation import quantize_q8_0, quantize_q8_k
     from gguf_runtime.quants.registry import ACT_Q8_0
 
+    print(f"{llvm.get_process_triple()}, numba {numba.__version__} compiling for "
+          f"{numba.config.CPU_NAME or llvm.get_host_cpu_name()}: x86 AVX2 {simd.USE_X86_AVX2}, "
+          f"AArch64 sdot {simd.USE_ARM_DOTPROD}, tbl {simd.USE_ARM_NEON}, hardware fp16 {simd.USE_NATIVE_F16}")
     print("instruction counts in each dot_row (whole function; the hot loop holds one copy or an unrolled few)")
     for name in types:
         code = next(c for c, q in quants.QTYPES.items() if q.name == name)

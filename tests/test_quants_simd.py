@@ -22,11 +22,13 @@ ALL_HALVES = np.arange(65536, dtype=np.uint32).astype(np.uint16)
 
 @pytest.fixture
 def generic_ir(monkeypatch):
-    """Kernels compiled inside this fixture use only target-independent IR (no AVX2, no F16C). None of them is
+    """Kernels compiled inside this fixture use only target-independent IR (no AVX2, F16C, NEON). None of them is
     saved to the disk cache: a cached kernel first compiled here (a callee of a fresh kernel, or the fast path
     called for comparison) would otherwise be loaded as generic code by every later process."""
     monkeypatch.setattr(simd, "USE_X86_AVX2", False)
     monkeypatch.setattr(simd, "USE_NATIVE_F16", False)
+    monkeypatch.setattr(simd, "USE_ARM_NEON", False)
+    monkeypatch.setattr(simd, "USE_ARM_DOTPROD", False)
     monkeypatch.setattr(caching.Cache, "save_overload", lambda self, sig, data: None)
 
 
@@ -62,8 +64,28 @@ def _nan_aware_equal(a, b):
     return np.array_equal(np.isnan(a), nan) and np.array_equal(a[~nan].view(np.uint32), b[~nan].view(np.uint32))
 
 
+def _widened_halves(h):
+    """IEEE half bits -> float32, exactly, NaN payloads kept: numpy's software conversion (x86). On AArch64
+    numpy converts in hardware, which quiets signalling NaNs, so NaNs are widened here by hand."""
+    with np.errstate(invalid="ignore"):
+        bits = h.view(np.float16).astype(np.float32).view(np.uint32)
+    h32 = h.astype(np.uint32)
+    nan = ((h32 & 0x7C00) == 0x7C00) & ((h32 & 0x3FF) != 0)
+    return np.where(nan, ((h32 & 0x8000) << 16) | 0x7F800000 | ((h32 & 0x3FF) << 13), bits).view(np.float32)
+
+
+def _narrowed_floats(x):
+    """float32 -> IEEE half bits, rounding to nearest even; a NaN keeps its top payload bits and stays a NaN,
+    as in numpy's software conversion (x86; on AArch64 numpy's hardware conversion quiets signalling NaNs)."""
+    with np.errstate(all="ignore"):
+        ref = x.astype(np.float16).view(np.uint16)
+    b = x.view(np.uint32)
+    nan_bits = ((b >> 16) & 0x8000) | 0x7C00 | np.maximum((b >> 13) & 0x3FF, 1)
+    return np.where(np.isnan(x), nan_bits, ref).astype(np.uint16)
+
+
 def test_half_decode_exhaustive():
-    ref = ALL_HALVES.view(np.float16).astype(np.float32)
+    ref = _widened_halves(ALL_HALVES)
     out = np.empty(65536, np.float32)
     _decode_all(ALL_HALVES, out)
     assert np.array_equal(out.view(np.uint32), ref.view(np.uint32))  # nan payloads included
@@ -73,7 +95,7 @@ def test_half_decode_exhaustive():
 
 
 def test_half_decode_exhaustive_generic_ir(generic_ir):
-    ref = ALL_HALVES.view(np.float16).astype(np.float32)
+    ref = _widened_halves(ALL_HALVES)
     out = np.empty(65536, np.float32)
     for kernel in (njit(_f16_at_all), njit(_f16x8_all)):
         kernel(ALL_HALVES.view(np.uint8), out)
@@ -81,7 +103,8 @@ def test_half_decode_exhaustive_generic_ir(generic_ir):
 
 
 def test_half_encode_matches_numpy():
-    halves = ALL_HALVES.view(np.float16).astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        halves = ALL_HALVES.view(np.float16).astype(np.float64)
     finite = halves[np.isfinite(halves)]
     finite.sort()
     midpoints = (finite[:-1] + finite[1:]) / 2  # ties: round to even
@@ -93,9 +116,7 @@ def test_half_encode_matches_numpy():
                             np.float32([65504, 65519.99, 65520, -65520, 1e-8, 2.0**-25, 3 * 2.0**-26])])
     out = np.empty(x.size, np.uint16)
     _encode_all(x, out)
-    with np.errstate(all="ignore"):
-        ref = x.astype(np.float16).view(np.uint16)
-    assert np.array_equal(out, ref)
+    assert np.array_equal(out, _narrowed_floats(x))
 
 
 def _activation(qtype, x):
@@ -120,7 +141,7 @@ def test_generic_ir_dot_matches_fast_path(t, generic_ir):
     act = _activation(qtype, x)
     generic = fresh(module.dot_row)
     for row in raw:
-        assert np.isclose(generic(row, x, *act), qtype.dot_row(row, x, *act), rtol=1e-6, atol=0)
+        assert generic(row, x, *act) == qtype.dot_row(row, x, *act)
 
 
 @pytest.mark.parametrize("t", sorted(GEMM_SUPERBLOCKS), ids=[GT(t).name for t in sorted(GEMM_SUPERBLOCKS)])
@@ -146,15 +167,22 @@ def test_generic_ir_dequantize_bit_exact(t, generic_ir):
     assert _nan_aware_equal(out, dequantize(raw, t))
 
 
-def test_fast_path_uses_vector_dot_instructions():
-    """On AVX2 hosts the Q4_K kernel runs on vpmaddubsw/vpmaddwd; elsewhere on LLVM's own vector code."""
-    qtype = QTYPES[GT.Q4_K]
+def _dot_row_asm(t) -> str:
+    qtype = QTYPES[t]
     module = importlib.import_module(qtype.dot_row.py_func.__module__)
     kernel = fresh(module.dot_row)
     x = np.ones(256, np.float32)
-    kernel(quantize(x[None], GT.Q4_K)[0], x, *_activation(qtype, x))
-    asm = kernel.inspect_asm(kernel.signatures[0])
+    kernel(quantize(x[None], t)[0], x, *_activation(qtype, x))
+    return kernel.inspect_asm(kernel.signatures[0])
+
+
+def test_fast_path_uses_vector_dot_instructions():
+    """On AVX2 hosts the Q4_K kernel runs on vpmaddubsw/vpmaddwd, on AArch64 with the dot-product extension on
+    sdot; elsewhere on LLVM's own vector code. IQ4_NL's table lookups are vpshufb or tbl."""
+    asm, lookups = _dot_row_asm(GT.Q4_K), _dot_row_asm(GT.IQ4_NL)
     if simd.USE_X86_AVX2:
-        assert "vpmaddubsw" in asm and "vpmaddwd" in asm
+        assert "vpmaddubsw" in asm and "vpmaddwd" in asm and "vpshufb" in lookups
+    elif simd.USE_ARM_DOTPROD:
+        assert "sdot" in asm and "tbl" in lookups
     else:
         assert "pmaddubs" not in asm  # the generic path must not emit x86-only instructions

@@ -4,9 +4,11 @@ numba's auto-vectoriser does not turn per-block quantized dot products into vect
 spell them out with these intrinsics, written in plain LLVM vector IR (LLVM maps it to AVX2, AVX-512 or
 NEON). When numba targets the host CPU and it has AVX2, the multiply-add steps call the x86 instructions
 llama.cpp uses: `maddubs` -> vpmaddubsw, `maddubs_s8` -> vpabsb/vpsignb/vpmaddubsw, `madd`/`madd_v` ->
-vpmaddwd, `lookup16` -> vpshufb; with F16C (and on every AArch64) halves convert in hardware. Every bound
-those rely on (no i16 saturation) holds for the callers: unsigned weights <= 63, or signed ones in
-[-128, 127], times activations in [-127, 127].
+vpmaddwd, `lookup16` -> vpshufb; with F16C (and on every AArch64) halves convert in hardware. On AArch64,
+the ARM instructions llama.cpp uses there: `lookup16` -> tbl, and where the target has the dot-product
+extension (every Apple M-series) `maddubs`/`maddubs_s8` -> sdot, whose 4-byte sums `madd`/`madd_v` then
+scale. Every bound those rely on (no i16 saturation; bytes sdot may read as signed) holds for the callers:
+unsigned weights <= 63, or signed ones in [-128, 127], times activations in [-127, 127].
 
 Vector values (`U8x32`, `I16x16`, `I32x8`, `F32x8`) live in registers inside one jitted function; they are
 never stored in arrays. Array arguments must be 1-D C-contiguous; offsets are in elements.
@@ -15,6 +17,7 @@ never stored in arrays. Array arguments must be 1-D C-contiguous; offsets are in
 from __future__ import annotations
 
 import platform
+import re
 
 import llvmlite.binding as llvm
 from llvmlite import ir
@@ -44,22 +47,44 @@ U8x32 = VectorType("U8x32", 32, _I8)    # bytes: unsigned 0..63 for maddubs, sig
 I16x16 = VectorType("I16x16", 16, _I16)
 I32x8 = VectorType("I32x8", 8, _I32)
 F32x8 = VectorType("F32x8", 8, _F32)
+# What maddubs/maddubs_s8 return and only madd/madd_v read: the partial sums of a 32-byte dot product. With
+# sdot they are 8 x i32 sums of 4 products in the same 256 bits; otherwise 16 x i16 sums of 2 (vpmaddubsw's).
+ByteDots = VectorType("ByteDots", 16, _I16)
+
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
+_AARCH64 = platform.machine().lower() in ("arm64", "aarch64")
+# LLVM CPU names that imply the dot-product extension: Apple A13 and later, so every M-series (macOS on
+# Apple Silicon reports a name, not always a feature list).
+_DOTPROD_CPU = re.compile(r"apple-(m\d+|a1[3-9])$")
 
 
-def _host_features() -> dict:
-    # Code is compiled for config.CPU_NAME (the host unless NUMBA_CPU_NAME says otherwise, e.g. for a
-    # portable cache); CPU-specific instructions are only safe when we know the target has them.
+def _target_features() -> dict:
+    """The CPU features numba compiles for: NUMBA_CPU_FEATURES if set, else the host's when it targets the
+    host (unless NUMBA_CPU_NAME names another CPU, e.g. for a portable cache: then none are assumed).
+    CPU-specific instructions are only safe when we know the target has them."""
+    if config.CPU_FEATURES is not None:
+        return {f[1:]: f[0] == "+" for f in config.CPU_FEATURES.split(",") if f[:1] in ("+", "-")}
     if config.CPU_NAME not in (None, "host"):
         return {}
     return dict(llvm.get_host_cpu_features())
 
 
-_FEATURES = _host_features()
-# Both read at compile time; tests flip them to exercise the generic IR.
+def _target_has_dotprod(features: dict) -> bool:
+    if not _AARCH64:
+        return False
+    if "dotprod" in features:
+        return bool(features["dotprod"])
+    name = config.CPU_NAME if config.CPU_NAME not in (None, "host") else llvm.get_host_cpu_name()
+    return bool(_DOTPROD_CPU.match(name))
+
+
+_FEATURES = _target_features()
+# All read at compile time; tests flip them to exercise the generic IR.
 USE_X86_AVX2 = bool(_FEATURES.get("avx2"))
 # Hardware half -> float (x86 F16C, every AArch64); elsewhere LLVM would call a runtime helper numba may lack.
-_X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
-USE_NATIVE_F16 = bool(_FEATURES.get("f16c")) or platform.machine().lower() in ("arm64", "aarch64")
+USE_NATIVE_F16 = bool(_FEATURES.get("f16c")) or _AARCH64
+USE_ARM_NEON = _AARCH64  # tbl: NEON is part of every AArch64
+USE_ARM_DOTPROD = _target_has_dotprod(_FEATURES)  # sdot
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -101,9 +126,30 @@ def _pairwise_add(builder, v, lanes_out: int):
     return builder.add(even, odd)
 
 
-def _x86(builder, name: str, ret: ir.Type, args):
+def _call(builder, name: str, ret: ir.Type, args):
+    """A call to the LLVM target intrinsic `name` (x86 or AArch64 instructions)."""
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, [a.type for a in args]), name)
     return builder.call(fn, args)
+
+
+def _halves(builder, v):
+    """The low and high 128-bit halves of a 256-bit vector (NEON registers are 128 bits)."""
+    n = v.type.count // 2
+    return (builder.shuffle_vector(v, v, _vec(_I32, range(n))),
+            builder.shuffle_vector(v, v, _vec(_I32, range(n, 2 * n))))
+
+
+def _concat(builder, lo, hi):
+    return builder.shuffle_vector(lo, hi, _vec(_I32, range(2 * lo.type.count)))
+
+
+def _sdot(builder, a, b):
+    """8 x i32: lane k = sum of a[4k+i] * b[4k+i] over i < 4, the bytes taken as signed (two sdot)."""
+    i32x4 = ir.VectorType(_I32, 4)
+    zero = ir.Constant(i32x4, None)
+    sums = [_call(builder, "llvm.aarch64.neon.sdot.v4i32.v16i8", i32x4, [zero, ha, hb])
+            for ha, hb in zip(_halves(builder, a), _halves(builder, b))]
+    return builder.bitcast(_concat(builder, *sums), ByteDots.llvm_type)
 
 
 _BYTES = (types.uint8, types.int8)
@@ -184,20 +230,23 @@ def vor(typingctx, a, b):
 
 @intrinsic
 def maddubs(typingctx, u, x, off):
-    """u (unsigned bytes) times x[off:off+32] (signed bytes); adjacent products summed -> 16 x i16.
+    """u (unsigned bytes) times x[off:off+32] (signed bytes), partial sums for `madd`/`madd_v`.
 
-    Lane i covers elements 2i, 2i+1: lanes 0..7 the first 16 elements, lanes 8..15 the last 16.
+    As vpmaddubsw: 16 x i16, lane i = elements 2i, 2i+1 (lanes 0..7 the first 16 elements, 8..15 the last 16).
+    With sdot: 8 x i32, lane k = elements 4k..4k+3 (u must stay below 128, read as signed).
     """
     _check_array(x, (types.int8,))
 
     def codegen(context, builder, sig, args):
         xv = _load(context, builder, sig.args[1], args[1], args[2], U8x32.llvm_type)
+        if USE_ARM_DOTPROD:
+            return _sdot(builder, args[0], xv)
         if USE_X86_AVX2:
-            return _x86(builder, "llvm.x86.avx2.pmadd.ub.sw", I16x16.llvm_type, [args[0], xv])
+            return _call(builder, "llvm.x86.avx2.pmadd.ub.sw", I16x16.llvm_type, [args[0], xv])
         wide = ir.VectorType(_I16, 32)
         products = builder.mul(builder.zext(args[0], wide), builder.sext(xv, wide))
         return _pairwise_add(builder, products, 16)
-    return I16x16(U8x32, x, types.intp), codegen
+    return ByteDots(U8x32, x, types.intp), codegen
 
 
 def _scale_pair(builder, s0, s1):
@@ -209,10 +258,25 @@ def _scale_pair(builder, s0, s1):
 
 
 def _madd_wd(builder, a, b):
+    """a * b lane-wise (16 x i16), adjacent products summed -> 8 x i32 (vpmaddwd)."""
     if USE_X86_AVX2:
-        return _x86(builder, "llvm.x86.avx2.pmadd.wd", I32x8.llvm_type, [a, b])
+        return _call(builder, "llvm.x86.avx2.pmadd.wd", I32x8.llvm_type, [a, b])
     wide = ir.VectorType(_I32, 16)
     return _pairwise_add(builder, builder.mul(builder.sext(a, wide), builder.sext(b, wide)), 8)
+
+
+def _scale_dots(builder, p, p_type, scales):
+    """ByteDots (or plain I16x16) p times 16 x i16 scales -> 8 x i32, as vpmaddwd on the pair sums. The sdot
+    form holds sums of 4 bytes, so lane k takes scale 2k: the callers' scales repeat over each 4 bytes."""
+    if p_type == ByteDots and USE_ARM_DOTPROD:
+        even = builder.shuffle_vector(scales, scales, _vec(_I32, range(0, 16, 2)))
+        return builder.mul(builder.bitcast(p, I32x8.llvm_type), builder.sext(even, I32x8.llvm_type))
+    return _madd_wd(builder, p, scales)
+
+
+def _check_dots(p):
+    if p not in (ByteDots, I16x16):
+        raise TypingError(f"simd: expected maddubs' ByteDots or an I16x16, got {p}")
 
 
 @intrinsic
@@ -225,18 +289,20 @@ def scale_pair(typingctx, s0, s1):
 
 @intrinsic
 def madd(typingctx, p, s0, s1):
-    """Lanes of p times a scale (s0 for lanes 0..7, s1 for lanes 8..15); adjacent products summed -> 8 x i32.
+    """maddubs' sums times a scale (s0 for elements 0..15, s1 for 16..31), summed in pairs -> 8 x i32.
 
-    After `maddubs`, I32x8 lanes 0..3 hold s0 * (sums of elements 0..15) and lanes 4..7 s1 * (16..31).
+    I32x8 lanes 0..3 hold s0 * (sums of elements 0..15) and lanes 4..7 s1 * (16..31), on every path.
     """
+    _check_dots(p)
+
     def codegen(context, builder, sig, args):
-        return _madd_wd(builder, args[0], _scale_pair(builder, args[1], args[2]))
-    return I32x8(I16x16, types.intp, types.intp), codegen
+        return _scale_dots(builder, args[0], sig.args[0], _scale_pair(builder, args[1], args[2]))
+    return I32x8(p, types.intp, types.intp), codegen
 
 
 @intrinsic
 def maddubs_s8(typingctx, v, x, off):
-    """v (signed bytes) times x[off:off+32] (signed bytes); adjacent products summed -> 16 x i16 (as maddubs).
+    """v (signed bytes) times x[off:off+32] (signed bytes), partial sums as `maddubs`.
 
     x must avoid -128 (the activation quantizers give [-127, 127]) so the x86 sign trick cannot overflow.
     """
@@ -245,15 +311,17 @@ def maddubs_s8(typingctx, v, x, off):
     def codegen(context, builder, sig, args):
         t = U8x32.llvm_type
         xv = _load(context, builder, sig.args[1], args[1], args[2], t)
+        if USE_ARM_DOTPROD:
+            return _sdot(builder, args[0], xv)
         if USE_X86_AVX2:
             # |v| * (x with v's sign) equals v * x and fits vpmaddubsw's unsigned x signed form
-            absv = _x86(builder, "llvm.x86.avx2.pabs.b", t, [args[0]])
-            signed_x = _x86(builder, "llvm.x86.avx2.psign.b", t, [xv, args[0]])
-            return _x86(builder, "llvm.x86.avx2.pmadd.ub.sw", I16x16.llvm_type, [absv, signed_x])
+            absv = _call(builder, "llvm.x86.avx2.pabs.b", t, [args[0]])
+            signed_x = _call(builder, "llvm.x86.avx2.psign.b", t, [xv, args[0]])
+            return _call(builder, "llvm.x86.avx2.pmadd.ub.sw", I16x16.llvm_type, [absv, signed_x])
         wide = ir.VectorType(_I16, 32)
         products = builder.mul(builder.sext(args[0], wide), builder.sext(xv, wide))
         return _pairwise_add(builder, products, 16)
-    return I16x16(U8x32, x, types.intp), codegen
+    return ByteDots(U8x32, x, types.intp), codegen
 
 
 @intrinsic
@@ -263,7 +331,12 @@ def lookup16(typingctx, table, idx):
         t = U8x32.llvm_type
         low = builder.and_(args[1], _vec(_I8, [15] * 32))
         if USE_X86_AVX2:
-            return _x86(builder, "llvm.x86.avx2.pshuf.b", t, [args[0], low])
+            return _call(builder, "llvm.x86.avx2.pshuf.b", t, [args[0], low])
+        if USE_ARM_NEON:
+            i8x16 = ir.VectorType(_I8, 16)
+            table16 = _halves(builder, args[0])[0]
+            return _concat(builder, *(_call(builder, "llvm.aarch64.neon.tbl1.v16i8", i8x16, [table16, half])
+                                      for half in _halves(builder, low)))
         out = ir.Constant(t, ir.Undefined)
         for i in range(32):
             k = builder.extract_element(low, ir.Constant(_I32, i))
@@ -274,10 +347,13 @@ def lookup16(typingctx, table, idx):
 
 @intrinsic
 def madd_v(typingctx, a, b):
-    """a * b lane-wise (16 x i16), adjacent products summed -> 8 x i32."""
+    """a * b lane-wise, adjacent products summed -> 8 x i32: a is maddubs' sums (then b, the scales, must repeat
+    over each pair of lanes, i.e. each 4 bytes) or any 16 x i16."""
+    _check_dots(a)
+
     def codegen(context, builder, sig, args):
-        return _madd_wd(builder, args[0], args[1])
-    return I32x8(I16x16, I16x16), codegen
+        return _scale_dots(builder, args[0], sig.args[0], args[1])
+    return I32x8(a, I16x16), codegen
 
 
 @intrinsic
