@@ -21,7 +21,8 @@ from rich.text import Text
 from ._app import UserError, main
 from ._conversation import Conversation, ConversationFileError
 from ._load import THINKING, first_wait_message, load_llm
-from ._options import SETTABLE, build_params, model_options, pop_sampling_params, sampling_options, pop_speculative, speculative_options
+from ._options import (SETTABLE, build_params, model_options, pop_sampling_params, pop_speculative,
+                       pop_structured_outputs, sampling_options, speculative_options, structured_options)
 from ._stream import stats_line, stream_to
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ EXIT_HINT = "(use /bye or Ctrl-D to exit)"
 @model_options
 @sampling_options(max_tokens=MAX_TOKENS)
 @speculative_options
+@structured_options
 @click.option("--system", default=None, help="System message that starts the conversation.")
 @click.option("--stats", "show_stats", is_flag=True, help="Print prompt and decode speed after each reply.")
 def chat(model: str, n_ctx: int, threads: int | None, kv_type: str, system: str | None, show_stats: bool,
@@ -46,7 +48,7 @@ def chat(model: str, n_ctx: int, threads: int | None, kv_type: str, system: str 
 
     Sampling defaults are llama.cpp's; a reply is at most 512 tokens unless -n says otherwise.
     """
-    params = pop_sampling_params(sampling)
+    params = build_params(pop_sampling_params(sampling), structured_outputs=pop_structured_outputs(sampling))
     llm = load_llm(model, n_ctx, threads, kv_type, **pop_speculative(sampling))
     _ = llm.chat_template  # compile it now: a broken template is reported before the first prompt
     Repl(llm, model, Conversation(system), params, show_stats).run()
