@@ -11,19 +11,21 @@ from typing import Any, Generator, Iterator, Sequence
 
 import numpy as np
 
-from .batch import BatchStats, generate_batch
 from .catalog import resolve_model
 from .chat_template import ChatTemplate
 from .config import ModelConfig
-from .generate import Generation, GenerationStats, generate
+from .engine import Engine, EngineMetrics, Generation, GenerationStats, StepOutput
+from .engine.proposers import DraftModelProposer, NgramProposer, Proposer, check_vocab_compatible
+from .engine.runner import ModelRunner
+from .errors import ContextLengthError
 from .gguf_file import GGUFFile
 from .model import Model
 from .quants import set_threads
-from .sampling import SampledToken, Sampler, SamplingParams
-from .session import ContextLengthError, Session
-from .speculative import Drafter, ModelDrafter, NgramDrafter, check_vocab_compatible
+from .sampling import SampledToken, SamplingParams
 from .state import load_state, save_state
 from .tokenizer import Tokenizer
+
+CONVERSATION = "conversation"  # the engine slot `stream`/`generate_stream`, saved state and the chat REPL use
 
 # vLLM constructor arguments that mean nothing on one CPU: accepted at their vLLM default, refused otherwise.
 _VLLM_DEFAULTS: dict[str, Any] = {
@@ -31,6 +33,22 @@ _VLLM_DEFAULTS: dict[str, Any] = {
     "gpu_memory_utilization": 0.9, "trust_remote_code": False, "enforce_eager": False, "tokenizer": None,
     "tokenizer_mode": "auto", "swap_space": 4, "cpu_offload_gb": 0, "revision": None, "download_dir": None,
 }
+
+
+@dataclass
+class BatchStats:
+    """What one `generate` call cost, counted by the engine."""
+    steps: int = 0  # scheduler iterations
+    decode_steps: int = 0  # batched decode passes
+    prompt_tokens: int = 0  # prompt tokens of all requests
+    prompt_tokens_evaluated: int = 0  # of those, run through the model (the rest came from cached blocks)
+    decode_tokens: int = 0  # tokens run through decode steps (drafts included)
+    max_running: int = 0  # most sequences decoding at once
+    seconds: float = 0.0
+
+    @property
+    def tokens_evaluated(self) -> int:
+        return self.prompt_tokens_evaluated + self.decode_tokens
 
 
 @dataclass
@@ -81,12 +99,15 @@ class LLM:
                 "" if model is None or os.sep in str(model) else
                 f" (fetch catalog models with `gguf-runtime pull NAME`)"))
         if n_threads is not None:
-            set_threads(n_threads)
+            set_threads(n_threads)  # validates it; the runner applies it to every forward pass it runs
+        self.n_threads = n_threads
         t0 = time.perf_counter()
         self.path: Path = path
         self.gguf, self.tokenizer, self.model = load(path)
         self.config = self.model.config
         self.n_ctx = int(n_ctx)
+        if self.n_ctx < 8:
+            raise ValueError(f"n_ctx must be at least 8, got {self.n_ctx}")
         self.n_batch = n_batch
         self.max_num_seqs = max_num_seqs
         if kv_cache_dtype == "auto":
@@ -94,25 +115,33 @@ class LLM:
         pool_tokens = 2 * self.n_ctx if kv_cache_tokens is None else int(kv_cache_tokens)
         if pool_tokens < self.n_ctx:
             raise ValueError(f"kv_cache_tokens ({pool_tokens}) must hold at least one context (n_ctx {self.n_ctx})")
-        self.pool = self.model.new_pool(pool_tokens, kv_cache_dtype)
-        self.pool.prefix_caching = enable_prefix_caching is not False
-        self.session = Session(self.model, self.n_ctx, n_batch=n_batch, pool=self.pool)
+        pool = self.model.new_pool(pool_tokens, kv_cache_dtype)
+        pool.prefix_caching = enable_prefix_caching is not False
+        self.kv_bytes_per_token = pool.bytes_per_token
         self.batch_stats: BatchStats | None = None  # of the last generate call
         if speculative not in (None, "draft", "ngram"):
             raise ValueError(f"speculative must be None, 'draft' or 'ngram', got {speculative!r}")
         if speculative == "draft" and draft_model is None:
             raise ValueError("speculative='draft' needs draft_model")
         self.speculative = "draft" if draft_model is not None and speculative is None else speculative
-        self._draft_args = dict(draft_max=draft_max, draft_min=draft_min)
-        self.draft_session: Session | None = None
-        self.draft_p_min = draft_p_min
-        if draft_model is not None:
+        new_proposer = None
+        if self.speculative == "ngram":
+            new_proposer = lambda: NgramProposer(draft_max=draft_max, draft_min=draft_min)  # noqa: E731
+            Proposer(draft_max, draft_min)  # validates the draft lengths now
+        elif self.speculative == "draft":
             draft_path = resolve_model(draft_model)
             if not draft_path.is_file():
                 raise FileNotFoundError(f"draft model file not found: {draft_path}")
             _, draft_tok, draft = load(draft_path)
             check_vocab_compatible(self.tokenizer, draft_tok)
-            self.draft_session = Session(draft, self.n_ctx, n_batch=n_batch)
+            Proposer(draft_max, draft_min, draft_p_min)
+            draft_runner = ModelRunner(draft, n_batch, n_threads)
+            # a draft sequence mirrors a target sequence: a pool as large as the target's holds them all
+            draft_pool = draft.new_pool(pool_tokens, "f32")
+            new_proposer = lambda: DraftModelProposer(draft_runner, draft_pool, self.n_ctx, draft_max,  # noqa: E731
+                                                      draft_min, draft_p_min)
+        self.engine = Engine(ModelRunner(self.model, n_batch, n_threads), pool, self.tokenizer, self.n_ctx,
+                             max_num_seqs, new_proposer)
         self.seed = seed
         self._template: ChatTemplate | None = None
         self._requests = 0
@@ -174,23 +203,37 @@ class LLM:
             params = dataclasses.replace(params, seed=self.seed)
         return params
 
-    def new_drafter(self) -> Drafter | None:
-        """A fresh drafter (its own acceptance stats) for one request, or None without speculation."""
-        if self.speculative == "ngram":
-            return NgramDrafter(**self._draft_args)
-        if self.speculative == "draft":
-            return ModelDrafter(self.draft_session, p_min=self.draft_p_min, **self._draft_args)
-        return None
+    def _request_id(self) -> str:
+        self._requests += 1
+        return str(self._requests - 1)
 
-    def _run(self, ids: list[int], params: SamplingParams, stream: int, n_keep: int = 0) -> Iterator[str]:
-        return generate(self.session, self.tokenizer, ids, params, Sampler(params, stream=stream), n_keep=n_keep,
-                        drafter=self.new_drafter())
+    def _run_to_completion(self) -> dict[tuple[str, int], Generation]:
+        """Step the engine until nothing is left; the finished samples by (request id, index)."""
+        before, t0 = self.engine.metrics(), time.perf_counter()
+        stats = BatchStats()
+        done: dict[tuple[str, int], Generation] = {}
+        while self.engine.has_unfinished():
+            for out in self.engine.step():
+                if out.finished:
+                    done[out.request_id, out.index] = out.generation
+            stats.max_running = max(stats.max_running, self.engine.metrics().running)
+        after = self.engine.metrics()
+        stats.steps = after.steps_total - before.steps_total
+        stats.decode_steps = after.decode_steps_total - before.decode_steps_total
+        stats.decode_tokens = after.decode_tokens_total - before.decode_tokens_total
+        stats.prompt_tokens = after.prompt_tokens_total - before.prompt_tokens_total
+        stats.prompt_tokens_evaluated = stats.prompt_tokens - (after.prompt_tokens_cached_total -
+                                                               before.prompt_tokens_cached_total)
+        stats.seconds = time.perf_counter() - t0
+        self.batch_stats = stats
+        return done
 
     def generate(self, prompts: str | Sequence[int] | Sequence[str | Sequence[int] | dict] | dict,
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
                  use_tqdm: bool = False) -> list[RequestOutput]:
         """Generate for each prompt (a string, a list of token ids, or a list of those). Prompts run together,
-        up to max_num_seqs sequences at a time (continuous batching); each result equals running it alone."""
+        up to max_num_seqs sequences at a time (continuous batching, speculative decoding included); each
+        result equals running it alone."""
         single = isinstance(prompts, (str, dict)) or (
             isinstance(prompts, Sequence) and len(prompts) > 0 and isinstance(prompts[0], (int, np.integer)))
         batch = [prompts] if single else list(prompts)
@@ -200,20 +243,23 @@ class LLM:
             raise ValueError(f"{len(params_list)} sampling params for {len(batch)} prompts")
         params_list = [self._params(p) for p in params_list]
         prompts = [self._prompt_ids(p) for p in batch]
-        if self.speculative is not None:  # drafts are per sequence: one request at a time
-            generations = [[_drain(self._run(ids, p, stream=i)) for i in range(p.n)]
-                           for (_, ids), p in zip(prompts, params_list)]
-        else:
-            self.session.reset()  # its blocks stay cached in the pool for the requests to reuse
-            self.batch_stats = BatchStats()
-            generations = generate_batch(self.model, self.tokenizer, self.pool, [ids for _, ids in prompts],
-                                         params_list, self.n_ctx, self.n_batch, self.max_num_seqs,
-                                         self.batch_stats)
+        if self.engine.has_unfinished():
+            raise RuntimeError("the engine is running other requests (LLM.generate drives it alone)")
+        ids = []
+        try:
+            for (_, prompt_ids), params in zip(prompts, params_list):
+                ids.append(self._request_id())
+                self.engine.add_request(ids[-1], prompt_ids, params)
+        except Exception:  # a refused request leaves nothing queued
+            for request_id in ids:
+                self.engine.abort_request(request_id)
+            self.engine.step()
+            raise
+        done = self._run_to_completion()
         outputs = []
-        for (text, ids), gens in zip(prompts, generations):
-            completions = [self._completion(i, g) for i, g in enumerate(gens)]
-            outputs.append(RequestOutput(str(self._requests), text, ids, completions, metrics=completions[0].metrics))
-            self._requests += 1
+        for request_id, (text, prompt_ids), params in zip(ids, prompts, params_list):
+            completions = [self._completion(i, done[request_id, i]) for i in range(params.n)]
+            outputs.append(RequestOutput(request_id, text, prompt_ids, completions, metrics=completions[0].metrics))
         return outputs
 
     def stream(self, prompt: str | Sequence[int] | dict, sampling_params: SamplingParams | None = None) -> Iterator[str]:
@@ -223,9 +269,33 @@ class LLM:
     def generate_stream(self, prompt: str | Sequence[int] | dict, sampling_params: SamplingParams | None = None,
                         n_keep: int = 0) -> Generator[str, None, Generation]:
         """Like `stream`, and the generator's return value is the finished Generation (text, ids, stats):
-        `result = yield from llm.generate_stream(...)`. n_keep: tokens a context shift must keep."""
+        `result = yield from llm.generate_stream(...)`. n_keep: tokens a context shift must keep.
+
+        It continues the conversation cache (what the previous stream left, reused as far as the prompt
+        agrees with it: the chat REPL's next turn evaluates only the new tokens). Closing the generator early
+        stops the generation at once; the cache keeps what was computed."""
         params = self._params(sampling_params)
-        return self._run(self.prompt_token_ids(prompt), params, stream=0, n_keep=n_keep)
+        ids = self.prompt_token_ids(prompt)
+        if self.engine.has_unfinished():
+            raise RuntimeError("the engine is running other requests (LLM.generate_stream drives it alone)")
+        request_id = self._request_id()
+        self.engine.add_request(request_id, ids, params, n_keep=n_keep, slot=CONVERSATION)
+        return self._stream(request_id)
+
+    def _stream(self, request_id: str) -> Generator[str, None, Generation]:
+        finished = False
+        try:
+            while True:
+                for out in self.engine.step():
+                    if out.new_text:
+                        yield out.new_text
+                    if out.finished:
+                        finished = True
+                        return out.generation
+        finally:
+            if not finished:
+                self.engine.abort_request(request_id)
+                self.engine.step()  # collect the abort report
 
     def chat(self, messages: list[dict] | list[list[dict]], sampling_params: SamplingParams | None = None,
              add_generation_prompt: bool = True) -> list[RequestOutput]:
@@ -252,25 +322,54 @@ class LLM:
         return CompletionOutput(index, gen.text, gen.token_ids, gen.finish_reason, gen.stop_reason,
                                 cumulative, logprobs, gen.stats)
 
-    # ---- saved state ------------------------------------------------------------------------------------------
+    # ---- the conversation cache and the engine's state --------------------------------------------------------
+
+    @property
+    def conversation_tokens(self) -> list[int]:
+        """The tokens the conversation cache holds (what `stream`/`generate_stream` last ran)."""
+        return list(self.engine.slot(CONVERSATION).tokens)
+
+    def reset(self) -> None:
+        """Stop every request and empty the conversation cache (its blocks stay cached for prefix reuse)."""
+        sch = self.engine.scheduler
+        for request_id in {r.request_id for r in list(sch.waiting) + sch.prefilling} | \
+                {s.request.request_id for s in sch.running}:
+            self.engine.abort_request(request_id)
+        while self.engine.has_unfinished():
+            self.engine.step()
+        self.engine.release_slot(CONVERSATION)
+
+    @property
+    def stats(self) -> EngineMetrics:
+        """The engine's counters and gauges: requests, tokens, KV blocks."""
+        return self.engine.metrics()
 
     def save_state(self, path: str | os.PathLike) -> None:
         """Save the conversation's KV cache (the tokens `stream`/`generate_stream` last ran) to a file."""
-        save_state(self.session.cache, self.model.fingerprint, path)
+        save_state(self.engine.slot(CONVERSATION), self.model.fingerprint, path)
 
     def load_state(self, path: str | os.PathLike) -> list[int]:
         """Restore a saved KV cache; a following prompt that starts with its tokens evaluates only the rest.
         Returns the restored tokens. A file of another model, cache type or context is refused."""
-        load_state(self.session.cache, self.model.fingerprint, path, self.tokenizer.n_vocab)
-        return list(self.session.tokens)
+        cache = self.engine.slot(CONVERSATION)
+        load_state(cache, self.model.fingerprint, path, self.tokenizer.n_vocab)
+        return list(cache.tokens)
 
     # ---- raw model access ------------------------------------------------------------------------------------
 
-    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
-        """float32 logits (n_tokens, n_vocab) for every position, evaluated in a fresh context."""
-        _, ids = self._prompt_ids(list(token_ids), room=0)
-        self.session.reset()
-        return self.session.eval_prompt(ids, all_logits=True, reuse_pool=False)
+    def logits(self, token_ids: Sequence[int], then: Sequence[int] = ()) -> np.ndarray:
+        """float32 logits (n_tokens, n_vocab) for every position, evaluated in a fresh context: token_ids as
+        one prompt, then the `then` tokens one at a time (teacher forcing, as llama.cpp evaluates a greedy
+        continuation). Rows cover token_ids + then."""
+        _, ids = self._prompt_ids(list(token_ids) + list(then), room=0)
+        kv = self.engine.kv.new_sequence()
+        runner = self.engine.runner
+        try:
+            rows = [runner.evaluate(kv, ids[:len(ids) - len(then)], all_logits=True)]
+            rows += [runner.forward([kv], [[int(t)]]) for t in then]
+        finally:
+            kv.release()
+        return np.concatenate(rows)
 
 
 def load(path: Path) -> tuple[GGUFFile, Tokenizer, Model]:
@@ -278,14 +377,6 @@ def load(path: Path) -> tuple[GGUFFile, Tokenizer, Model]:
     gguf = GGUFFile(path)
     tokenizer = Tokenizer.from_metadata(gguf.metadata)
     return gguf, tokenizer, Model(gguf, ModelConfig.from_metadata(gguf.metadata, tokenizer.n_vocab))
-
-
-def _drain(gen: Iterator[str]) -> Generation:
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
 
 
 def _logprob_dict(s: SampledToken) -> dict[int, float]:

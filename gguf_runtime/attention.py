@@ -1,6 +1,6 @@
 """Attention over the paged KV cache, and the kernels that write and read its blocks.
 
-The pool (kv_cache.py) stores every cached key/value row — one head at one position, head_dim values — as
+The pool (kv/pool.py) stores every cached key/value row — one head at one position, head_dim values — as
 one row of a ggml type (F16 by default, Q8_0, F32, ...), in blocks of positions:
 
     K, V of one layer: uint8 (n_blocks, H_kv, block_tokens, row_bytes)

@@ -24,6 +24,8 @@ from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError
 from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from .errors import ChatTemplateError  # noqa: F401  (re-exported: its old home)
+
 TEMPLATE_KEY = "tokenizer.chat_template"
 
 # llama.cpp's fallback (common/chat.cpp CHATML_TEMPLATE_SRC) for models whose GGUF carries no template.
@@ -40,8 +42,6 @@ MAX_SEQUENCE_REPEAT = 1_000_000  # longest string/list a template may build with
 MAX_POWER_EXPONENT = 1_000  # largest integer exponent a template may use with `**`
 
 
-class ChatTemplateError(ValueError):
-    """The template could not be compiled or rendered, or the messages are malformed. One-line message."""
 
 
 class _RaisedByTemplate(TemplateError):

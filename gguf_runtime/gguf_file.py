@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
+from .errors import GGUFError  # noqa: F401  (re-exported: its old home)
+
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
@@ -77,8 +79,6 @@ _TENSOR_DTYPES: dict[int, np.dtype] = {
 }
 
 
-class GGUFError(ValueError):
-    """The file's bytes are not a GGUF file we can read; the message says what and where."""
 
 
 def ggml_type_name(ggml_type: int) -> str:

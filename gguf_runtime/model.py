@@ -15,7 +15,7 @@ import numpy as np
 from .config import ModelConfig
 from .gguf_file import GGUFError, GGUFFile
 from .attention import attend, store_rows
-from .kv_cache import BLOCK_TOKENS, KVCache, KVPool
+from .kv import BLOCK_TOKENS, ForwardBatch, KVPool
 from .ops import rms_norm, rope, rope_tables, swiglu
 from .quants import QMatrix, embed_rows
 
@@ -105,10 +105,6 @@ class Model:
         c = self.config
         return KVPool(c.n_layers, c.n_kv_heads, c.head_dim, -(-n_tokens // block_tokens) + 1, block_tokens, kv_type)
 
-    def new_cache(self, n_ctx: int, kv_type: str = "f32") -> KVCache:
-        """One sequence in a pool of its own."""
-        return KVCache(self.new_pool(n_ctx, kv_type), n_ctx)
-
     def rotate(self, x: np.ndarray, positions: np.ndarray) -> None:
         """Apply RoPE in place to x: (T, heads, hd) at the given (T,) positions (may be negative deltas)."""
         c = self.config
@@ -119,36 +115,21 @@ class Model:
         """Re-rotate cached keys (T, H_kv, hd) by delta positions: the context-shift hook of KVCache."""
         self.rotate(keys, np.full(keys.shape[0], delta))
 
-    def forward(self, tokens: np.ndarray, cache: KVCache, logits: str | None = "last") -> np.ndarray | None:
-        """Run tokens at positions cache.n.. of one sequence; see forward_batch."""
-        return self.forward_batch([cache], [tokens], logits)
+    def forward(self, batch: ForwardBatch, logits: str | None = "last") -> np.ndarray | None:
+        """Run a batch of rows (the next tokens of one or more sequences, see kv/batch.py), all sequences
+        through each weight at once, storing every row's K/V where the batch says.
 
-    def forward_batch(self, caches: list[KVCache], token_lists: list, logits: str | None = "last") -> np.ndarray | None:
-        """Run each sequence's tokens at its next positions, all sequences through each weight at once,
-        and append them to the caches (which share one pool).
-
-        Returns float32 logits: (ΣT, V) for logits="all", (B, V) of each sequence's last token for "last",
+        Returns float32 logits: (T, V) for logits="all", (B, V) of each sequence's last token for "last",
         None for None (a prefill chunk whose logits nobody reads skips the vocabulary projection).
         """
         c = self.config
         H, H_kv, hd = c.n_heads, c.n_kv_heads, c.head_dim
-        runs = [len(t) for t in token_lists]  # tokens per sequence
-        pool = caches[0].pool
-        if min(runs) == 0 or any(cache.pool is not pool for cache in caches):
-            raise ValueError("every sequence of a batch needs tokens, and all must share one KV pool")
-        for cache, n in zip(caches, runs):
-            cache.prepare(n)
-        tokens = np.concatenate([np.asarray(t, dtype=np.int64) for t in token_lists])  # (T,)
-        seq = np.repeat(np.arange(len(caches)), runs)  # (T,) sequence of each row
-        pos = np.concatenate([np.arange(cache.n, cache.n + n) for cache, n in zip(caches, runs)])  # (T,)
+        pool, tokens, pos, tables, seq = batch.pool, batch.tokens, batch.positions, batch.tables, batch.seq
+        blk, slot = batch.blocks, batch.slots  # (T,) where each row's K/V goes
         n_tok = len(tokens)
-        tables = np.zeros((len(caches), max(len(cache.blocks) for cache in caches)), np.int32)  # (B, blocks)
-        for b, cache in enumerate(caches):
-            tables[b, :len(cache.blocks)] = cache.blocks
-        blk, slot = tables[seq, pos // pool.block_tokens], pos % pool.block_tokens  # (T,) where each row goes
         # a few tokens per sequence take decode's numerics even for float weights (quantized ones always do:
         # integer rows equal one-token matvecs), so verifying drafts never changes a sequence's logits
-        decode = max(runs) <= DECODE_NUMERICS_MAX_TOKENS
+        decode = max(batch.runs) <= DECODE_NUMERICS_MAX_TOKENS
         cos, sin = rope_tables(pos, c.n_rot, c.rope_base, c.rope_freq_scale, self.rope_freq_factors)
         neox = c.rope_style == "neox"
         code = pool.code
@@ -182,12 +163,10 @@ class Model:
             up = _linear(L.w_up, h, None, decode)  # (T, F)
             x += _linear(L.w_down, swiglu(gate, up, gate), None, decode)
 
-        for cache, t in zip(caches, token_lists):
-            cache.commit(t)
         if logits is None:
             return None
         if logits == "last":
-            x = x[np.cumsum(runs) - 1]  # (B, D)
+            x = x[batch.last_rows]  # (B, D)
         rms_norm(x, self.output_norm, c.rms_eps, x)
         return _linear(self.output, x, None, decode)  # (T or B, V)
 

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .kv_cache import KVCache
+from .errors import StateFileError  # noqa: F401  (re-exported: its old home)
+
+from .kv import KVCache
 
 MAGIC = b"GGRTKV01"
 MAX_HEADER = 1 << 16
 
 
-class StateFileError(ValueError):
-    """The state file cannot be used with this model and context."""
 
 
 def save_state(cache: KVCache, fingerprint: str, path: str | os.PathLike) -> None:
@@ -32,7 +32,7 @@ def save_state(cache: KVCache, fingerprint: str, path: str | os.PathLike) -> Non
     n_layers, _, n_kv, _, row_bytes = pool.k.shape
     header = json.dumps({"version": 1, "model": fingerprint, "kv_type": pool.kv_type, "n_tokens": n,
                          "n_layers": n_layers, "n_kv_heads": n_kv, "row_bytes": row_bytes}).encode()
-    blocks, slots = _addresses(cache, n)
+    blocks, slots = cache.addresses(np.arange(n))
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -79,16 +79,11 @@ def load_state(cache: KVCache, fingerprint: str, path: str | os.PathLike, n_voca
         raise StateFileError(f"cannot read state file {path}: {e.strerror or e}") from None
     cache.truncate(0)
     cache.prepare(n)
-    blocks, slots = _addresses(cache, n)
+    blocks, slots = cache.addresses(np.arange(n))
     pool.k[:, blocks, :, slots] = k
     pool.v[:, blocks, :, slots] = v
     cache.commit(tokens.tolist())
     return n
-
-
-def _addresses(cache: KVCache, n: int) -> tuple[np.ndarray, np.ndarray]:
-    pos = np.arange(n)
-    return cache.table()[pos // cache.pool.block_tokens], pos % cache.pool.block_tokens
 
 
 def _parse_header(raw: bytes, path: Path) -> dict:

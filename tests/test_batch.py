@@ -3,13 +3,14 @@ sharing, quantized KV, saved state."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from gguf_runtime import LLM, SamplingParams
-from gguf_runtime.api import _drain
-from gguf_runtime.kv_cache import KVCache, KVPool, PoolFullError
-from gguf_runtime.state import StateFileError
+from gguf_runtime.errors import PoolFullError, StateFileError
+from gguf_runtime.kv import KVCache, KVPool
 
 GREEDY = SamplingParams(temperature=0, max_tokens=12)
 TOPICS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a land far away,",
@@ -29,13 +30,22 @@ def llm(smollm2_path):
 
 
 def _alone(llm: LLM, prompt, params: SamplingParams, stream: int = 0):
-    """The single-sequence path, from an empty cache and without reusing pooled blocks."""
-    llm.session.reset()
-    llm.pool.prefix_caching = False
+    """The prompt as the engine's only request, without reusing pooled blocks: its sample `stream`."""
+    llm.reset()
+    llm.engine.prefix_caching = False
     try:
-        return _drain(llm._run(llm.prompt_token_ids(prompt), params, stream=stream))
+        return llm.generate(prompt, dataclasses.replace(params, n=stream + 1))[0].outputs[stream]
     finally:
-        llm.pool.prefix_caching = True
+        llm.engine.prefix_caching = True
+
+
+def _drain(gen):
+    """Run a generate_stream generator to its end; its return value (the Generation)."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
 
 
 def test_sixteen_prompts_batched_equal_one_at_a_time(llm):
@@ -59,7 +69,8 @@ def test_more_prompts_than_blocks_wait_and_finish(smollm2_path):
     outs = llm.generate(prompts, params)
     assert 2 <= llm.batch_stats.max_running < 6
     assert all(len(o.outputs[0].token_ids) == 40 for o in outs)
-    assert llm.pool.n_used == 0 and int(llm.pool.refs.sum()) == 0  # every block came back
+    m = llm.stats
+    assert m.kv_blocks_used == 0 and m.kv_blocks_free == m.kv_blocks_total  # every block came back
     for prompt, out in zip(prompts, outs):
         assert out.outputs[0].token_ids == _alone(llm, prompt, params).token_ids
 
@@ -68,12 +79,12 @@ def test_n_samples_compute_the_prompt_once_and_differ_by_seed(llm):
     prompt = _prompts(3)[2]
     n_prompt = len(llm.prompt_token_ids(prompt))
     params = SamplingParams(n=4, temperature=1.0, seed=7, max_tokens=10, ignore_eos=True)
-    llm.session.reset()
-    llm.pool.prefix_caching = False  # count a cold prompt
+    llm.reset()
+    llm.engine.prefix_caching = False  # count a cold prompt
     try:
         out = llm.generate(prompt, params)[0]
     finally:
-        llm.pool.prefix_caching = True
+        llm.engine.prefix_caching = True
     stats = llm.batch_stats
     assert stats.prompt_tokens_evaluated == n_prompt  # once, not four times
     assert stats.decode_tokens == 4 * (10 - 1)
@@ -125,14 +136,14 @@ def test_smaller_cache_types_stay_close_to_f32(smollm2_path, llm, kv_type):
     # measured on these 96 positions: f16 vs f32 mean 0.16, max 1.4; q8_0 0.17, 1.2; q4_0 0.99, 6.7
     assert np.abs(got - ref).mean() < 0.3 and np.abs(got - ref).max() < 2.4
     assert (got.argmax(-1) == ref.argmax(-1)).mean() > 0.95
-    assert other.pool.bytes_per_token / llm.pool.bytes_per_token == {"f16": 0.5, "q8_0": 34 / 128}[kv_type]
+    assert other.kv_bytes_per_token / llm.kv_bytes_per_token == {"f16": 0.5, "q8_0": 34 / 128}[kv_type]
 
 
 def test_state_round_trip_and_refusals(llm, smollm2_path, tmp_path):
     prompt = llm.prompt_token_ids(_prompts(7)[6])
     params = SamplingParams(temperature=0, max_tokens=8)
-    llm.session.reset()
-    llm.session.eval_prompt(prompt)
+    llm.reset()
+    _drain(llm.generate_stream(prompt, SamplingParams(max_tokens=1)))  # the conversation cache holds the prompt
     path = tmp_path / "state.kv"
     llm.save_state(path)
     expected = _drain(llm.generate_stream(prompt, params)).token_ids
@@ -147,10 +158,10 @@ def test_state_round_trip_and_refusals(llm, smollm2_path, tmp_path):
                        ("huge", raw[:12] + b'{"version": 1, "n_tokens": 1000000000}'.ljust(len(raw) - 12))]:
         bad = tmp_path / name
         bad.write_bytes(data)
-        before = list(fresh.session.tokens)
+        before = fresh.conversation_tokens
         with pytest.raises(StateFileError):
             fresh.load_state(bad)
-        assert fresh.session.tokens == before  # a refused file changes nothing
+        assert fresh.conversation_tokens == before  # a refused file changes nothing
     with pytest.raises(StateFileError, match="kv_type"):
         LLM(smollm2_path, n_ctx=512, kv_cache_dtype="q8_0").load_state(path)
     with pytest.raises(StateFileError, match="fit a context"):

@@ -29,10 +29,7 @@ def case(request, fixtures_dir):
     # choice given the same history, so matching argmaxes mean identical free-running greedy output.
     rows = {}
     for key, p in ref["prompts"].items():
-        llm.session.reset()
-        out = [llm.session.eval_prompt(p["ids"], all_logits=True)]
-        out += [llm.session.eval_next([t]) for t in p["greedy"][:-1]]
-        rows[key] = np.concatenate(out)
+        rows[key] = llm.logits(p["ids"], then=p["greedy"][:-1])
     return llm, ref, rows
 
 

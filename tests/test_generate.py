@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from gguf_runtime import LLM, SamplingParams
-from gguf_runtime.generate import StopMatcher
-from gguf_runtime.session import ContextLengthError
+from gguf_runtime.engine.output import StopMatcher
+from gguf_runtime.errors import ContextLengthError
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +43,13 @@ def test_top_k_one_equals_greedy(llm):
 
 
 def test_n_samples_share_the_prompt_and_differ(llm):
-    before = llm.session.tokens_evaluated
+    before = llm.stats.tokens_evaluated_total
     out = llm.generate("List three fruits:", SamplingParams(n=3, temperature=1.0, max_tokens=8, seed=5))[0]
     texts = [o.text for o in out.outputs]
     assert len(texts) == 3 and len(set(texts)) > 1
     n_prompt = len(out.prompt_token_ids)
     # the prompt is evaluated once in full; later samples re-run only its last token
-    assert llm.session.tokens_evaluated - before < n_prompt + 3 * 8 + 3
+    assert llm.stats.tokens_evaluated_total - before < n_prompt + 3 * 8 + 3
 
 
 def test_stop_string_never_leaks_even_across_tokens(llm):

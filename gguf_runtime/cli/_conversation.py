@@ -46,7 +46,7 @@ class Conversation:
         `reserve` tokens for the reply; the newest message always stays. Raises ContextLengthError, dropping
         nothing, when that message alone (with the system prompt) does not fit.
         """
-        from ..session import ContextLengthError
+        from ..errors import ContextLengthError
 
         newest = _tokenize(llm, self.render(llm, Conversation(self.system, self.turns[-1:]).messages()))
         if len(newest) >= llm.n_ctx:

@@ -21,7 +21,7 @@ from ._app import UserError
 
 LLAMA_CPP = SamplingParams.llama_cpp_defaults()
 DEFAULT_N_CTX = 2048
-# kv_cache.KV_TYPES' names, spelled out so `--help` does not import numba (a test keeps them equal)
+# kv.KV_TYPES' names, spelled out so `--help` does not import numba (a test keeps them equal)
 KV_CACHE_TYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl")
 
 

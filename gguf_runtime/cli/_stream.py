@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Generator, Iterator, TextIO
 from ._load import status
 
 if TYPE_CHECKING:
-    from ..generate import Generation
+    from ..engine import Generation
 
 
 @dataclass

@@ -7,6 +7,8 @@ from typing import Callable
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
+from ..errors import UnsupportedQuantError  # noqa: F401  (re-exported: its old home)
+
 from . import floats, iq4_nl, iq4_xs, q2_k, q3_k, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0
 
 # ggml type ids as plain ints (numba folds module-level ints into the kernels' dispatch)
@@ -20,8 +22,6 @@ ACT_F32, ACT_Q8_0, ACT_Q8_K = 0, 1, 2
 _ACTIVATIONS = {"f32": ACT_F32, "q8_0": ACT_Q8_0, "q8_K": ACT_Q8_K}
 
 
-class UnsupportedQuantError(ValueError):
-    """A tensor uses a ggml type this runtime has no kernels for."""
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,13 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import TokenizerError  # noqa: F401  (re-exported: its old home)
+
 from .pretokenize import PreTokenizer, pre_tokenizer_for
 
 KEY = "tokenizer.ggml."
 
 
-class TokenizerError(ValueError):
-    """The metadata does not describe a tokenizer we support, or input cannot be tokenized."""
 
 
 class Attr:

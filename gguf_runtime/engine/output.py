@@ -1,17 +1,28 @@
-"""The generation loop: prefill, sample, decode; stop tokens and stop strings; streaming text; stats."""
+"""The finish rules, written once: what a sequence's sampled tokens become, and when it is done.
+
+Every generation path (LLM.generate, streaming, chat, the CLI, the server) runs through the engine, and the
+engine asks one `OutputState` per sequence:
+
+- before sampling, `mask_logits`: end-of-generation tokens are forbidden until min_tokens are generated;
+- after sampling, `push`: an end-of-generation or stop token finishes with "stop" (not part of the output;
+  ignore_eos drops the EOG ids, explicit stop_token_ids still stop); the token limit (max_tokens, or what the
+  context has left after the prompt when max_tokens is None) finishes with "length"; a stop string finishes
+  with "stop" and is cut from the text (kept with include_stop_str_in_output); text that a stop string could
+  still claim, or half a UTF-8 character, is held back, so a stream never shows what the result will not;
+- when the context is full: with max_tokens given, the context shifts (llama.cpp's behaviour; the engine
+  does it), else the sequence finishes with "length" (`may_shift`).
+
+Nothing here touches a model or a KV cache, so all of it is tested with plain token ids.
+"""
 
 from __future__ import annotations
 
-import time
-from itertools import chain
 from dataclasses import dataclass, field
-from typing import Generator, Iterator
+from typing import Protocol
 
 import numpy as np
 
-from .sampling import SampledToken, Sampler, SamplingParams
-from .session import ContextLengthError, Session
-from .tokenizer import StreamDecoder, Tokenizer
+from ..sampling import SampledToken, SamplingParams
 
 
 @dataclass
@@ -21,7 +32,7 @@ class GenerationStats:
     reused_tokens: int = 0  # prompt tokens found in the KV cache and not recomputed
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
-    speculative: object | None = None  # SpecStats when a drafter proposed tokens
+    speculative: object | None = None  # SpecStats when a proposer drafted tokens
 
     @property
     def prefill_tokens_per_second(self) -> float:
@@ -37,12 +48,19 @@ class GenerationStats:
 
 @dataclass
 class Generation:
+    """One finished sample: its text, tokens, why it ended, and its stats."""
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
-    finish_reason: str | None = None  # "stop" (end-of-generation token or stop string) | "length"
+    finish_reason: str | None = None  # "stop" (end-of-generation token or stop string) | "length" | "abort"
     stop_reason: int | str | None = None  # the stop token id or stop string that ended it, as vLLM reports
     logprobs: list[SampledToken] | None = None
     stats: GenerationStats = field(default_factory=GenerationStats)
+
+
+class TextDecoder(Protocol):
+    """Token ids to text, one at a time, never half a character (tokenizer.StreamDecoder)."""
+    def push(self, token_id: int) -> str: ...
+    def flush(self) -> str: ...
 
 
 class StopMatcher:
@@ -67,24 +85,50 @@ class StopMatcher:
         return len(text)
 
 
-class OutputBuilder:
-    """One request's output from its sampled tokens: end-of-generation and stop tokens, stop strings (never
-    leaked into the text), the token limit, logprobs, and the text deltas to stream. Shared by the
-    single-sequence loop below and the batch scheduler."""
+class OutputState:
+    """One sequence's output so far and its finish rules (see the module docstring)."""
 
-    def __init__(self, tokenizer: Tokenizer, params: SamplingParams, limit: int):
+    def __init__(self, params: SamplingParams, eog_ids: frozenset[int] | set[int], decoder: TextDecoder,
+                 limit: int):
+        """limit: tokens it may generate (max_tokens, or the context left after the prompt)."""
         self.result = Generation(logprobs=[] if params.logprobs is not None else None)
         stop_ids = set(params.stop_token_ids or ())
         if not params.ignore_eos:
-            stop_ids |= set(tokenizer.eog_ids)
+            stop_ids |= set(eog_ids)
         self.stop_ids = stop_ids
-        self.stop_ids_array = np.fromiter(stop_ids, dtype=np.int64) if stop_ids else None
+        self._stop_ids_array = np.fromiter(stop_ids, dtype=np.int64) if stop_ids else None
         self.limit = limit
         self.done = False
         self._params = params
         self._matcher = StopMatcher(params.stop or [])
-        self._decoder = StreamDecoder(tokenizer, skip_special=params.skip_special_tokens)
+        self._decoder = decoder
         self._text, self._emitted = "", 0
+
+    @property
+    def n_generated(self) -> int:
+        return self.result.stats.generated_tokens
+
+    @property
+    def remaining(self) -> int:
+        """Tokens it may still generate."""
+        return max(self.limit - self.n_generated, 0)
+
+    @property
+    def may_shift(self) -> bool:
+        """A full context shifts only when max_tokens asked for more than fits (llama.cpp); else it ends."""
+        return self._params.max_tokens is not None
+
+    @property
+    def stop_tokens_allowed(self) -> bool:
+        return self.n_generated >= self._params.min_tokens
+
+    def mask_logits(self, logits: np.ndarray) -> np.ndarray:
+        """Forbid end-of-generation tokens until min_tokens have been generated (a copy when it masks)."""
+        if self.stop_tokens_allowed or self._stop_ids_array is None:
+            return logits
+        logits = logits.copy()
+        logits[self._stop_ids_array] = -np.inf
+        return logits
 
     def push(self, sampled: SampledToken) -> str:
         """Take the next sampled token; returns the text that became final ("" if none). Sets `done`."""
@@ -121,75 +165,13 @@ class OutputBuilder:
             self.result.finish_reason, self.result.stop_reason = reason, stop_reason
 
     def close(self) -> str:
-        """Finish the text; returns what was held back (a partial character or stop-string prefix)."""
+        """Finish the text; returns what was held back (a partial character or stop-string prefix), except
+        after an abort, which releases nothing more."""
         self.finish("length")
+        if self.result.finish_reason == "abort":
+            self.result.text = self._text[:self._emitted]
+            return ""
         if not isinstance(self.result.stop_reason, str):  # nothing was cut at a stop string: release the rest
             self._text += self._decoder.flush()
         self.result.text = self._text
         return self._advance(len(self._text))
-
-
-def generate(session: Session, tokenizer: Tokenizer, prompt: list[int], params: SamplingParams,
-             sampler: Sampler | None = None, n_keep: int = 0, drafter=None) -> Generator[str, None, Generation]:
-    """Yield text deltas as they become final; return the Generation (`result = yield from generate(...)`).
-
-    The cache is reused for the longest common prefix with what it holds. When the context fills during
-    generation it shifts (keeping n_keep tokens) if max_tokens asks for more than fits, as llama.cpp does;
-    with max_tokens=None generation stops at the end of the context instead. A drafter (see speculative.py)
-    proposes several tokens per target pass; the output is what plain sampling would give.
-    """
-    sampler = sampler or Sampler(params)
-    limit = params.max_tokens if params.max_tokens is not None else session.n_ctx - len(prompt)
-    out = OutputBuilder(tokenizer, params, limit)
-    stats = out.result.stats
-    stats.prompt_tokens = len(prompt)
-    history = list(prompt)
-
-    t0 = time.perf_counter()
-    logits = session.eval_prompt(prompt)[-1]
-    stats.reused_tokens = session.reused
-    t1 = time.perf_counter()
-    stats.prefill_seconds = t1 - t0
-    stats.speculative = drafter.stats if drafter is not None else None
-    args = (session, sampler, logits, history, n_keep, params.min_tokens, out.stop_ids_array)
-    steps = drafter.steps(*args) if drafter is not None else plain_steps(*args)
-
-    for sampled in chain.from_iterable(steps):
-        history.append(sampled.token_id)
-        delta = out.push(sampled)
-        if delta:
-            yield delta
-        if out.done:
-            break
-        if session.cache.free == 0 and params.max_tokens is None:
-            break
-    steps.close()  # the steps running out means the context could not make room: "length" below
-    tail = out.close()
-    if tail:
-        yield tail
-    stats.decode_seconds = time.perf_counter() - t1
-    return out.result
-
-
-def mask_stop_tokens(logits: np.ndarray, n_generated: int, min_tokens: int, stop_ids: np.ndarray | None) -> np.ndarray:
-    """Forbid end-of-generation tokens until min_tokens have been generated."""
-    if n_generated >= min_tokens or stop_ids is None:
-        return logits
-    logits = logits.copy()
-    logits[stop_ids] = -np.inf
-    return logits
-
-
-def plain_steps(session: Session, sampler: Sampler, logits: np.ndarray, history: list[int], n_keep: int,
-                min_tokens: int, stop_ids: np.ndarray | None) -> Iterator[list[SampledToken]]:
-    """One token per target pass. The consumer appends each token to `history` before asking for the next,
-    and a token is only evaluated when another is wanted (the last one never costs a forward pass)."""
-    n = 0
-    while True:
-        yield [sampler.step(mask_stop_tokens(logits, n, min_tokens, stop_ids), history)]
-        n += 1
-        try:
-            logits = session.eval_next([history[-1]], n_keep=n_keep)[-1]
-        except ContextLengthError:
-            return
-

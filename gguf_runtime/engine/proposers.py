@@ -1,30 +1,32 @@
-"""Speculative decoding: a cheap drafter proposes k tokens, one batched target pass verifies all of them.
+"""Proposers for speculative decoding, and the acceptance rule that keeps the target's distribution.
 
-Acceptance follows Leviathan et al. 2023, so the output distribution is exactly the target's: draft token x
-drawn from q is kept with probability min(1, p(x)/q(x)); on rejection the token is drawn from
-normalize(max(0, p − q)); when every draft is kept a bonus token comes from the target's next distribution.
-At temperature 0 p and q are one-hot and this reduces to "keep drafts while they equal the target argmax".
+A proposer drafts k tokens after a sequence's history; the engine appends them to the sequence's decode row,
+so one batched target pass (shared with every other sequence's rows) verifies them all, and `accept_drafts`
+keeps what the target agrees with. Acceptance follows Leviathan et al. 2023, so the output distribution is
+exactly the target's: draft token x drawn from q is kept with probability min(1, p(x)/q(x)); on rejection
+the token is drawn from normalize(max(0, p - q)); when every draft is kept a bonus token comes from the
+target's next distribution. At temperature 0 p and q are one-hot and this reduces to "keep drafts while
+they equal the target argmax", so greedy output is token-identical to plain decoding.
 
-Two drafters: a smaller model sharing the vocabulary (`ModelDrafter`), and prompt lookup (`NgramDrafter`),
-which copies what followed the latest earlier occurrence of the last n tokens — free, and good when the
-output repeats the input (code edits, summaries). Deterministic drafts have a one-hot q.
+Two proposers: a smaller model sharing the vocabulary (`DraftModelProposer`, its own KV sequence in the
+draft model's pool), and prompt lookup (`NgramProposer`), which copies what followed the latest earlier
+occurrence of the last n tokens: free, and good when the output repeats the input (code edits,
+summaries). Deterministic drafts have a one-hot q. Each sequence has its own proposer, with its own
+adaptive k (grown after a full accept, cut to just past the first rejection otherwise).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from .generate import mask_stop_tokens
-from .sampling import SampledToken, Sampler, sampled_token, softmax
-from .session import ContextLengthError, Session
-from .tokenizer import Tokenizer
-
-
-class VocabMismatchError(ValueError):
-    """The draft model's vocabulary is not the target's."""
+from ..errors import PoolFullError, VocabMismatchError
+from ..kv import KVCache, KVPool
+from ..sampling import SampledToken, Sampler, sampled_token, softmax
+from ..tokenizer import Tokenizer
+from .runner import ModelRunner
 
 
 # llama.cpp's limits for a compatible draft vocabulary (common/speculative.cpp)
@@ -108,8 +110,8 @@ def accept_drafts(target_logits: np.ndarray, drafts: Sequence[int], draft_probs:
     return out
 
 
-class Drafter:
-    """Proposes tokens and verifies them with the target; plugs into generate() as its step source."""
+class Proposer:
+    """Drafts tokens for one sequence and keeps its adaptive k and acceptance stats."""
 
     def __init__(self, draft_max: int = 16, draft_min: int = 1, p_min: float = 0.75):
         if not 1 <= draft_min <= draft_max:
@@ -121,37 +123,14 @@ class Drafter:
         self.stats = SpecStats(k_history=[])
 
     def propose(self, history: list[int], k: int, sampler: Sampler) -> tuple[list[int], list[np.ndarray | None]]:
+        """Up to k drafts following history, with the distribution each was drawn from (None: deterministic)."""
         raise NotImplementedError
 
-    def steps(self, target: Session, sampler: Sampler, logits: np.ndarray, history: list[int], n_keep: int,
-              min_tokens: int, stop_ids: np.ndarray | None) -> Iterator[list[SampledToken]]:
-        """First token from the prefill's logits, then one verify pass per step (see generate.plain_steps)."""
-        logprobs = sampler.params.logprobs
-        yield [sampler.step(mask_stop_tokens(logits, 0, min_tokens, stop_ids), history)]
-        n_generated = 1
-        while True:
-            if n_generated < min_tokens:  # stop tokens are still forbidden: take plain steps
-                try:
-                    logits = target.eval_next([history[-1]], n_keep=n_keep)[-1]
-                except ContextLengthError:
-                    return
-                yield [sampler.step(mask_stop_tokens(logits, n_generated, min_tokens, stop_ids), history)]
-                n_generated += 1
-                continue
-            drafts, qs = self.propose(history, self.k, sampler)
-            try:
-                rows = target.eval_next([history[-1]] + drafts, n_keep=n_keep, all_logits=True)
-            except ContextLengthError:
-                return
-            out = accept_drafts(rows, drafts, qs, sampler, history, logprobs)
-            n_kept = len(out) - 1
-            target.cache.truncate(target.cache.n - (len(drafts) - n_kept))
-            self._adapt(len(drafts), n_kept)
-            n_generated += len(out)
-            yield out
+    def release(self) -> None:
+        """The sequence is done: give back what the proposer holds."""
 
-    def _adapt(self, n_drafted: int, n_kept: int) -> None:
-        """Grow k after a full accept, shrink it to just past the first rejection otherwise."""
+    def adapt(self, n_drafted: int, n_kept: int) -> None:
+        """Record one verify pass; grow k after a full accept, shrink it to just past the first rejection."""
         s = self.stats
         s.target_passes += 1
         s.drafted += n_drafted
@@ -164,42 +143,53 @@ class Drafter:
                 self.k = max(self.draft_min, n_kept + 1)
 
 
-class ModelDrafter(Drafter):
-    """Drafts with a smaller model that shares the target's vocabulary; its cache follows the history by
-    prefix reuse, so rejected drafts are dropped automatically on the next proposal."""
+class DraftModelProposer(Proposer):
+    """Drafts with a smaller model that shares the target's vocabulary. Its KV sequence follows the history by
+    common prefix, so rejected drafts are dropped on the next proposal; when the draft pool is full it drafts
+    nothing (the target goes on alone, unchanged)."""
 
-    def __init__(self, draft: Session, draft_max: int = 16, draft_min: int = 1, p_min: float = 0.75):
+    def __init__(self, runner: ModelRunner, pool: KVPool, n_ctx: int, draft_max: int = 16, draft_min: int = 1,
+                 p_min: float = 0.75):
         super().__init__(draft_max, draft_min, p_min)
-        self.session = draft
+        self.runner = runner
+        self.kv = KVCache(pool, n_ctx)
         self.draft_sampler: Sampler | None = None
 
     def propose(self, history, k, sampler):
-        if len(history) + k >= self.session.n_ctx:
+        if len(history) + k >= self.kv.n_ctx:
             return [], []  # past the draft's context: verify nothing, the target goes on alone
         if self.draft_sampler is None or self.draft_sampler.params is not sampler.params:
             self.draft_sampler = Sampler(sampler.params, stream=1_000_003)  # its own random stream
-        logits = self.session.eval_prompt(history)[-1]
         drafts: list[int] = []
         qs: list[np.ndarray | None] = []
-        hist = list(history)
-        for i in range(k):
-            confidence = float(softmax(logits).max())
-            if i > 0 and confidence < self.p_min:  # llama.cpp stops drafting when the draft is unsure
-                break
-            if sampler.params.greedy:
-                token, q = self.draft_sampler.sample(logits, hist), None
-            else:
-                q = self.draft_sampler.probs_for(logits, hist)
-                token = self.draft_sampler.draw(q)
-            drafts.append(token)
-            qs.append(q)
-            hist.append(token)
-            if i + 1 < k:
-                logits = self.session.eval_next([token])[-1]
+        try:
+            keep = min(self.kv.common_prefix(history), len(history) - 1)
+            self.kv.truncate(keep)
+            logits = self.runner.evaluate(self.kv, history[keep:])[-1]
+            hist = list(history)
+            for i in range(k):
+                confidence = float(softmax(logits).max())
+                if i > 0 and confidence < self.p_min:  # llama.cpp stops drafting when the draft is unsure
+                    break
+                if sampler.params.greedy:
+                    token, q = self.draft_sampler.sample(logits, hist), None
+                else:
+                    q = self.draft_sampler.probs_for(logits, hist)
+                    token = self.draft_sampler.draw(q)
+                drafts.append(token)
+                qs.append(q)
+                hist.append(token)
+                if i + 1 < k:
+                    logits = self.runner.forward([self.kv], [[token]])[-1]
+        except PoolFullError:
+            pass  # the drafts so far are still valid proposals
         return drafts, qs
 
+    def release(self) -> None:
+        self.kv.release()
 
-class NgramDrafter(Drafter):
+
+class NgramProposer(Proposer):
     """Prompt lookup: find the latest earlier occurrence of the last n tokens (n from ngram_max down to
     ngram_min) and propose the tokens that followed it."""
 
