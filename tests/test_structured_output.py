@@ -13,7 +13,7 @@ import pytest
 from gguf_runtime import SamplingParams, StructuredOutputsParams
 from gguf_runtime.errors import StructuredOutputError
 
-from .test_cli_complete import assert_one_line_error, run_cli
+from test_cli_complete import assert_one_line_error, run_cli
 
 SCHEMA = {
     "type": "object",
@@ -51,10 +51,10 @@ def chat_prompt(llm, text: str) -> str:
 
 
 def test_fifty_samples_match_a_nested_schema(llm):
-    params = SamplingParams(n=50, temperature=1.0, max_tokens=160, seed=7,
-                            structured_outputs=StructuredOutputsParams(json=SCHEMA))
-    outputs = llm.generate(chat_prompt(llm, "Describe a user as JSON."), params)[0].outputs
-    assert len(outputs) == 50
+    schema = StructuredOutputsParams(json=SCHEMA)
+    params = [SamplingParams(temperature=1.0, max_tokens=160, seed=seed, structured_outputs=schema)
+              for seed in range(50)]
+    outputs = [r.outputs[0] for r in llm.generate([chat_prompt(llm, "Describe a user as JSON.")] * 50, params)]
     for out in outputs:
         assert out.finish_reason == "stop", out.text
         jsonschema.validate(json.loads(out.text), SCHEMA)
