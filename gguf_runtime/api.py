@@ -314,7 +314,7 @@ class LLM:
         go to the template as variables (e.g. {"enable_thinking": False} for Qwen3).
         """
         conversations = messages if messages and isinstance(messages[0], list) else [messages]
-        offered = self._offered_tools(tools, tool_choice)
+        offered = self.offered_tools(tools, tool_choice)
         prompts = [self.render_chat(c, add_generation_prompt, tools=offered, **(chat_template_kwargs or {}))
                    for c in conversations]
         params = ([self.chat_params(p, tools, tool_choice) for p in sampling_params]
@@ -333,7 +333,7 @@ class LLM:
         return outputs
 
     @staticmethod
-    def _offered_tools(tools: list[dict] | None, tool_choice: str | dict | None) -> list[dict] | None:
+    def offered_tools(tools: list[dict] | None, tool_choice: str | dict | None) -> list[dict] | None:
         """The checked tools the template gets (None without tools, or with tool_choice "none")."""
         from .structured.tool_calls import check_tool_choice, check_tools
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 import json
 import re
+import subprocess
+import sys
 
 import jsonschema
 import pytest
@@ -146,9 +148,10 @@ def test_required_tool_choice_forces_a_valid_call(qwen):
     params = SamplingParams(temperature=1.0, max_tokens=40, seed=11)
     messages = [{"role": "user", "content": "Tell me a joke."}]  # nothing here asks for the weather
     out = qwen.chat(messages, params, tools=[WEATHER], tool_choice="required")[0].outputs[0]
-    (call,) = out.tool_calls
-    arguments = json.loads(call["function"]["arguments"])
-    jsonschema.validate(arguments, WEATHER["function"]["parameters"])
+    assert out.tool_calls and out.finish_reason == "tool_calls", out.text
+    for call in out.tool_calls:
+        assert call["function"]["name"] == "get_weather"
+        jsonschema.validate(json.loads(call["function"]["arguments"]), WEATHER["function"]["parameters"])
 
 
 def test_cli_choice_and_bad_schema(smollm2_path):
@@ -160,3 +163,19 @@ def test_cli_choice_and_bad_schema(smollm2_path):
                           "invalid JSON schema")
     assert_one_line_error(run_cli("complete", "-m", smollm2_path, "--regex", "a", "--choice", "b", "Hi"),
                           "give one of")
+
+
+def test_repl_shows_tool_calls_and_answers_a_tool_result(qwen05_path, tmp_path):
+    (tmp_path / "tools.json").write_text(json.dumps([WEATHER]))
+    lines = ["/tool 20 degrees", "/set think on", "/set think maybe", "What is the weather like in Paris right now?",
+             '/tool {"temperature_c": 31, "sky": "sunny"}', f"/save {tmp_path / 'chat.json'}", "/bye"]
+    result = subprocess.run([sys.executable, "-m", "gguf_runtime", "chat", "-m", str(qwen05_path), "--tools",
+                             str(tmp_path / "tools.json"), "--temperature", "0", "-n", "48"],
+                            input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "called no tool" in result.stderr and "think on" in result.stderr and "usage: /set think" in result.stderr
+    call_line, *answer = result.stdout.strip().splitlines()
+    assert call_line.startswith("→ get_weather(city=\"Paris"), result.stdout
+    assert "31" in " ".join(answer)
+    roles = [m["role"] for m in json.loads((tmp_path / "chat.json").read_text())["messages"]]
+    assert roles == ["user", "assistant", "tool", "assistant"]

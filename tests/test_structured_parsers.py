@@ -76,6 +76,17 @@ def test_text_that_is_not_a_think_block_or_a_call_is_content():
     assert message == {"role": "assistant", "content": broken}
 
 
+@pytest.mark.parametrize("chunk", [1, 9, 1000])
+def test_hermes_bare_json_call_and_json_content(chunk):
+    # Qwen2.5-Coder-0.5B often answers a tool prompt with the call's JSON and no <tool_call> tags
+    message, deltas = streamed('{"name": "get_weather", "arguments": {"city": "Paris"}}', chunk, tool_format="hermes")
+    assert message["content"] is None and message["tool_calls"][0]["function"]["name"] == "get_weather"
+    assert not joined(deltas, "content")
+    for text in ('{"city": "Paris"}', '{"name": "x"} and more <tool_call>{"name": "y", "arguments": {}}</tool_call>'):
+        message, _ = streamed(text, chunk, tool_format="hermes")
+        assert message["content"] == text.split(" <tool_call>")[0]
+
+
 def test_hermes_call_without_end_tag_at_the_end_of_the_reply():
     message = parse_chat_output('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}',
                                 template_source="<tool_call>", prompt="", tools=True)
@@ -171,3 +182,35 @@ def test_params_shapes():
     with pytest.raises(ValueError, match="not both"):
         SamplingParams(structured_outputs={"regex": "a"}, guided_decoding={"regex": "b"})
     assert json.loads(json.dumps(SamplingParams(structured_outputs={"choice": ["a"]}).structured_outputs.choice)) == ["a"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm2_path):
+    from gguf_runtime.gguf_file import GGUFFile
+    from gguf_runtime.tokenizer import Tokenizer
+
+    return Tokenizer.from_metadata(GGUFFile(smollm2_path).metadata)
+
+
+def test_constraint_masks_cuts_drafts_and_forks(tokenizer):
+    import numpy as np
+
+    from gguf_runtime.structured.grammar import compile_grammar
+
+    constraint = compile_grammar(StructuredOutputsParams(choice=["yes please", "no"]), tokenizer).constraint()
+    logits = np.zeros(tokenizer.n_vocab + 3, dtype=np.float32)  # a model's rows may outnumber the vocabulary
+    constraint.mask(logits)
+    allowed = {tokenizer.decode([int(t)]) for t in np.flatnonzero(np.isfinite(logits))}
+    assert allowed and all("yes please".startswith(a) or "no".startswith(a) for a in allowed)
+    assert np.isneginf(logits[tokenizer.n_vocab:]).all()
+    yes = tokenizer.encode("yes please", add_special=False)
+    wrong = tokenizer.encode("yes sir", add_special=False)
+    assert constraint.valid_prefix(yes) == len(yes)
+    assert constraint.valid_prefix(wrong) == next(i for i, (a, b) in enumerate(zip(yes, wrong)) if a != b)
+    twin = constraint.fork()
+    for token in yes:
+        twin.accept(token)
+    assert twin.is_terminated() and not constraint.is_terminated()  # the original did not move
+    end = np.zeros(tokenizer.n_vocab, dtype=np.float32)
+    twin.mask(end)
+    assert set(np.flatnonzero(np.isfinite(end))) <= set(tokenizer.eog_ids)

@@ -77,8 +77,10 @@ def _calls_from_json(text: str, arguments_key: str = "arguments") -> list[ToolCa
 
 
 class HermesToolParser:
-    """``<tool_call>{json}</tool_call>`` blocks (Qwen2.5/Qwen3/Hermes). Whitespace-only text between calls is
-    dropped; a block that does not parse is passed on as content, tags included."""
+    """``<tool_call>{json}</tool_call>`` blocks (Qwen2.5/Qwen3/Hermes). Whitespace between calls is dropped;
+    a block that does not parse is passed on as content, tags included. Small Qwen2.5-Coder models often
+    write the call's JSON without the tags: a reply that is nothing but call JSON counts as calls too (so a
+    reply opening with ``{`` is held until it ends)."""
 
     START, END = "<tool_call>", "</tool_call>"
 
@@ -88,8 +90,18 @@ class HermesToolParser:
         self._body = ""  # the open call's text so far: a call is reported whole, at its end tag
         self._held_space = ""  # trailing whitespace of the content: kept unless a call follows it
         self._seen_call = False
+        self._bare: str | None = ""  # the reply so far while it may be bare call JSON; None once it cannot
 
     def feed(self, text: str) -> tuple[str, list[ToolCall]]:
+        if self._bare is not None:
+            self._bare += text
+            head = self._bare.lstrip()
+            if not head or head.startswith("{"):
+                return "", []
+            text, self._bare = self._bare, None
+        return self._tagged(text)
+
+    def _tagged(self, text: str) -> tuple[str, list[ToolCall]]:
         self._scanner.feed(text)
         content, calls = [], []
         while True:
@@ -126,8 +138,15 @@ class HermesToolParser:
             self._seen_call = True
 
     def finish(self) -> tuple[str, list[ToolCall]]:
-        rest = self._body + self._scanner.flush() if self._inside else self._scanner.flush()
         content, calls = [], []
+        if self._bare is not None:
+            bare, self._bare = self._bare, None
+            parsed = _calls_from_json(bare.strip()) if bare.strip() else None
+            if parsed is not None:
+                return "", parsed
+            text, calls = self._tagged(bare)
+            content.append(text)
+        rest = self._body + self._scanner.flush() if self._inside else self._scanner.flush()
         if self._inside:  # the reply ended before </tool_call> (a stop token right after the JSON)
             self._close(rest, content, calls, "")
         else:
