@@ -304,21 +304,24 @@ class LLM:
     def chat(self, messages: list[dict] | list[list[dict]],
              sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, use_tqdm: bool = False,
              add_generation_prompt: bool = True, tools: list[dict] | None = None, tool_choice: str | dict | None = None,
-             chat_template_kwargs: dict[str, Any] | None = None) -> list[RequestOutput]:
+             chat_template_kwargs: dict[str, Any] | None = None,
+             parallel_tool_calls: bool = True) -> list[RequestOutput]:
         """Render messages with the model's chat template (sandboxed), then generate; each output's `content`,
         `reasoning_content` and `tool_calls` hold the reply parsed the OpenAI way.
 
         tools (OpenAI function tools) reach the template; tool_choice "auto" (the default with tools), "none"
         (tools not offered), "required" or {"type": "function", "function": {"name": ...}} (the output is then
-        constrained to a valid call). A reply that calls tools finishes with "tool_calls". chat_template_kwargs
+        constrained to a valid call; several unless parallel_tool_calls=False). A reply that calls tools finishes
+        with "tool_calls". chat_template_kwargs
         go to the template as variables (e.g. {"enable_thinking": False} for Qwen3).
         """
         conversations = messages if messages and isinstance(messages[0], list) else [messages]
         offered = self.offered_tools(tools, tool_choice)
         prompts = [self.render_chat(c, add_generation_prompt, tools=offered, **(chat_template_kwargs or {}))
                    for c in conversations]
-        params = ([self.chat_params(p, tools, tool_choice) for p in sampling_params]
-                  if isinstance(sampling_params, Sequence) else self.chat_params(sampling_params, tools, tool_choice))
+        params = ([self.chat_params(p, tools, tool_choice, parallel_tool_calls) for p in sampling_params]
+                  if isinstance(sampling_params, Sequence)
+                  else self.chat_params(sampling_params, tools, tool_choice, parallel_tool_calls))
         outputs = self.generate(prompts, params)
         for prompt, request in zip(prompts, outputs):
             for completion in request.outputs:
@@ -341,14 +344,15 @@ class LLM:
         return checked if check_tool_choice(tool_choice, checked) not in (None, "none") else None
 
     def chat_params(self, params: SamplingParams | None, tools: list[dict] | None,
-                    tool_choice: str | dict | None) -> SamplingParams:
+                    tool_choice: str | dict | None, parallel_tool_calls: bool = True) -> SamplingParams:
         """`params` plus, for tool_choice "required" or a named function, the grammar that forces a call in
         this model's tool-call format (StructuredOutputError for bad tools, or with structured_outputs too)."""
         from .errors import StructuredOutputError
         from .structured.requests import special_token_ids, tool_call_constraint
 
         params = params or SamplingParams()
-        forced = tool_call_constraint(tools, tool_choice, self.tool_call_format, special_token_ids(self.tokenizer))
+        forced = tool_call_constraint(tools, tool_choice, self.tool_call_format, special_token_ids(self.tokenizer),
+                                      parallel_tool_calls)
         if forced is None:
             return params
         if params.structured_outputs is not None:

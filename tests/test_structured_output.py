@@ -98,6 +98,18 @@ def test_batch_of_mixed_requests_equals_each_alone(llm):
     assert together[2].outputs[0].text in ("yes", "no")
 
 
+def test_speculative_drafts_are_held_to_the_grammar(llm, smollm2_path):
+    from gguf_runtime.api import LLM
+
+    speculative = LLM(smollm2_path, n_ctx=512, speculative="ngram", draft_max=8)
+    params = SamplingParams(temperature=0.0, max_tokens=80, structured_outputs={"json": SCHEMA})
+    prompt = chat_prompt(llm, "Describe a user as JSON. Then describe the same user again.")
+    expected = llm.generate(prompt, params)[0].outputs[0]
+    got = speculative.generate(prompt, params)[0].outputs[0]
+    assert got.token_ids == expected.token_ids
+    jsonschema.validate(json.loads(got.text), SCHEMA)
+
+
 @pytest.mark.parametrize("kind, message", [
     ({"json": {"type": "strnig"}}, "invalid JSON schema"),
     ({"json": {"type": "object", "dependentSchemas": {"a": {}}}}, "dependentSchemas"),
@@ -147,8 +159,8 @@ def test_qwen_calls_a_tool_and_answers_from_its_result(qwen):
 def test_required_tool_choice_forces_a_valid_call(qwen):
     params = SamplingParams(temperature=1.0, max_tokens=40, seed=11)
     messages = [{"role": "user", "content": "Tell me a joke."}]  # nothing here asks for the weather
-    out = qwen.chat(messages, params, tools=[WEATHER], tool_choice="required")[0].outputs[0]
-    assert out.tool_calls and out.finish_reason == "tool_calls", out.text
+    out = qwen.chat(messages, params, tools=[WEATHER], tool_choice="required", parallel_tool_calls=False)[0].outputs[0]
+    assert len(out.tool_calls) == 1 and out.finish_reason == "tool_calls", out.text
     for call in out.tool_calls:
         assert call["function"]["name"] == "get_weather"
         jsonschema.validate(json.loads(call["function"]["arguments"]), WEATHER["function"]["parameters"])

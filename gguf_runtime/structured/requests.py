@@ -78,16 +78,17 @@ def _params(**fields: Any) -> StructuredOutputsParams:
     return StructuredOutputsParams(**{k: v for k, v in fields.items() if v is not None})
 
 
-def tool_call_constraint(tools: Any, tool_choice: Any, fmt: str,
-                         special_ids: Mapping[str, int]) -> StructuredOutputsParams | None:
+def tool_call_constraint(tools: Any, tool_choice: Any, fmt: str, special_ids: Mapping[str, int],
+                         parallel: bool = True) -> StructuredOutputsParams | None:
     """The constraint that forces a tool call, for tool_choice "required" or a named function (None for
     "auto" / "none" / no tools). `fmt` is the model's tool-call format (`tool_calls.tool_call_format`),
-    `special_ids` its special tokens by text (`special_token_ids`)."""
+    `special_ids` its special tokens by text (`special_token_ids`); `parallel` (OpenAI's parallel_tool_calls)
+    allows more than one call."""
     checked = check_tools(tools)
     choice = check_tool_choice(tool_choice, checked)
     if choice in (None, "none", "auto"):
         return None
-    return StructuredOutputsParams(grammar=forced_call_grammar(checked, choice, fmt, dict(special_ids)))
+    return StructuredOutputsParams(grammar=forced_call_grammar(checked, choice, fmt, dict(special_ids), parallel))
 
 
 def special_token_ids(tokenizer) -> dict[str, int]:

@@ -320,18 +320,20 @@ def _literal(text: str, special_ids: dict[str, int]) -> str:
     return f"<[{token}]>" if token is not None else json.dumps(text)
 
 
-def forced_call_grammar(tools: list[dict], choice: str, fmt: str, special_ids: dict[str, int]) -> str:
-    """An llguidance Lark grammar whose every sentence is a valid call (or calls) in format `fmt`: of any
-    tool for tool_choice "required", of the named one otherwise. `special_ids` maps special-token texts (such
-    as ``<tool_call>``) to their ids."""
+def forced_call_grammar(tools: list[dict], choice: str, fmt: str, special_ids: dict[str, int],
+                        parallel: bool = True) -> str:
+    """An llguidance Lark grammar whose every sentence is a valid call in format `fmt` (one or more when
+    `parallel`, OpenAI's parallel_tool_calls): of any tool for tool_choice "required", of the named one
+    otherwise. `special_ids` maps special-token texts (such as ``<tool_call>``) to their ids."""
     chosen = tools if choice == "required" else [t for t in tools if t["function"]["name"] == choice]
     key = "parameters" if fmt == "llama3_json" else "arguments"
     one = {"anyOf": [_call_schema(t, key) for t in chosen]} if len(chosen) > 1 else _call_schema(chosen[0], key)
     if fmt == "hermes":
         start, end = (_literal(t, special_ids) for t in (HermesToolParser.START, HermesToolParser.END))
-        return (f"start: call (\"\\n\" call)*\ncall: {start} \"\\n\" body \"\\n\" {end}\n"
+        more = ' ("\\n" call)*' if parallel else ""
+        return (f"start: call{more}\ncall: {start} \"\\n\" body \"\\n\" {end}\n"
                 f"body: %json {json.dumps(one)}\n")
     if fmt == "mistral":
-        calls = {"type": "array", "items": one, "minItems": 1}
+        calls = {"type": "array", "items": one, "minItems": 1, **({} if parallel else {"maxItems": 1})}
         return f"start: {_literal(MistralToolParser.MARKER, special_ids)} body\nbody: %json {json.dumps(calls)}\n"
     return f"start: body\nbody: %json {json.dumps(one)}\n"
