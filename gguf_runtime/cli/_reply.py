@@ -34,6 +34,7 @@ class ReplyPrinter:
         self.console = console
         self.parser = parser
         self._last = None  # the kind printed last: a newline separates thinking from the answer
+        self._at_line_start = True
 
     def write(self, text: str) -> None:
         self._print(self.parser.feed(text))
@@ -46,23 +47,22 @@ class ReplyPrinter:
 
     def _print(self, delta: ChatDelta) -> None:
         if delta.reasoning_content:
-            self._switch("reasoning")
-            self.console.print(Text(delta.reasoning_content, style="dim italic"), end="")
+            self._text("reasoning", Text(delta.reasoning_content, style="dim italic"))
         if delta.content:
-            self._switch("content")
-            self.console.print(Text(delta.content), end="")
+            self._text("content", Text(delta.content))
         for call in delta.tool_calls:
-            self._switch("tool")
-            self.console.print(Text("→ ", style="bold cyan") + Text(format_tool_call(call), style="cyan"))
-            self._last = "tool_line"
+            self._text("tool", Text("→ ", style="bold cyan") + Text(format_tool_call(call) + "\n", style="cyan"))
 
-    def _switch(self, kind: str) -> None:
-        if self._last not in (None, kind, "tool_line"):
-            self.console.print()
+    def _text(self, kind: str, text: Text) -> None:
+        if self._last not in (None, kind):  # thinking, answer and calls each start on a line of their own
+            if not self._at_line_start:
+                self.console.print()
             if self._last == "reasoning":
                 self.console.print()
         self._last = kind
+        self.console.print(text, end="")
+        self._at_line_start = text.plain.endswith("\n")
 
     @property
     def ends_with_newline(self) -> bool:
-        return self._last in (None, "tool_line")
+        return self._at_line_start
