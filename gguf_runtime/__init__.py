@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "LLM": "api", "RequestOutput": "api", "CompletionOutput": "api",
     "SamplingParams": "sampling", "GGUFFile": "gguf_file", "GGUFError": "gguf_file",
+    "StructuredOutputsParams": "structured.params", "GuidedDecodingParams": "structured.params",
 }
 __all__ = list(_EXPORTS)
 

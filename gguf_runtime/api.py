@@ -63,6 +63,10 @@ class CompletionOutput:
     cumulative_logprob: float | None = None
     logprobs: list[dict[int, float]] | None = None  # per generated token: {token_id: logprob}, top-N + chosen
     metrics: GenerationStats = field(default_factory=GenerationStats)
+    # set by LLM.chat: `text` split into the answer, the model's thinking and its tool calls (OpenAI's shapes)
+    content: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[dict] | None = None
 
 
 @dataclass
@@ -312,11 +316,80 @@ class LLM:
                 self.engine.abort_request(request_id)
                 self.engine.step()  # collect the abort report
 
-    def chat(self, messages: list[dict] | list[list[dict]], sampling_params: SamplingParams | None = None,
-             add_generation_prompt: bool = True) -> list[RequestOutput]:
-        """Render messages with the model's chat template (sandboxed), then generate."""
+    def chat(self, messages: list[dict] | list[list[dict]],
+             sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, use_tqdm: bool = False,
+             add_generation_prompt: bool = True, tools: list[dict] | None = None, tool_choice: str | dict | None = None,
+             chat_template_kwargs: dict[str, Any] | None = None,
+             parallel_tool_calls: bool = True) -> list[RequestOutput]:
+        """Render messages with the model's chat template (sandboxed), then generate; each output's `content`,
+        `reasoning_content` and `tool_calls` hold the reply parsed the OpenAI way.
+
+        tools (OpenAI function tools) reach the template; tool_choice "auto" (the default with tools), "none"
+        (tools not offered), "required" or {"type": "function", "function": {"name": ...}} (the output is then
+        constrained to a valid call; several unless parallel_tool_calls=False). A reply that calls tools finishes
+        with "tool_calls". chat_template_kwargs
+        go to the template as variables (e.g. {"enable_thinking": False} for Qwen3).
+        """
         conversations = messages if messages and isinstance(messages[0], list) else [messages]
-        return self.generate([self.render_chat(c, add_generation_prompt) for c in conversations], sampling_params)
+        offered = self.offered_tools(tools, tool_choice)
+        prompts = [self.render_chat(c, add_generation_prompt, tools=offered, **(chat_template_kwargs or {}))
+                   for c in conversations]
+        params = ([self.chat_params(p, tools, tool_choice, parallel_tool_calls) for p in sampling_params]
+                  if isinstance(sampling_params, Sequence)
+                  else self.chat_params(sampling_params, tools, tool_choice, parallel_tool_calls))
+        outputs = self.generate(prompts, params)
+        for prompt, request in zip(prompts, outputs):
+            for completion in request.outputs:
+                parser = self.chat_output_parser(prompt, tools=offered is not None)
+                parser.feed(completion.text)
+                parser.finish()
+                message = parser.message()
+                completion.content, completion.reasoning_content = message["content"], message.get("reasoning_content")
+                completion.tool_calls = message.get("tool_calls")
+                if completion.tool_calls and completion.finish_reason == "stop":
+                    completion.finish_reason = "tool_calls"
+        return outputs
+
+    @staticmethod
+    def offered_tools(tools: list[dict] | None, tool_choice: str | dict | None) -> list[dict] | None:
+        """The checked tools the template gets (None without tools, or with tool_choice "none")."""
+        from .structured.tool_calls import check_tool_choice, check_tools
+
+        checked = check_tools(tools)
+        return checked if check_tool_choice(tool_choice, checked) not in (None, "none") else None
+
+    def chat_params(self, params: SamplingParams | None, tools: list[dict] | None,
+                    tool_choice: str | dict | None, parallel_tool_calls: bool = True) -> SamplingParams:
+        """`params` plus, for tool_choice "required" or a named function, the grammar that forces a call in
+        this model's tool-call format (StructuredOutputError for bad tools, or with structured_outputs too)."""
+        from .errors import StructuredOutputError
+        from .structured.requests import special_token_ids, tool_call_constraint
+
+        params = params or SamplingParams()
+        forced = tool_call_constraint(tools, tool_choice, self.tool_call_format, special_token_ids(self.tokenizer),
+                                      parallel_tool_calls)
+        if forced is None:
+            return params
+        if params.structured_outputs is not None:
+            raise StructuredOutputError("tool_choice forces a tool call: it cannot be combined with structured "
+                                        "outputs")
+        return dataclasses.replace(params, structured_outputs=forced)
+
+    @property
+    def tool_call_format(self) -> str:
+        """How this model writes tool calls ("hermes", "llama3_json" or "mistral"), read from its template."""
+        from .structured.tool_calls import tool_call_format
+
+        return tool_call_format(self.chat_template.source)
+
+    def chat_output_parser(self, prompt: str, tools: bool = False):
+        """A fresh incremental parser (structured.chat_output.ChatOutputParser) for one reply to the rendered
+        `prompt`: think blocks to reasoning_content (reasoning models only), tool calls when `tools` were
+        offered."""
+        from .structured.chat_output import chat_output_parser
+
+        return chat_output_parser(self.chat_template.source, prompt, tools=tools,
+                                  vocabulary=self.tokenizer.vocab.token_to_id)
 
     @property
     def chat_template(self) -> ChatTemplate:
@@ -324,10 +397,15 @@ class LLM:
             self._template = ChatTemplate.from_metadata(self.gguf.metadata, self.tokenizer.token_text)
         return self._template
 
-    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None,
+                    **template_kwargs: Any) -> str:
+        """The prompt text for `messages` (``tool`` messages and assistant ``tool_calls`` included); `tools`
+        and `template_kwargs` (chat_template_kwargs such as enable_thinking) reach the template."""
+        if tools:
+            template_kwargs["tools"] = tools
         # the prompt is tokenized with BOS added per metadata, so a template's own leading BOS would double it
         return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt,
-                                         strip_bos=self.tokenizer.add_bos)
+                                         strip_bos=self.tokenizer.add_bos, **template_kwargs)
 
     def _completion(self, index: int, gen: Generation) -> CompletionOutput:
         logprobs = cumulative = None

@@ -113,8 +113,31 @@ def _check_messages(messages: Any) -> list[dict]:
         elif not isinstance(content, str) and not (content is None and message.get("tool_calls")):
             raise ChatTemplateError(f"messages[{i}]['content'] must be a string or a list of content parts "
                                     f"(None only beside tool_calls), got {type(content).__name__}")
-        checked.append(dict(message))
+        message = dict(message)
+        if message.get("tool_calls"):
+            message["tool_calls"] = _tool_calls_for_template(i, message["tool_calls"])
+        checked.append(message)
     return checked
+
+
+def _tool_calls_for_template(i: int, calls: Any) -> list:
+    """OpenAI sends a call's arguments as JSON text; templates (as transformers') expect the object. Calls are
+    {"function": {"name", "arguments"}} or the flat {"name", "arguments"}; other shapes pass as they are."""
+    if not isinstance(calls, (list, tuple)):
+        raise ChatTemplateError(f"messages[{i}]['tool_calls'] must be a list, got {type(calls).__name__}")
+
+    def decoded(function: Any) -> Any:
+        arguments = function.get("arguments") if isinstance(function, Mapping) else None
+        if not isinstance(arguments, str):
+            return function
+        try:
+            return {**function, "arguments": json.loads(arguments) if arguments.strip() else {}}
+        except json.JSONDecodeError:
+            raise ChatTemplateError(f"messages[{i}]: tool call {function.get('name')!r} has arguments that are "
+                                    f"not JSON: {arguments[:80]!r}") from None
+
+    return [{**call, "function": decoded(call["function"])} if isinstance(call, Mapping) and "function" in call
+            else decoded(call) for call in calls]
 
 
 class ChatTemplate:

@@ -44,12 +44,14 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from .structured.params import StructuredOutputsParams, coerce as _structured_outputs
+
 _NEG_INF = np.float32(-np.inf)
 GREEDY_TEMPERATURE = 1e-5  # below this, temperature means greedy (vLLM's _SAMPLING_EPS): 1/t would overflow
 
 # vLLM SamplingParams fields we deliberately do not accept, so a script using them fails with a clear reason.
 _VLLM_UNSUPPORTED = frozenset({
-    "best_of", "prompt_logprobs", "bad_words", "logits_processors", "guided_decoding", "structured_outputs",
+    "best_of", "prompt_logprobs", "bad_words", "logits_processors",
     "truncate_prompt_tokens", "output_kind", "detokenize", "spaces_between_special_tokens", "extra_args",
     "use_beam_search", "length_penalty", "early_stopping", "flat_logprobs",
 })
@@ -68,7 +70,8 @@ class SamplingParams:
     ``penalty_last_n`` is llama.cpp's repeat window: 0 disables penalties, -1 means the whole history.
     ``max_tokens=None`` means "until the context is full". ``stop``, ``stop_token_ids``, ``ignore_eos``,
     ``max_tokens``, ``min_tokens`` and ``skip_special_tokens`` are honoured by the generation loop, the rest by
-    `Sampler`.
+    `Sampler`. ``structured_outputs`` (or vLLM's older ``guided_decoding``, folded into it) constrains the text to
+    a JSON schema, regex, choice or grammar; the engine compiles it when the request is added.
     """
 
     n: int = 1
@@ -92,6 +95,8 @@ class SamplingParams:
     logit_bias: dict[int, float] | None = None
     allowed_token_ids: list[int] | None = None
     skip_special_tokens: bool = True
+    structured_outputs: StructuredOutputsParams | None = None
+    guided_decoding: StructuredOutputsParams | None = None  # vLLM's older name: folded into structured_outputs
 
     def __new__(cls, *args, **kwargs):
         # dataclass's own message for an unknown keyword names neither the supported fields nor the reason.
@@ -133,6 +138,12 @@ class SamplingParams:
                 raise ValueError("allowed_token_ids must be None or a non-empty list of token ids")
             object.__setattr__(self, "allowed_token_ids", allowed)
         object.__setattr__(self, "logit_bias", _normalise_logit_bias(self.logit_bias))
+        structured = _structured_outputs(self.structured_outputs, "structured_outputs")
+        guided = _structured_outputs(self.guided_decoding, "guided_decoding")
+        if structured is not None and guided is not None:
+            raise ValueError("give structured_outputs or guided_decoding (its older name), not both")
+        object.__setattr__(self, "structured_outputs", structured or guided)
+        object.__setattr__(self, "guided_decoding", None)
 
     @property
     def greedy(self) -> bool:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import click
 
 from ..catalog import DEFAULT_MODEL
+from ..errors import StructuredOutputError
 from ..sampling import SamplingParams
+from ..structured.params import StructuredOutputsParams
 from ._app import UserError
 
 LLAMA_CPP = SamplingParams.llama_cpp_defaults()
@@ -128,3 +131,55 @@ def build_params(base: SamplingParams, **changes: Any) -> SamplingParams:
         return dataclasses.replace(base, **changes)
     except (ValueError, TypeError) as e:
         raise UserError(str(e)) from None
+
+
+def structured_options(func: Callable) -> Callable:
+    """--json-schema, --grammar-file, --regex and --choice: constrain the output (one of them)."""
+    func = click.option("--choice", multiple=True, metavar="TEXT",
+                        help="Answer with exactly one of these texts (repeat: --choice yes --choice no).")(func)
+    func = click.option("--regex", default=None, metavar="RE",
+                        help="Output matches this regular expression (whole output; Rust regex syntax).")(func)
+    func = click.option("--grammar-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                        default=None, metavar="FILE",
+                        help="Output follows this grammar (llama.cpp GBNF, or llguidance Lark).")(func)
+    func = click.option("--json-schema", default=None, metavar="FILE_OR_JSON",
+                        help="Output is JSON matching this schema (a file, or the schema itself).")(func)
+    return func
+
+
+def pop_structured_outputs(kwargs: dict[str, Any]) -> StructuredOutputsParams | None:
+    """The structured-output flags as StructuredOutputsParams (None when none is given); a bad flag value is
+    a one-line UserError (the schema's own validity is checked when the request starts)."""
+    schema, grammar_file = kwargs.pop("json_schema"), kwargs.pop("grammar_file")
+    regex, choice = kwargs.pop("regex"), list(kwargs.pop("choice"))
+    given = [flag for flag, value in (("--json-schema", schema), ("--grammar-file", grammar_file),
+                                      ("--regex", regex), ("--choice", choice)) if value]
+    if len(given) > 1:
+        raise UserError(f"give one of --json-schema, --grammar-file, --regex, --choice (got {' and '.join(given)})")
+    if not given:
+        return None
+    try:
+        if schema is not None:
+            return StructuredOutputsParams(json=_schema_argument(schema))
+        if grammar_file is not None:
+            return StructuredOutputsParams(grammar=_read_text(grammar_file, "--grammar-file"))
+        return StructuredOutputsParams(regex=regex) if regex is not None else StructuredOutputsParams(choice=choice)
+    except StructuredOutputError as e:
+        raise UserError(str(e)) from None
+
+
+def _schema_argument(value: str) -> str:
+    """A schema given inline (it starts with "{") or as a file path."""
+    if value.lstrip().startswith("{"):
+        return value
+    path = Path(value)
+    if not path.is_file():
+        raise UserError(f"--json-schema: {value!r} is neither a JSON schema nor a file")
+    return _read_text(path, "--json-schema")
+
+
+def _read_text(path: Path, flag: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{flag}: cannot read {path}: {getattr(e, 'strerror', None) or e}") from None

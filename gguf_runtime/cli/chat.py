@@ -21,7 +21,8 @@ from rich.text import Text
 from ._app import UserError, main
 from ._conversation import Conversation, ConversationFileError
 from ._load import THINKING, first_wait_message, load_llm
-from ._options import SETTABLE, build_params, model_options, pop_sampling_params, sampling_options, pop_speculative, speculative_options
+from ._options import (SETTABLE, build_params, model_options, pop_sampling_params, pop_speculative,
+                       pop_structured_outputs, sampling_options, speculative_options, structured_options)
 from ._stream import stats_line, stream_to
 
 if TYPE_CHECKING:
@@ -38,18 +39,39 @@ EXIT_HINT = "(use /bye or Ctrl-D to exit)"
 @model_options
 @sampling_options(max_tokens=MAX_TOKENS)
 @speculative_options
+@structured_options
 @click.option("--system", default=None, help="System message that starts the conversation.")
+@click.option("--tools", "tools_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              metavar="FILE", help="Offer these tools (a JSON list in OpenAI's format) to the model; its calls are "
+                                   "shown, and /tool TEXT answers one.")
+@click.option("--think/--no-think", default=None,
+              help="Reasoning models: think before answering, or not (default: the template's choice).")
 @click.option("--stats", "show_stats", is_flag=True, help="Print prompt and decode speed after each reply.")
-def chat(model: str, n_ctx: int, threads: int | None, kv_type: str, system: str | None, show_stats: bool,
-         **sampling) -> None:
+def chat(model: str, n_ctx: int, threads: int | None, kv_type: str, system: str | None, tools_file: Path | None,
+         think: bool | None, show_stats: bool, **sampling) -> None:
     """Chat with a model in the terminal (type /help inside for commands).
 
     Sampling defaults are llama.cpp's; a reply is at most 512 tokens unless -n says otherwise.
     """
-    params = pop_sampling_params(sampling)
+    params = build_params(pop_sampling_params(sampling), structured_outputs=pop_structured_outputs(sampling))
     llm = load_llm(model, n_ctx, threads, kv_type, **pop_speculative(sampling))
     _ = llm.chat_template  # compile it now: a broken template is reported before the first prompt
-    Repl(llm, model, Conversation(system), params, show_stats).run()
+    conversation = Conversation(system, tools=read_tools(tools_file) if tools_file else None,
+                                template_kwargs={} if think is None else {"enable_thinking": think})
+    Repl(llm, model, conversation, params, show_stats).run()
+
+
+def read_tools(path: Path) -> list[dict]:
+    """The --tools file: OpenAI tools, checked (a one-line UserError when it is not)."""
+    import json
+
+    from ..errors import StructuredOutputError
+    from ..structured.tool_calls import check_tools
+
+    try:
+        return check_tools(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, StructuredOutputError) as e:
+        raise UserError(f"--tools {path}: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -96,7 +118,7 @@ class Repl:
                     if not self.command(line):
                         return
                 else:
-                    self.reply(line)
+                    self.reply({"role": "user", "content": line})
             except KeyboardInterrupt:  # outside a reply's streaming (which stops gently): drop what was doing
                 self.console.print()
                 self.note("(interrupted)")
@@ -121,12 +143,14 @@ class Repl:
 
     # -- a turn ----------------------------------------------------------------------------------------------
 
-    def reply(self, message: str) -> None:
+    def reply(self, message: dict) -> None:
+        """Send a user (or tool) message and stream the reply: thinking dimmed, tool calls as one-liners."""
         from ..chat_template import ChatTemplateError
         from ..errors import ContextLengthError
+        from ._reply import ReplyPrinter
 
         turns = self.conversation.turns
-        turns.append({"role": "user", "content": message})
+        turns.append(message)
         try:
             prompt = self.conversation.prompt(self.llm, reserve=min(self.params.max_tokens, self.llm.n_ctx // 2))
         except (ContextLengthError, ChatTemplateError, KeyboardInterrupt) as e:
@@ -135,18 +159,37 @@ class Repl:
             return
         if prompt.dropped:
             self.note(f"(context full: forgot the {prompt.dropped} oldest messages)")
+        printer = ReplyPrinter(self.console, self.llm.chat_output_parser(prompt.text,
+                                                                         tools=bool(self.conversation.tools)))
         gen = self.llm.generate_stream(prompt.token_ids, self.params, n_keep=prompt.n_keep)
-        streamed = stream_to(sys.stdout, gen, self.waiting)
+        streamed = stream_to(printer, gen, self.waiting)
+        printer.finish()
         self.waiting = THINKING
         if not streamed.clean:  # stopped inside the model: its cache may not match its tokens
             self.llm.reset()
-        sys.stdout.write("\n" if streamed.text and not streamed.text.endswith("\n") else "")
+        if not printer.ends_with_newline:
+            self.console.print()
         sys.stdout.flush()
-        turns.append({"role": "assistant", "content": streamed.text})  # partial if interrupted: still said
+        reply = printer.parser.message()  # partial if interrupted: still said
+        reply.pop("reasoning_content", None)  # templates drop past thinking anyway
+        turns.append(reply)
         if streamed.interrupted:
             self.note("(reply stopped)")
         elif self.show_stats:
             self.note(stats_line(streamed.generation))
+
+    def tool(self, argument: str) -> bool:
+        """/tool TEXT: the result of the model's last tool call, sent back for it to answer from."""
+        turns = self.conversation.turns
+        calls = turns[-1].get("tool_calls") if turns and turns[-1].get("role") == "assistant" else None
+        if not calls:
+            self.note("the model's last reply called no tool; /tool TEXT answers its call")
+            return True
+        if not argument:
+            self.note("usage: /tool TEXT (the tool's result, e.g. JSON)")
+            return True
+        self.reply({"role": "tool", "tool_call_id": calls[0]["id"], "content": argument})
+        return True
 
     # -- slash commands --------------------------------------------------------------------------------------
 
@@ -174,9 +217,16 @@ class Repl:
             self.conversation.system = value or None
             self.note(f"system message {'set' if value else 'removed'}")
             return True
+        if name == "think":
+            if value.lower() not in ("on", "off"):
+                self.note("usage: /set think on|off")
+                return True
+            self.conversation.template_kwargs["enable_thinking"] = value.lower() == "on"
+            self.note(f"think {value.lower()}")
+            return True
         flag = SETTABLE.get(name.replace("-", "_"))
         if flag is None or not value:
-            self.note(f"usage: /set <name> <value>, name one of: system, {', '.join(SETTABLE)}")
+            self.note(f"usage: /set <name> <value>, name one of: system, think, {', '.join(SETTABLE)}")
             return True
         try:
             parsed = None if name == "seed" and value.lower() in ("none", "random") else flag.parse(value)
@@ -237,13 +287,15 @@ class Repl:
             return True
         path = Path(argument).expanduser()
         try:
-            self.conversation = Conversation.load(path)
+            loaded = Conversation.load(path)
         except OSError as e:
             self.note(f"error: cannot read {path}: {e.strerror or e}")
             return True
         except ConversationFileError as e:
             self.note(f"error: {e}")
             return True
+        old = self.conversation
+        self.conversation = Conversation(loaded.system, loaded.turns, old.tools, old.template_kwargs)
         self.note(f"loaded {len(self.conversation.messages())} messages from {path}")
         return True
 
@@ -259,7 +311,9 @@ class Repl:
 COMMANDS: dict[str, Command] = {
     "/help": Command(Repl.help, "/help", "this list"),
     "/set": Command(Repl.set, "/set <name> <value>",
-                    f"change a parameter ({', '.join(SETTABLE)}) or the system message (/set system TEXT)"),
+                    f"change a parameter ({', '.join(SETTABLE)}), the system message (/set system TEXT) or "
+                    f"thinking (/set think on|off)"),
+    "/tool": Command(Repl.tool, "/tool TEXT", "answer the model's tool call with its result"),
     "/show": Command(Repl.show, "/show", "model, parameters and chat template"),
     "/clear": Command(Repl.clear, "/clear", "forget the conversation, keep the system message"),
     "/save": Command(Repl.save, "/save FILE", "write the conversation as JSON"),

@@ -13,7 +13,8 @@ import click
 
 from ._app import UserError, main
 from ._load import COMMAND_START, first_wait_message, load_llm
-from ._options import model_options, pop_sampling_params, sampling_options, pop_speculative, speculative_options
+from ._options import (build_params, model_options, pop_sampling_params, pop_speculative, pop_structured_outputs,
+                       sampling_options, speculative_options, structured_options)
 from ._stream import stats_fields, stats_line, stream_to
 
 MAX_TOKENS = 128
@@ -25,6 +26,7 @@ INTERRUPTED = 130  # the shell's code for "ended by SIGINT"
 @model_options
 @sampling_options(max_tokens=MAX_TOKENS)
 @speculative_options
+@structured_options
 @click.option("--chat", "as_chat", is_flag=True,
               help="Wrap PROMPT in the model's chat template as one user message.")
 @click.option("--system", default=None, help="System message (implies --chat).")
@@ -41,7 +43,7 @@ def complete(prompt: str | None, model: str, n_ctx: int, threads: int | None, kv
     Sampling defaults are llama.cpp's (temperature 0.8, top-k 40, top-p 0.95, min-p 0.05, repeat-last-n 64);
     at most 128 new tokens unless -n says otherwise. Only generated text goes to stdout.
     """
-    params = pop_sampling_params(sampling)
+    params = build_params(pop_sampling_params(sampling), structured_outputs=pop_structured_outputs(sampling))
     prompt = read_prompt(prompt)
     llm = load_llm(model, n_ctx, threads, kv_type, **pop_speculative(sampling))
     if prompt_cache is not None and prompt_cache.exists():

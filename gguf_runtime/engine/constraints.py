@@ -7,9 +7,8 @@ samples of one prompt. With speculative decoding, drafts are first cut to `valid
 row is masked in order as if its drafts had been accepted.
 
 `build_constraint` is called by `Engine.add_request` before anything is queued, so a malformed schema or
-grammar raises StructuredOutputError and changes nothing. Today no SamplingParams field asks for structured
-output, so it returns None; the structured-output work (issue #16) replaces its body with a real grammar
-engine.
+grammar raises StructuredOutputError and changes nothing. `SamplingParams.structured_outputs` asks for one;
+structured/grammar.py implements the protocol with llguidance.
 """
 
 from __future__ import annotations
@@ -39,5 +38,10 @@ class Constraint(Protocol):
 
 
 def build_constraint(params: SamplingParams, tokenizer) -> Constraint | None:
-    """The constraint params ask for, compiled; None when they ask for none."""
-    return None
+    """The constraint params ask for, compiled (llguidance, structured/grammar.py); None when they ask for
+    none. Raises StructuredOutputError for a malformed or unsupported schema, regex or grammar."""
+    if params.structured_outputs is None:
+        return None
+    from ..structured.grammar import compile_grammar  # llguidance loads only for requests that use it
+
+    return compile_grammar(params.structured_outputs, tokenizer).constraint()
