@@ -208,9 +208,9 @@ class Worker:
 
     def _kv_digest(self) -> str:
         llm = self._state_llm
-        d = hashlib.sha256(llm.pool.k.tobytes())
-        d.update(llm.pool.v.tobytes())
-        d.update(repr(list(llm.session.tokens)).encode())
+        d = hashlib.sha256(llm.engine.kv.pool.k.tobytes())
+        d.update(llm.engine.kv.pool.v.tobytes())
+        d.update(repr(llm.conversation_tokens).encode())
         return d.hexdigest()
 
     def run_state(self, path: Path, must_reject: bool) -> dict:

@@ -42,10 +42,7 @@ def case(request, fixtures_dir, tmp_path_factory):
 
 def _teacher_forced(llm: LLM, ref) -> np.ndarray:
     """Our logits after every token of ref's prompt (one batch) and greedy continuation (one at a time)."""
-    llm.session.reset()
-    rows = [llm.session.eval_prompt(ref["ids"].tolist(), all_logits=True)]
-    rows += [llm.session.eval_next([int(t)]) for t in ref["greedy"][:-1]]
-    return np.concatenate(rows)
+    return llm.logits(ref["ids"].tolist(), then=[int(t) for t in ref["greedy"][:-1]])
 
 
 @pytest.mark.parametrize("kv", ["f16", "f32"])
@@ -72,12 +69,14 @@ def test_context_shift_matches_llama_cpp(case):
     base), evaluate the last token again: sliding layers see the last W positions of the shifted cache."""
     name, path, ref = case
     llm = LLM(path, n_ctx=128, kv_cache_dtype="f16")
-    _teacher_forced(llm, ref)
     n_keep, n_discard = (int(x) for x in ref["shift"])
-    session = llm.session
-    session.eval_next([int(ref["greedy"][-1])])  # llama.cpp evaluated every greedy token before shifting
-    session.cache.shift(n_keep, n_discard, llm.session.model.shift_keys)
-    got = session.eval_next([int(ref["greedy"][-1])])[-1]
+    runner, kv = llm.engine.runner, llm.engine.kv.new_sequence()
+    runner.evaluate(kv, ref["ids"].tolist())
+    for t in ref["greedy"]:  # llama.cpp evaluated every greedy token, one at a time, before shifting
+        runner.forward([kv], [[int(t)]])
+    kv.shift(n_keep, n_discard, runner.shift_keys)
+    got = runner.forward([kv], [[int(ref["greedy"][-1])]])[-1]
+    kv.release()
     tol, _ = _tolerance(name, ref)
     if "yarn" in name:
         # open: after a shift, llama.cpp's logits on the YaRN model are up to 0.9 from ours (re-rotating

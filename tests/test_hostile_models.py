@@ -144,10 +144,10 @@ def test_state_header_values_are_refused_without_touching_the_cache(state_llm, t
     header[key] = value
     path = tmp_path / "s.state"
     path.write_bytes(join_state(header, body))
-    before = (llm.pool.k.tobytes(), llm.pool.v.tobytes(), list(llm.session.tokens))
+    before = (llm.engine.kv.pool.k.tobytes(), llm.engine.kv.pool.v.tobytes(), llm.conversation_tokens)
     with pytest.raises(StateFileError):
         llm.load_state(path)
-    assert (llm.pool.k.tobytes(), llm.pool.v.tobytes(), list(llm.session.tokens)) == before
+    assert (llm.engine.kv.pool.k.tobytes(), llm.engine.kv.pool.v.tobytes(), llm.conversation_tokens) == before
 
 
 # ---- one validation each -----------------------------------------------------------------------------------

@@ -33,12 +33,13 @@ def weight_reads(monkeypatch):
 
 
 def test_decode_reads_active_parameters_only(moe, weight_reads):
-    model = moe.session.model
+    model = moe.model
     c = model.config
-    moe.session.reset()
-    moe.session.eval_prompt(list(range(1, 20)))
+    runner, kv = moe.engine.runner, moe.engine.kv.new_sequence()
+    runner.evaluate(kv, list(range(1, 20)))
     weight_reads.clear()
-    moe.session.eval_next([7])
+    runner.forward([kv], [[7]])  # one decode step
+    kv.release()
     read = sum(m.nbytes for m, _ in weight_reads)
     # one expert of every layer (all experts of a tensor have the same size)
     per_expert = sum(m[0].nbytes for L in model.layers for m in (L.experts.gate, L.experts.up, L.experts.down))
@@ -50,11 +51,9 @@ def test_decode_reads_active_parameters_only(moe, weight_reads):
 
 
 def test_prefill_runs_each_chosen_expert_once_per_layer(moe, weight_reads):
-    model = moe.session.model
-    moe.session.reset()
-    weight_reads.clear()
-    prompt = list(range(100, 140))  # shares no prefix with the cache of another test
-    moe.session.eval_prompt(prompt)
+    model = moe.model
+    prompt = list(range(100, 140))
+    moe.logits(prompt)
     expert_calls = [(m, n) for m, n in weight_reads if "_exps" in m.name]
     layer_calls = {}
     for m, n in expert_calls:
@@ -64,4 +63,4 @@ def test_prefill_runs_each_chosen_expert_once_per_layer(moe, weight_reads):
         rows = [n for name, (n,) in layer_calls.items() if name.startswith(f"blk.{i}.ffn_gate_exps")]
         # every token goes through n_expert_used experts: the grouped rows add up to that
         assert sum(rows) == len(prompt) * model.config.n_expert_used
-    assert np.isfinite(moe.session.eval_next([3])).all()
+    assert np.isfinite(moe.logits(prompt, then=[3])).all()

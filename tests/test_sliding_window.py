@@ -16,10 +16,9 @@ def test_gemma3_beyond_the_sliding_window_matches_llama_cpp(gemma_path, fixtures
     long = json.loads((fixtures_dir / "forward" / "gemma-3-270m.json").read_text())["long"]
     ids, first = long["ids"], long["first"]
     llm = LLM(gemma_path, n_ctx=1024, kv_cache_dtype=KV_TYPE["gemma-3-270m"])
-    assert llm.session.model.config.sliding_window < first, "the rows checked must lie past the window"
-    llm.session.eval_prompt(ids[:first])
-    # (32, V): the logits after each of tokens first..end-1, as the fixture's rows
-    logits = np.concatenate([llm.session.eval_next([t]) for t in ids[first:]])
+    assert llm.config.sliding_window < first, "the rows checked must lie past the window"
+    # (32, V): the logits after each of tokens first..end-1, as the fixture's rows (the prompt in one batch)
+    logits = llm.logits(ids[:first], then=ids[first:])[first:]
     ref_ids, ref_vals = np.array(long["top_ids"]), np.array(long["top_logits"])
     top1 = logits.argmax(axis=1) == ref_ids[:, 0]
     gaps = ref_vals[:, 0] - ref_vals[:, 1]
