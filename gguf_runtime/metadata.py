@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import MetadataError  # noqa: F401  (raised here; re-exported for callers)
 from .gguf_file import GGUFError
 
 UINT32_MAX = 2**32 - 1
