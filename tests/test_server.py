@@ -313,6 +313,62 @@ def test_models_tokenize_detokenize_metrics(server, llm):
     assert status == 200 and headers["content-type"].startswith("text/html")
 
 
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "The current weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20},
+                                         "age": {"type": "integer", "minimum": 0, "maximum": 150}},
+          "required": ["name", "age"], "additionalProperties": False}
+
+
+def test_response_format_json_schema_is_followed(server):
+    import jsonschema
+
+    client = server.client()
+    for stream in (False, True):
+        kwargs = dict(model="smollm2-135m", max_tokens=60, temperature=1.0, seed=3,
+                      messages=[{"role": "user", "content": "Describe a person as JSON."}],
+                      response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}})
+        if stream:
+            text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+                stream=True, **kwargs) if c.choices)
+        else:
+            text = client.chat.completions.create(**kwargs).choices[0].message.content
+        jsonschema.validate(json.loads(text), PERSON)
+
+
+def test_bad_schema_and_bad_tools_get_400(server):
+    client = server.client()
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="smollm2-135m", messages=[{"role": "user", "content": "hi"}],
+                                       response_format={"type": "json_schema",
+                                                        "json_schema": {"name": "x", "schema": {"type": "nope"}}})
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="smollm2-135m", messages=[{"role": "user", "content": "hi"}],
+                                       tools=[{"type": "function"}], tool_choice="required")
+
+
+def test_tool_choice_required_returns_a_valid_tool_call(server):
+    client = server.client()
+    for stream in (False, True):
+        kwargs = dict(model="smollm2-135m", max_tokens=60, temperature=0,
+                      messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+                      tools=[WEATHER_TOOL], tool_choice="required")
+        if stream:
+            calls, reasons = [], []
+            for c in client.chat.completions.create(stream=True, **kwargs):
+                if c.choices:
+                    calls += c.choices[0].delta.tool_calls or []
+                    reasons.append(c.choices[0].finish_reason)
+            assert reasons[-1] == "tool_calls"
+        else:
+            choice = client.chat.completions.create(**kwargs).choices[0]
+            assert choice.finish_reason == "tool_calls"
+            calls = choice.message.tool_calls
+        assert calls and calls[0].function.name == "get_weather"
+        assert isinstance(json.loads(calls[0].function.arguments)["city"], str)
+
+
 def test_sigterm_shuts_the_server_down(server):
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(timeout=60) == 0, server.log()

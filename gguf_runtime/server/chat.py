@@ -14,7 +14,7 @@ from .errors import bad_request, one_line
 from .outputs import Choice, TokenText, Usage, add_to, finish_reason, new_id, now, sse
 from .protocol import ChatCompletionRequest, parse_body
 from .service import Service, until_disconnect
-from .structured import structured_hook
+from .structured import offered_tools, structured_hook, tool_params
 
 
 async def chat_completions(request: Request) -> Response:
@@ -22,30 +22,36 @@ async def chat_completions(request: Request) -> Response:
     req = parse_body(ChatCompletionRequest, await request.body())
     service.check_model(req.model)
     structured = structured_hook(req)
+    tools = offered_tools(service.llm, req)
     messages = req.template_messages()
-    ids = await service.in_thread(_render_and_tokenize, service, req, messages)
+    text, ids = await service.in_thread(_render_and_tokenize, service, req, messages, tools)
     params = service.limits.sampling_params(req, len(ids), **structured)
+    if tools is not None:
+        params = tool_params(service.llm, params, req)
+    # each choice's text split into content, reasoning_content and tool_calls (a pass-through otherwise)
+    parsers = [service.llm.chat_output_parser(text, tools=tools is not None) for _ in range(req.n)]
     request_id = new_id("chatcmpl")
     head = {"id": request_id, "created": now(), "model": service.model_id, "system_fingerprint": None}
     tokens = TokenText(service.llm.tokenizer)
     if req.stream:
-        return StreamingResponse(sse(_chunks(service, req, request_id, ids, params, head, tokens)),
+        return StreamingResponse(sse(_chunks(service, req, request_id, ids, params, head, tokens, parsers)),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-    body = await until_disconnect(request, _complete(service, req, request_id, ids, params, head, tokens))
+    body = await until_disconnect(request, _complete(service, req, request_id, ids, params, head, tokens, parsers))
     return JSONResponse(body)
 
 
-def _render_and_tokenize(service: Service, req: ChatCompletionRequest, messages: list[dict]) -> list[int]:
+def _render_and_tokenize(service: Service, req: ChatCompletionRequest, messages: list[dict],
+                         tools: list[dict] | None) -> tuple[str, list[int]]:
     kwargs = dict(req.chat_template_kwargs or {})  # passed only when given: the template sees them as variables
     try:
-        text = service.llm.render_chat(messages, req.add_generation_prompt, **kwargs)
+        text = service.llm.render_chat(messages, req.add_generation_prompt, tools=tools, **kwargs)
     except ChatTemplateError as err:
         raise bad_request(one_line(err), param="messages") from None
-    return service.tokenize_prompt(text, "messages")
+    return text, service.tokenize_prompt(text, "messages")
 
 
 async def _complete(service: Service, req: ChatCompletionRequest, request_id: str, ids: list[int], params,
-                    head: dict[str, Any], tokens: TokenText) -> dict[str, Any]:
+                    head: dict[str, Any], tokens: TokenText, parsers: list) -> dict[str, Any]:
     choices = [Choice(i) for i in range(req.n)]
     usage = Usage()
     async with service.generation(request_id, [ids], params) as stream:
@@ -53,14 +59,20 @@ async def _complete(service: Service, req: ChatCompletionRequest, request_id: st
             for out in batch:
                 add_to(choices[out.index], out)
                 usage.add(out)
+    messages = []
+    for c, parser in zip(choices, parsers):
+        parser.feed("".join(c.text))
+        parser.finish()
+        messages.append({"role": "assistant", "refusal": None, **parser.message()})
     return {**head, "object": "chat.completion", "usage": usage.body(), "choices": [
-        {"index": c.index, "message": {"role": "assistant", "content": "".join(c.text), "refusal": None},
+        {"index": c.index, "message": message,
          "logprobs": tokens.chat_logprobs(c.logprobs) if params.logprobs is not None else None,
-         "finish_reason": c.finish_reason} for c in choices]}
+         "finish_reason": "tool_calls" if parser.tool_calls else c.finish_reason}
+        for c, message, parser in zip(choices, messages, parsers)]}
 
 
 async def _chunks(service: Service, req: ChatCompletionRequest, request_id: str, ids: list[int], params,
-                  head: dict[str, Any], tokens: TokenText) -> AsyncIterator[dict[str, Any]]:
+                  head: dict[str, Any], tokens: TokenText, parsers: list) -> AsyncIterator[dict[str, Any]]:
     include_usage = req.include_usage()
     head = {**head, "object": "chat.completion.chunk"}
     if include_usage:
@@ -79,9 +91,14 @@ async def _chunks(service: Service, req: ChatCompletionRequest, request_id: str,
                 usage.add(out)
                 logprobs = (tokens.chat_logprobs(out.new_logprobs) if params.logprobs is not None
                             and out.new_logprobs else None)
-                if out.new_text or logprobs:
-                    yield chunk(out.index, {"content": out.new_text}, logprobs=logprobs)
+                parser = parsers[out.index]
+                delta = parser.feed(out.new_text) if out.new_text else None
+                if delta or logprobs:
+                    yield chunk(out.index, delta.to_openai() if delta else {"content": ""}, logprobs=logprobs)
                 if out.finished:
-                    yield chunk(out.index, {}, finish_reason(out))
+                    tail = parser.finish()
+                    if tail:
+                        yield chunk(out.index, tail.to_openai())
+                    yield chunk(out.index, {}, "tool_calls" if parser.tool_calls else finish_reason(out))
     if include_usage:
         yield {**head, "choices": [], "usage": usage.body()}

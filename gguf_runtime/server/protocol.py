@@ -279,13 +279,3 @@ class Limits:
 
     def checked_prompt_ids(self, ids: list[int], param: str = "prompt") -> list[int]:
         return self._checked_ids(ids, param)
-
-
-def structured_fields(req: _Sampling | ChatCompletionRequest) -> dict[str, Any]:
-    """The structured-output fields a request sets (an OpenAI response_format of type "text" is no request)."""
-    fields = {name: getattr(req, name) for name in ("grammar", "json_schema") if getattr(req, name) is not None}
-    if req.response_format is not None and req.response_format.get("type") != "text":
-        fields["response_format"] = req.response_format
-    if isinstance(req, ChatCompletionRequest) and req.tools and req.tool_choice != "none":
-        fields["tools"] = req.tools
-    return fields
