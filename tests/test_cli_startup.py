@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 
-COMMANDS = {"bench", "chat", "complete", "info", "models", "perplexity", "pull", "tokenize", "warmup"}
+COMMANDS = {"bench", "chat", "complete", "info", "models", "perplexity", "pull", "serve", "tokenize", "warmup"}
 
 
 def run_python(code: str, env: dict | None = None) -> dict:
