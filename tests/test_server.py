@@ -10,12 +10,7 @@ import asyncio
 import base64
 import json
 import os
-import re
-import selectors
 import signal
-import subprocess
-import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -25,20 +20,20 @@ import openai
 import pytest
 
 from gguf_runtime import LLM, SamplingParams
+from serve_process import ServerProcess, parse_metrics
 
 API_KEY = "test-key-0123456789"
 N_CTX = 512
 MAX_NUM_SEQS = 16
 MAX_QUEUE = 4
-START_TIMEOUT = 600  # a cold numba cache compiles the kernels first
 QUESTIONS = [f"Name {word} in one short sentence." for word in (
     "a colour", "a fruit", "a planet", "an animal", "a river", "a city", "a tree", "a metal", "a bird",
     "a flower", "a sport", "a language", "an ocean", "a mountain", "a tool", "a musical instrument")]
 
 
 class Server:
-    def __init__(self, proc: subprocess.Popen, url: str, stderr):
-        self.proc, self.url, self.stderr = proc, url, stderr
+    def __init__(self, process: ServerProcess):
+        self.process, self.proc, self.url = process, process.proc, process.url
 
     def client(self, api_key: str = API_KEY, **kwargs) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, **kwargs)
@@ -59,43 +54,19 @@ class Server:
     def metrics(self) -> dict[str, float]:
         status, _, body = self.raw("GET", "/metrics")
         assert status == 200
-        return {name: float(value) for name, value in
-                re.findall(r"^gguf_runtime_(\w+) ([0-9.e+-]+)$", body.decode(), re.M)}
+        return parse_metrics(body.decode())
 
     def log(self) -> str:
-        self.stderr.seek(0)
-        return self.stderr.read()
+        return self.process.read_log()
 
 
 @pytest.fixture(scope="module")
 def server(smollm2_path):
-    stderr = tempfile.TemporaryFile("w+")
     env = {**os.environ, "GGUF_RUNTIME_API_KEY": API_KEY}
-    proc = subprocess.Popen([sys.executable, "-m", "gguf_runtime", "serve", "-m", str(smollm2_path), "--port", "0",
-                             "--n-ctx", str(N_CTX), "--max-num-seqs", str(MAX_NUM_SEQS), "--max-queue",
-                             str(MAX_QUEUE), "--max-body-bytes", "65536"],
-                            stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL, text=True, env=env)
-    url = _wait_for_url(proc, stderr)
-    yield Server(proc, url, stderr)
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-
-
-def _wait_for_url(proc: subprocess.Popen, stderr) -> str:
-    selector = selectors.DefaultSelector()
-    selector.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if selector.select(timeout=1.0):
-            line = proc.stdout.readline()
-            if match := re.search(r"at (http://\S+)/v1", line):
-                return match.group(1)
-        if proc.poll() is not None:
-            stderr.seek(0)
-            pytest.fail(f"the server exited with {proc.returncode}: {stderr.read()}")
-    proc.kill()
-    pytest.fail("the server printed no URL in time")
+    process = ServerProcess(smollm2_path, "--n-ctx", str(N_CTX), "--max-num-seqs", str(MAX_NUM_SEQS),
+                            "--max-queue", str(MAX_QUEUE), "--max-body-bytes", "65536", env=env)
+    yield Server(process)
+    process.stop()
 
 
 @pytest.fixture(scope="module")

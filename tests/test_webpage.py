@@ -11,14 +11,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
 import urllib.request
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from selenium import webdriver
@@ -27,6 +21,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
+from serve_process import ServerProcess, parse_metrics
 
 CHROMEDRIVER = os.environ.get("GGUF_RUNTIME_CHROMEDRIVER", "/usr/bin/chromedriver")
 CHROMIUM = os.environ.get("GGUF_RUNTIME_CHROMIUM", "/usr/bin/chromium")
@@ -44,10 +39,11 @@ STORED_JS = f"return JSON.parse(localStorage.getItem('{STORAGE_CONVERSATIONS}') 
 CURRENT_JS = "return JSON.parse(localStorage.getItem('gguf-runtime.current-conversation') || 'null');"
 
 
-@dataclass
 class Server:
-    url: str
-    log: Path
+    """The page's server, with the two HTTP calls the tests make beside the browser's."""
+
+    def __init__(self, process: ServerProcess):
+        self.url, self.log = process.url, process.log
 
     def get(self, path: str) -> bytes:
         request = urllib.request.Request(self.url + path, headers={"Authorization": f"Bearer {API_KEY}"})
@@ -62,51 +58,14 @@ class Server:
             return json.loads(response.read())
 
     def metrics(self) -> dict[str, float]:
-        """The Prometheus samples without labels, by name with the gguf_runtime_ prefix dropped."""
-        samples = {}
-        for line in self.get("/metrics").decode().splitlines():
-            match = re.fullmatch(r"gguf_runtime_(\w+) (\S+)", line)
-            if match:
-                samples[match[1]] = float(match[2])
-        return samples
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        return parse_metrics(self.get("/metrics").decode())
 
 
 @pytest.fixture(scope="module")
-def server(smollm2_path, tmp_path_factory):
-    port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "serve.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gguf_runtime", "serve", "-m", str(smollm2_path), "--port", str(port),
-             "--api-key", API_KEY], stdout=out, stderr=subprocess.STDOUT)
-    served = Server(f"http://127.0.0.1:{port}", log)
-    deadline = time.monotonic() + 180
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"the server exited with {process.returncode}:\n{log.read_text()[-3000:]}", pytrace=False)
-        try:
-            with urllib.request.urlopen(served.url + "/health", timeout=5) as response:
-                if response.status == 200:
-                    break
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        if time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"the server did not answer /health in 180 s:\n{log.read_text()[-3000:]}", pytrace=False)
-        time.sleep(0.2)
-    yield served
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+def server(smollm2_path):
+    process = ServerProcess(smollm2_path, "--api-key", API_KEY)
+    yield Server(process)
+    process.stop()
 
 
 @pytest.fixture(scope="module")
