@@ -119,6 +119,66 @@ def _softmax(sc):
         sc[p] *= inv
 
 
+@njit(**_JIT)
+def _span(job, per, n_head, n_kv, tables, seq, pos, window):
+    """What task `job` attends: its row t, KV head, first query head, the row's block table, and the
+    positions first..n-1 it sees."""
+    t, kv, h0 = _task(job, n_kv, n_head // n_kv, per)
+    n = pos[t] + 1
+    return t, kv, h0, tables[seq[t]], _first_position(n, window), n
+
+
+@njit(**_JIT)
+def attend_task(code, job, per, q, K, V, tables, seq, pos, scale, window, cap, qq, qd, qs, scores, vrow, out):
+    """Task `job` of _attend: `per` query heads of one row (see _task), over the cache of type `code`."""
+    hd, bt = q.shape[2], K.shape[2]
+    t, kv, h0, table, first, n = _span(job, per, q.shape[1], K.shape[1], tables, seq, pos, window)
+    for h in range(h0, h0 + per):
+        if code == F16:  # llama.cpp multiplies an f16 cache by f16-rounded queries and weights
+            for i in range(hd):
+                q[t, h, i] = round_to_f16(q[t, h, i])
+        quantize_activation(code, q[t, h], qq[t, h], qd[t, h], qs[t, h])
+    for p in range(first, n):
+        k_row = K[table[p // bt], kv, p % bt]
+        for h in range(h0, h0 + per):
+            scores[t, h, p] = _capped(dot_row(code, k_row, q[t, h], qq[t, h], qd[t, h], qs[t, h]) * scale, cap)
+    for h in range(h0, h0 + per):
+        _softmax(scores[t, h, first:n])
+        out[t, h] = 0.0
+    row = vrow[t, h0]
+    for p in range(first, n):
+        dequantize_row(code, V[table[p // bt], kv, p % bt], row)
+        for h in range(h0, h0 + per):
+            w = round_to_f16(scores[t, h, p]) if code == F16 else scores[t, h, p]
+            o = out[t, h]
+            for i in range(hd):
+                o[i] += w * row[i]
+
+
+@njit(**_JIT)
+def attend_task_f32(job, per, q, K, V, tables, seq, pos, scale, window, cap, scores, out):
+    """Task `job` of _attend_f32: K, V read as float32 (blocks, H_kv, block_tokens, hd) in plain loops that
+    LLVM vectorises (the generic path's per-row views and calls cost ~3x at decode)."""
+    hd, bt = q.shape[2], K.shape[2]
+    t, kv, h0, table, first, n = _span(job, per, q.shape[1], K.shape[1], tables, seq, pos, window)
+    for p in range(first, n):
+        b, sl = table[p // bt], p % bt
+        for h in range(h0, h0 + per):
+            s = np.float32(0.0)
+            for i in range(hd):
+                s += q[t, h, i] * K[b, kv, sl, i]
+            scores[t, h, p] = _capped(s * scale, cap)
+    for h in range(h0, h0 + per):
+        _softmax(scores[t, h, first:n])
+        out[t, h] = 0.0
+    for p in range(first, n):
+        b, sl = table[p // bt], p % bt
+        for h in range(h0, h0 + per):
+            w = scores[t, h, p]
+            for i in range(hd):
+                out[t, h, i] += w * V[b, kv, sl, i]
+
+
 @njit(parallel=True, **_JIT)
 def _attend(code, q, K, V, tables, seq, pos, scale, window, cap, qq, qd, qs, scores, vrow, out):
     """Causal attention of T query rows, each over its own sequence's positions 0..pos[t], or only the last
@@ -130,69 +190,21 @@ def _attend(code, q, K, V, tables, seq, pos, scale, window, cap, qq, qd, qs, sco
     scores: (T, H, max_pos + 1) scratch   vrow: (T, H, hd) scratch   out: (T, H, hd)
     Every head's sums run in position order, whatever T, the batch or the task split.
     """
-    n_tok, n_head, hd = q.shape
-    n_kv = K.shape[1]
-    group = n_head // n_kv
-    bt = K.shape[2]
-    per = _heads_per_task(n_tok, n_kv, group)
+    n_tok, n_head, _ = q.shape
+    per = _heads_per_task(n_tok, K.shape[1], n_head // K.shape[1])
     for job in prange(n_tok * n_head // per):
-        t, kv, h0 = _task(np.int64(job), n_kv, group, per)
-        table = tables[seq[t]]
-        n = pos[t] + 1
-        first = _first_position(n, window)
-        for h in range(h0, h0 + per):
-            if code == F16:  # llama.cpp multiplies an f16 cache by f16-rounded queries and weights
-                for i in range(hd):
-                    q[t, h, i] = round_to_f16(q[t, h, i])
-            quantize_activation(code, q[t, h], qq[t, h], qd[t, h], qs[t, h])
-        for p in range(first, n):
-            k_row = K[table[p // bt], kv, p % bt]
-            for h in range(h0, h0 + per):
-                scores[t, h, p] = _capped(dot_row(code, k_row, q[t, h], qq[t, h], qd[t, h], qs[t, h]) * scale, cap)
-        for h in range(h0, h0 + per):
-            _softmax(scores[t, h, first:n])
-            out[t, h] = 0.0
-        row = vrow[t, h0]
-        for p in range(first, n):
-            dequantize_row(code, V[table[p // bt], kv, p % bt], row)
-            for h in range(h0, h0 + per):
-                w = round_to_f16(scores[t, h, p]) if code == F16 else scores[t, h, p]
-                o = out[t, h]
-                for i in range(hd):
-                    o[i] += w * row[i]
+        attend_task(code, np.int64(job), per, q, K, V, tables, seq, pos, scale, window, cap, qq, qd, qs, scores,
+                    vrow, out)
     return out
 
 
 @njit(parallel=True, **_JIT)
 def _attend_f32(q, K, V, tables, seq, pos, scale, window, cap, scores, out):
-    """_attend for an F32 cache, reading K, V as float32 (blocks, H_kv, block_tokens, hd) in plain loops that
-    LLVM vectorises: the generic path's per-row views and calls cost ~3x at decode. Same task split."""
-    n_tok, n_head, hd = q.shape
-    n_kv = K.shape[1]
-    group = n_head // n_kv
-    bt = K.shape[2]
-    per = _heads_per_task(n_tok, n_kv, group)
+    """_attend for an F32 cache, K and V viewed as float32. Same task split."""
+    n_tok, n_head, _ = q.shape
+    per = _heads_per_task(n_tok, K.shape[1], n_head // K.shape[1])
     for job in prange(n_tok * n_head // per):
-        t, kv, h0 = _task(np.int64(job), n_kv, group, per)
-        table = tables[seq[t]]
-        n = pos[t] + 1
-        first = _first_position(n, window)
-        for p in range(first, n):
-            b, sl = table[p // bt], p % bt
-            for h in range(h0, h0 + per):
-                s = np.float32(0.0)
-                for i in range(hd):
-                    s += q[t, h, i] * K[b, kv, sl, i]
-                scores[t, h, p] = _capped(s * scale, cap)
-        for h in range(h0, h0 + per):
-            _softmax(scores[t, h, first:n])
-            out[t, h] = 0.0
-        for p in range(first, n):
-            b, sl = table[p // bt], p % bt
-            for h in range(h0, h0 + per):
-                w = scores[t, h, p]
-                for i in range(hd):
-                    out[t, h, i] += w * V[b, kv, sl, i]
+        attend_task_f32(np.int64(job), per, q, K, V, tables, seq, pos, scale, window, cap, scores, out)
     return out
 
 

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from .config import ModelConfig
 from .errors import NonFiniteError
+from .fused import FusedLayers
 from .gguf_file import GGUFError, GGUFFile
 from .attention import attend, store_rows
 from .kv import BLOCK_TOKENS, ForwardBatch, KVPool
@@ -149,6 +151,7 @@ class Model:
         w.check_all_used(f"{c.arch} with {c.n_layers} layers")
         self.n_vocab = self.output.n_rows
         self.gated_activation = GATED_ACTIVATIONS[spec.activation]
+        self.fused = FusedLayers(self)  # decode steps: all layers in one parallel region per run of types
 
     @property
     def fingerprint(self) -> str:
@@ -198,21 +201,45 @@ class Model:
 
     def _forward(self, batch: ForwardBatch, logits: str | None) -> np.ndarray | None:
         c = self.config
-        H, H_kv, hd = c.n_heads, c.n_kv_heads, c.head_dim
-        pool, tokens, pos, tables, seq = batch.pool, batch.tokens, batch.positions, batch.tables, batch.seq
-        blk, slot = batch.blocks, batch.slots  # (T,) where each row's K/V goes
-        n_tok = len(tokens)
+        n_tok = len(batch.tokens)
         # a few tokens per sequence take decode's numerics even for float weights (quantized ones always do:
         # integer rows equal one-token matvecs), so verifying drafts never changes a sequence's logits
         decode = max(batch.runs) <= DECODE_NUMERICS_MAX_TOKENS
-        ropes = self.rope_tables(pos, batch.n_ctx)  # per RoPE of the model: cos, sin (T, n_rot/2)
+        ropes = self.rope_tables(batch.positions, batch.n_ctx)  # per RoPE of the model: cos, sin (T, n_rot/2)
+        eps = c.rms_eps
+
+        x = embed_rows(self.tok_embd, self.tok_embd_type, batch.tokens,
+                       np.empty((n_tok, c.n_embd), dtype=np.float32))  # (T, D) residual stream
+        x *= np.float32(c.embedding_scale)
+        if self.fused.serves(n_tok, decode, numba.get_num_threads()):  # one parallel region per run of layers
+            self.fused.run(x, batch, np.stack([cs[0] for cs in ropes]), np.stack([cs[1] for cs in ropes]))
+        else:
+            self._layer_by_layer(x, batch, decode, ropes)
+
+        out = None
+        if logits is not None:
+            if logits == "last":
+                x = x[batch.last_rows]  # (B, D)
+            rms_norm(x, self.output_norm, eps, x)
+            out = x if logits == "hidden" else _linear(self.output, x, None, decode)  # (T, D) or (T or B, V)
+            if c.final_softcap and logits != "hidden":
+                out = softcap(out, np.float32(c.final_softcap))
+        # NaN/inf weights or scales surface here; refused before the tokens count as cached
+        if not np.isfinite(x).all() or (out is not None and not np.isfinite(out).all()):
+            raise self._non_finite()
+        return out
+
+    def _layer_by_layer(self, x: np.ndarray, batch: ForwardBatch, decode: bool, ropes: list) -> None:
+        """Every layer, one op (one parallel kernel) at a time, on the residual stream x (T, D) in place:
+        for what fused.py does not serve (prefill chunks, mixture-of-experts layers)."""
+        c = self.config
+        H, H_kv, hd = c.n_heads, c.n_kv_heads, c.head_dim
+        pool, pos, tables, seq = batch.pool, batch.positions, batch.tables, batch.seq
+        blk, slot = batch.blocks, batch.slots  # (T,) where each row's K/V goes
+        n_tok = len(batch.tokens)
         neox = c.rope_style == "neox"
         code = pool.code
         eps = c.rms_eps
-
-        x = embed_rows(self.tok_embd, self.tok_embd_type, tokens,
-                       np.empty((n_tok, c.n_embd), dtype=np.float32))  # (T, D) residual stream
-        x *= np.float32(c.embedding_scale)
         h = np.empty_like(x)  # (T, D) normed input of each sublayer
         n_act = hd if pool.qtype.activation else 0  # queries quantized as the key type's dot wants them
         q_act = (np.empty((n_tok, H, n_act), np.int8), np.empty((n_tok, H, n_act // 32), np.float32),
@@ -248,19 +275,6 @@ class Model:
             else:
                 o = _experts_ffn(L.experts, f, self.gated_activation, decode)  # (T, D)
             x += _normed(o, L.post_ffn_norm, eps, o)
-
-        out = None
-        if logits is not None:
-            if logits == "last":
-                x = x[batch.last_rows]  # (B, D)
-            rms_norm(x, self.output_norm, eps, x)
-            out = x if logits == "hidden" else _linear(self.output, x, None, decode)  # (T, D) or (T or B, V)
-            if c.final_softcap and logits != "hidden":
-                out = softcap(out, np.float32(c.final_softcap))
-        # NaN/inf weights or scales surface here; refused before the tokens count as cached
-        if not np.isfinite(x).all() or (out is not None and not np.isfinite(out).all()):
-            raise self._non_finite()
-        return out
 
 
 def _experts_ffn(ex: Experts, x: np.ndarray, activation, decode: bool) -> np.ndarray:

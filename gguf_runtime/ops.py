@@ -79,37 +79,46 @@ def rope(x, cos, sin, neox):
 
 
 @nb.njit(**_JIT)
+def silu_mul(g, u):
+    """silu(g) · u for one value."""
+    return g / (np.float32(1.0) + np.exp(-g)) * u
+
+
+@nb.njit(**_JIT)
+def gelu_mul(g, u):
+    """gelu(g) · u for one value, with the tanh-approximated GELU as llama.cpp's CPU backend computes it:
+    through its half-precision table, i.e. the input and the result rounded to f16 (identity above 10, zero
+    below -10)."""
+    if g <= -10.0:
+        y = np.float32(0.0)
+    elif g >= 10.0:
+        y = g
+    else:
+        c = np.float32(math.sqrt(2.0 / math.pi))
+        x = round_to_f16(g)
+        y = round_to_f16(np.float32(0.5) * x * (np.float32(1.0) + np.tanh(c * x * (np.float32(1.0) + np.float32(0.044715) * x * x))))
+    return y * u
+
+
+@nb.njit(**_JIT)
 def swiglu(gate, up, out):
     """out = silu(gate) · up, elementwise.   All (T, F)."""
     g = gate.ravel()
     u = up.ravel()
     o = out.ravel()
     for i in range(g.shape[0]):
-        o[i] = g[i] / (np.float32(1.0) + np.exp(-g[i])) * u[i]
+        o[i] = silu_mul(g[i], u[i])
     return out
 
 
 @nb.njit(**_JIT)
 def geglu(gate, up, out):
-    """out = gelu(gate) · up, elementwise, with the tanh-approximated GELU.   All (T, F)
-
-    As llama.cpp's CPU GELU: through its half-precision table, i.e. the input and the result rounded to f16
-    (identity above 10, zero below -10).
-    """
+    """out = gelu(gate) · up, elementwise (gelu_mul).   All (T, F)"""
     g = gate.ravel()
     u = up.ravel()
     o = out.ravel()
-    c = np.float32(math.sqrt(2.0 / math.pi))
     for i in range(g.shape[0]):
-        x = g[i]
-        if x <= -10.0:
-            y = np.float32(0.0)
-        elif x >= 10.0:
-            y = x
-        else:
-            x = round_to_f16(x)
-            y = round_to_f16(np.float32(0.5) * x * (np.float32(1.0) + np.tanh(c * x * (np.float32(1.0) + np.float32(0.044715) * x * x))))
-        o[i] = y * u[i]
+        o[i] = gelu_mul(g[i], u[i])
     return out
 
 

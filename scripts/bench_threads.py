@@ -159,7 +159,7 @@ def pick_llama(carried: Path) -> Path:
 
 
 def run(carried: Path, out: Path, threads: list[int], models: list[str], reps: int, budget_s: float,
-        variants: list[str]) -> None:
+        variants: list[str], ttft: bool = True) -> None:
     """variants: NAME=DIR, each DIR holding a gguf_runtime package (e.g. before and after a change), all
     measured in each cell beside one llama.cpp run; default: the carried package alone, as "ours"."""
     start = time.perf_counter()
@@ -169,14 +169,17 @@ def run(carried: Path, out: Path, threads: list[int], models: list[str], reps: i
     llama = pick_llama(carried)
     code = dict(v.partition("=")[::2] for v in variants) or {"ours": str(carried)}
 
+    # the carried wheels are pure Python: importable straight from the .whl (a zip), no pip needed there
+    wheels = [str(w) for w in sorted((carried / "wheels").glob("*.whl"))]
+
     def env_for(code_dir: str, cache: str) -> dict:
         env = dict(os.environ, NUMBA_CACHE_DIR=str(work / "numba" / cache), PYTHONUNBUFFERED="1")
-        env["PYTHONPATH"] = os.pathsep.join([code_dir, str(carried), str(llama), os.environ.get("PYTHONPATH", "")])
+        env["PYTHONPATH"] = os.pathsep.join([code_dir, str(carried), str(llama), *wheels, os.environ.get("PYTHONPATH", "")])
         return env
 
     envs = {name: env_for(str((carried / d).resolve()), name) for name, d in code.items()}
     llama_env = env_for(str((carried / next(iter(code.values()))).resolve()), "llama")  # bench.py imports our catalog
-    sys.path[:0] = [str(carried), str(llama)]
+    sys.path[:0] = [str(carried), str(llama), *wheels]
     import numpy as np
 
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": _cpu_name(), "cpus": os.cpu_count(),
@@ -208,16 +211,17 @@ def run(carried: Path, out: Path, threads: list[int], models: list[str], reps: i
     from bench import run_child, ttft_llama, ttft_ours
 
     first = models[0]
-    report["ttft"] = {"model": first}
-    for v in code:
-        os.environ.update(envs[v])  # bench.py's time-to-first-token children take the environment as it is
-        report["ttft"][v] = sorted(ttft_ours(str(files[first]), 1, cold=False)[0] for _ in range(5))[2]
-        with open(out / f"importtime-{v}.txt", "w") as f:  # where the warm start-up goes
-            subprocess.run([sys.executable, "-X", "importtime", "-m", "gguf_runtime", "complete", "-m",
-                            str(files[first]), "-n", "1", "--temperature", "0", "Hello"],
-                           stdout=subprocess.DEVNULL, stderr=f)
-    report["ttft"]["llama"] = sorted(ttft_llama(sys.executable, str(files[first]), 1) for _ in range(5))[2]
-    print(f"time to first token, {first}, warm, 1 thread (median of 5): {report['ttft']}", flush=True)
+    if ttft:
+        report["ttft"] = {"model": first}
+        for v in code:
+            os.environ.update(envs[v])  # bench.py's time-to-first-token children take the environment as it is
+            report["ttft"][v] = sorted(ttft_ours(str(files[first]), 1, cold=False)[0] for _ in range(5))[2]
+            with open(out / f"importtime-{v}.txt", "w") as f:  # where the warm start-up goes
+                subprocess.run([sys.executable, "-X", "importtime", "-m", "gguf_runtime", "complete", "-m",
+                                str(files[first]), "-n", "1", "--temperature", "0", "Hello"],
+                               stdout=subprocess.DEVNULL, stderr=f)
+        report["ttft"]["llama"] = sorted(ttft_llama(sys.executable, str(files[first]), 1) for _ in range(5))[2]
+        print(f"time to first token, {first}, warm, 1 thread (median of 5): {report['ttft']}", flush=True)
 
     for n in sorted(threads, reverse=True):  # the many-thread cells first: they are the point, and cheap
         for name in models:
@@ -289,6 +293,7 @@ def main() -> None:
     r.add_argument("-m", "--model", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     r.add_argument("--reps", type=int, default=1)
     r.add_argument("--budget-s", type=float, default=540, help="start no new cell after this many seconds")
+    r.add_argument("--no-ttft", action="store_true", help="skip the time-to-first-token runs")
     r.add_argument("--code", action="append", default=[], metavar="NAME=DIR",
                    help="a gguf_runtime version to measure (DIR relative to CARRIED; repeatable)")
     args = ap.parse_args()
@@ -296,7 +301,8 @@ def main() -> None:
         sys.path.insert(0, str(ROOT))
         carry(args.dest.resolve(), args.llama)
     else:
-        run(args.carried.resolve(), args.out, args.threads, args.model, args.reps, args.budget_s, args.code)
+        run(args.carried.resolve(), args.out, args.threads, args.model, args.reps, args.budget_s, args.code,
+            ttft=not args.no_ttft)
 
 
 if __name__ == "__main__":

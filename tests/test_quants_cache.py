@@ -13,6 +13,7 @@ from gguf import GGMLQuantizationType as GT
 
 from gguf_runtime.cli import main
 from gguf_runtime.quants import cachedir, kernels
+from gguf_runtime.quants.registry import Q4_1, Q8_0
 from gguf_runtime.quants.warm import warm_up
 
 SHOW_CACHE_DIR = "import os, gguf_runtime.runtime as r; r.setup(); print(os.environ['NUMBA_CACHE_DIR'])"
@@ -49,13 +50,16 @@ def test_stale_cache_is_dropped(tmp_path, monkeypatch):
     assert (sub / "kernels._matmul_rows-1.py311.nbi").read_bytes() == b"current"
 
 
-def test_warmup_compiles_a_models_types(smollm2_path: Path):
+def test_warmup_compiles_what_a_model_runs(smollm2_path: Path):
+    from gguf_runtime import fused
+
     result = CliRunner().invoke(main, ["warmup", str(smollm2_path)])
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
-    # its matrices' types only: the F32 tensors are norms, read as float32 without kernels
-    assert [line.split()[0] for line in lines[:-1]] == ["Q4_1", "Q8_0"]
-    assert lines[-1].startswith("kernels ready for Q4_1, Q8_0")
+    assert result.output.splitlines()[-1].startswith(f"kernels ready for {smollm2_path}")
+    assert fused._layers.overloads  # the fused decode step
+    # the layer-by-layer prefill: Q4_1 layers by dequantized tiles (40 tokens), the Q8_0 output by rows
+    assert Q4_1 in {key[0] for key in kernels.dequantize_rows._entries}
+    assert Q8_0 in {key[0] for key in kernels.matmul_rows._entries}
 
 
 @pytest.mark.parametrize("t", [GT.Q4_0, GT.Q4_K], ids=["Q4_0", "Q4_K"])

@@ -15,15 +15,12 @@ from .info import open_model
 @main.command()
 @click.argument("model", required=False)
 def warmup(model: str | None) -> None:
-    """Compile the kernels for the matrix types MODEL uses (a path or catalog name), or for every supported
-    type. Compiled code is cached on disk (NUMBA_CACHE_DIR, default ~/.cache/gguf-runtime/numba), so later
-    runs start in about a second."""
-    if model is None:
-        wanted = None
-    else:
-        with open_model(model) as g:
-            # the matrices' types: 1-D tensors (norms, biases) are read as float32 and need no kernels
-            wanted = sorted({t.ggml_type for t in g.tensors.values() if len(t.shape) > 1})
+    """Compile the kernels MODEL runs (a path or catalog name), or those of every supported type. Compiled
+    code is cached on disk (NUMBA_CACHE_DIR, default ~/.cache/gguf-runtime/numba), so later runs start in
+    about a second."""
+    if model is not None:
+        return _warm_model(model)
+    wanted = None
     with status("loading numba ..."):
         from .. import runtime
         from ..quants import QTYPES, UnsupportedQuantError, get_qtype, warm_up
@@ -45,4 +42,24 @@ def warmup(model: str | None) -> None:
             seconds = warm_up(t)
         click.echo(f"{names[t]:>7}  {seconds:6.1f} s")
     click.echo(f"kernels ready for {', '.join(names[t] for t in wanted)} in {time.perf_counter() - start:.1f} s "
+               f"(cache: {os.environ.get('NUMBA_CACHE_DIR')})")
+
+
+def _warm_model(model: str) -> None:
+    """Run what a first session runs, so it compiles exactly that: a prompt long enough for the
+    layer-by-layer prefill, and a short one whose prefill and decode take the fused path (fused.py)."""
+    with open_model(model):  # a clear error for a missing or unreadable file, before numba loads
+        pass
+    with status("loading numba ..."):
+        from .. import runtime
+        from ..api import LLM
+        from ..sampling import SamplingParams
+
+        runtime.setup()
+    start = time.perf_counter()
+    with status(f"compiling the kernels {model} runs ..."):
+        llm = LLM(model, n_ctx=128)
+        llm.logits(list(range(1, 41)))  # layer by layer (a 40-token prefill)
+        llm.generate([[1, 2, 3]], SamplingParams(temperature=0, max_tokens=2))  # fused prefill and decode
+    click.echo(f"kernels ready for {model} in {time.perf_counter() - start:.1f} s "
                f"(cache: {os.environ.get('NUMBA_CACHE_DIR')})")
