@@ -361,11 +361,18 @@ def _rows_view(m) -> np.ndarray:
     return v
 
 
-def _list(items) -> typed.List:
+@njit(cache=True)
+def _typed_list(items):
     out = typed.List()
     for item in items:
         out.append(item)
     return out
+
+
+def _list(items) -> typed.List:
+    """A numba typed List of the arrays (one array type), built by compiled code cached on disk: built from
+    Python, each list type would compile its methods again in every process (~0.4 s at start-up)."""
+    return _typed_list(tuple(items))
 
 
 @dataclass

@@ -57,8 +57,8 @@ def test_warmup_compiles_what_a_model_runs(smollm2_path: Path):
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[-1].startswith(f"kernels ready for {smollm2_path}")
     assert fused._layers.overloads  # the fused decode step
-    # the layer-by-layer prefill: Q4_1 layers by dequantized tiles (40 tokens), the Q8_0 output by rows
-    assert Q4_1 in {key[0] for key in kernels.dequantize_rows._entries}
+    # the layer-by-layer prefill (40 tokens): Q4_1 layers by the integer GEMM, the Q8_0 output by rows
+    assert Q4_1 in {key[0] for key in kernels.matmul_panels._entries}
     assert Q8_0 in {key[0] for key in kernels.matmul_rows._entries}
 
 
