@@ -72,9 +72,19 @@ HAS_AVX512_VNNI := $(shell grep -qs avx512_vnni /proc/cpuinfo && echo ON || echo
 FIXTURES_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=$(HAS_AVX512) \
 	-DGGML_AVX512_VNNI=$(HAS_AVX512_VNNI) -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF
 
+# llama_cpp.server's own dependencies (llama-cpp-python's [server] extra, pinned to the versions measured), for
+# scripts/bench_serve.py. Installed apart: `pip install 'llama-cpp-python[server]'` would rebuild llama.cpp.
+LLAMA_CPP_SERVER_DEPS ?= fastapi==0.165.0 uvicorn==0.54.0 sse-starlette==3.7.0 starlette-context==0.3.6 \
+	pydantic-settings==2.16.3 PyYAML==6.0.4
+
 .PHONY: fixtures-env fixtures
 
-fixtures-env: $(FIXTURES_VENV)/.fixtures-installed
+fixtures-env: $(FIXTURES_VENV)/.fixtures-installed $(FIXTURES_VENV)/.server-installed
+
+$(FIXTURES_VENV)/.server-installed: $(FIXTURES_VENV)/.fixtures-installed
+	$(FIXTURES_VENV)/bin/python -m pip install -q --disable-pip-version-check $(LLAMA_CPP_SERVER_DEPS)
+	$(FIXTURES_VENV)/bin/python -c "import llama_cpp.server.app"
+	touch $@
 
 $(FIXTURES_VENV)/.fixtures-installed:
 	$(PYTHON) -m venv $(FIXTURES_VENV)

@@ -3,7 +3,7 @@
 the same run against llama-cpp-python's own server (`llama_cpp.server`) on the same file and threads.
 
     .venv/bin/python scripts/bench_serve.py [-m smollm2-135m] [-t 2] [-c 1 -c 4 -c 8 -c 16] [--n-gen 64]
-        [--requests 2] [--llama-python .fixtures-venv/bin/python] [--json]
+        [--requests 2] [--llama-python .fixtures-venv/bin/python] [--llama-max-clients 8] [--json]
 
 Each of N clients sends `--requests` streaming chat requests one after another (distinct questions, greedy,
 at most n-gen tokens). Reported per server and N: aggregate generated tokens/s (all tokens / wall time of the
@@ -11,6 +11,16 @@ round), p50 / p95 time to first token, p50 / p95 inter-token latency (gaps betwe
 Tokens are counted from `usage` where the server reports it in the stream, else as content chunks. Both
 servers run with the same thread count; each runs alone while it is measured. A shared machine is noisy:
 compare ratios within one run.
+
+A request fails when it raises (HTTP error, dropped connection, timeout), when its stream ends without a
+finish_reason, or when it streams no token. Failed requests are reported per round (how many, and the first
+error's text) and left out of the throughput and latency figures; if any request failed, no ratio is printed
+and the script exits 1, since a server that drops work would otherwise look faster.
+
+llama_cpp.server runs one sequence at a time (one Llama object behind a lock): more clients only queue. It is
+started with --interrupt_requests False, because its default ends a running stream (a bare [DONE], no
+finish_reason) as soon as another request arrives; and measured at the -c values up to --llama-max-clients.
+The fixtures venv needs its server dependencies (`make fixtures-env` installs them).
 """
 
 from __future__ import annotations
@@ -69,18 +79,29 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 async def one_request(client, model: str, topic: str, n_gen: int, usage: bool) -> dict:
+    """One streamed chat request: its time to first token, the gaps between chunks and its token count, or
+    {"error": text} if it failed (see the module docstring)."""
     t0 = time.perf_counter()
     kwargs = {"stream_options": {"include_usage": True}} if usage else {}
-    stream = await client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": f"Write a short story about {topic}."}],
-        temperature=0, max_tokens=n_gen, stream=True, **kwargs)
-    times, tokens = [], None
-    async for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content:
-            times.append(time.perf_counter())
-        if getattr(chunk, "usage", None):
-            tokens = chunk.usage.completion_tokens
-    return {"ttft": times[0] - t0 if times else None, "gaps": [b - a for a, b in zip(times, times[1:])],
+    times, tokens, finish = [], None, None
+    try:
+        stream = await client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": f"Write a short story about {topic}."}],
+            temperature=0, max_tokens=n_gen, stream=True, **kwargs)
+        async for chunk in stream:
+            if chunk.choices:
+                if chunk.choices[0].delta.content:
+                    times.append(time.perf_counter())
+                finish = chunk.choices[0].finish_reason or finish
+            if getattr(chunk, "usage", None):
+                tokens = chunk.usage.completion_tokens
+    except Exception as e:  # the client's errors (HTTP status, connection, timeout) are all failures here
+        return {"error": f"{type(e).__name__}: {e}"}
+    if finish is None:
+        return {"error": f"the stream ended without a finish_reason after {len(times)} content chunks"}
+    if not times:
+        return {"error": f"no token streamed (finish_reason {finish!r})"}
+    return {"ttft": times[0] - t0, "gaps": [b - a for a, b in zip(times, times[1:])],
             "tokens": tokens if tokens is not None else len(times)}
 
 
@@ -94,18 +115,23 @@ async def round_of(url: str, model: str, n_clients: int, n_requests: int, n_gen:
                 for r in range(n_requests)]
 
     try:
-        await one_request(client, model, "warm-up", 8, usage)
+        warm = await one_request(client, model, "warm-up", 8, usage)
+        if "error" in warm:
+            sys.exit(f"{url}: the warm-up request failed: {warm['error']}")
         t0 = time.perf_counter()
         results = [r for rs in await asyncio.gather(*(client_loop(c) for c in range(n_clients))) for r in rs]
         wall = time.perf_counter() - t0
     finally:
         await client.close()
-    ttft = sorted(r["ttft"] for r in results if r["ttft"] is not None)
-    gaps = sorted(g for r in results for g in r["gaps"])
-    tokens = sum(r["tokens"] for r in results)
-    return {"clients": n_clients, "tokens": tokens, "seconds": wall, "tok_s": tokens / wall,
-            "ttft_p50": _pct(ttft, 50), "ttft_p95": _pct(ttft, 95), "itl_p50": _pct(gaps, 50),
-            "itl_p95": _pct(gaps, 95)}
+    failed = [r["error"] for r in results if "error" in r]
+    done = [r for r in results if "error" not in r]
+    ttft = sorted(r["ttft"] for r in done)
+    gaps = sorted(g for r in done for g in r["gaps"])
+    tokens = sum(r["tokens"] for r in done)
+    return {"clients": n_clients, "requests": len(results), "failed": len(failed),
+            "first_error": failed[0] if failed else None, "tokens": tokens, "seconds": wall,
+            "tok_s": tokens / wall, "ttft_p50": _pct(ttft, 50), "ttft_p95": _pct(ttft, 95),
+            "itl_p50": _pct(gaps, 50), "itl_p95": _pct(gaps, 95)}
 
 
 def _pct(values: list[float], p: float) -> float:
@@ -116,11 +142,12 @@ def _pct(values: list[float], p: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[p - 1]
 
 
-def bench_server(name: str, cmd: list[str], port: int, model: str, args, usage: bool, env=None) -> list[dict]:
+def bench_server(name: str, cmd: list[str], port: int, model: str, args, concurrency: list[int], usage: bool,
+                 env=None) -> list[dict]:
     proc = start(cmd, port, env)
     try:
         rows = []
-        for n in args.concurrency:
+        for n in concurrency:
             row = asyncio.run(round_of(f"http://127.0.0.1:{port}", model, n, args.requests, args.n_gen, usage))
             row["server"] = name
             rows.append(row)
@@ -131,9 +158,29 @@ def bench_server(name: str, cmd: list[str], port: int, model: str, args, usage: 
 
 
 def _line(r: dict) -> str:
-    return (f"{r['server']:<22} N={r['clients']:>2}  {r['tok_s']:7.1f} tok/s  TTFT p50 {r['ttft_p50'] * 1e3:7.0f} ms "
+    line = (f"{r['server']:<22} N={r['clients']:>2}  {r['tok_s']:7.1f} tok/s  TTFT p50 {r['ttft_p50'] * 1e3:7.0f} ms "
             f"p95 {r['ttft_p95'] * 1e3:7.0f} ms  ITL p50 {r['itl_p50'] * 1e3:6.1f} ms p95 {r['itl_p95'] * 1e3:6.1f} ms"
             f"  ({r['tokens']} tokens in {r['seconds']:.1f} s)")
+    if r["failed"]:
+        line += (f"\n{'':<22} FAILED {r['failed']} of {r['requests']} requests (left out above); "
+                 f"first: {r['first_error']}")
+    return line
+
+
+def summary(rows: list[dict]) -> int:
+    """The ratios, or (any request failed) the failures instead; the exit status."""
+    failures = [r for r in rows if r["failed"]]
+    if failures:
+        print("no ratios: requests failed in " + ", ".join(f"{r['server']} N={r['clients']} ({r['failed']} of "
+                                                           f"{r['requests']})" for r in failures))
+        return 1
+    ours = {r["clients"]: r for r in rows if r["server"] == "gguf-runtime serve"}
+    theirs = {r["clients"]: r for r in rows if r["server"] == "llama_cpp.server"}
+    if 1 in ours:
+        for n, r in ours.items():
+            versus = f"  vs llama_cpp.server {r['tok_s'] / theirs[n]['tok_s']:.2f}x" if n in theirs else ""
+            print(f"N={n:>2}: {r['tok_s'] / ours[1]['tok_s']:.2f}x our single-client throughput{versus}")
+    return 0
 
 
 def main() -> None:
@@ -145,6 +192,8 @@ def main() -> None:
     ap.add_argument("--n-ctx", type=int, default=1024)
     ap.add_argument("--requests", type=int, default=2, help="requests per client, one after another")
     ap.add_argument("--llama-python", default=str(ROOT / ".fixtures-venv" / "bin" / "python"))
+    ap.add_argument("--llama-max-clients", type=int, default=8,
+                    help="measure llama_cpp.server at the -c values up to this (it serves one request at a time)")
     ap.add_argument("--skip-llama", action="store_true")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -159,22 +208,21 @@ def main() -> None:
     rows += bench_server("gguf-runtime serve", [sys.executable, "-m", "gguf_runtime", "serve", "-m", str(path),
                                                 "--port", str(port), "-t", str(args.threads), "--n-ctx",
                                                 str(args.n_ctx), "--max-num-seqs", str(max_n)],
-                         port, path.name, args, usage=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    if not args.skip_llama:
+                         port, path.name, args, args.concurrency, usage=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    llama_concurrency = [n for n in args.concurrency if n <= args.llama_max_clients]
+    if not args.skip_llama and llama_concurrency:
         port = free_port()
         rows += bench_server("llama_cpp.server", [args.llama_python, "-m", "llama_cpp.server", "--model", str(path),
                                                   "--port", str(port), "--n_threads", str(args.threads),
-                                                  "--n_threads_batch", str(args.threads), "--n_ctx", str(args.n_ctx)],
-                             port, path.name, args, usage=False)
-    ours = {r["clients"]: r for r in rows if r["server"] == "gguf-runtime serve"}
-    theirs = {r["clients"]: r for r in rows if r["server"] == "llama_cpp.server"}
+                                                  "--n_threads_batch", str(args.threads), "--n_ctx", str(args.n_ctx),
+                                                  "--interrupt_requests", "False"],
+                             port, path.name, args, llama_concurrency, usage=False)
     print()
-    if 1 in ours:
-        for n, r in ours.items():
-            versus = f"  vs llama_cpp.server {r['tok_s'] / theirs[n]['tok_s']:.2f}x" if n in theirs else ""
-            print(f"N={n:>2}: {r['tok_s'] / ours[1]['tok_s']:.2f}x our single-client throughput{versus}")
+    status = summary(rows)
     if args.json:
         print(json.dumps(rows, indent=1))
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,9 @@ number ::= [1-9] [0-9]{0,2}
 def llm(smollm2_path):
     from gguf_runtime.api import LLM
 
-    return LLM(smollm2_path, n_ctx=512, seed=1234, max_num_seqs=8)
+    # A pool for 16 worst-case sequences (prompt + max_tokens 160 < 256): the default (2 x n_ctx) admitted about
+    # 4 of the 50 samples at a time, and the test then ran twice the forward passes.
+    return LLM(smollm2_path, n_ctx=512, seed=1234, max_num_seqs=16, kv_cache_tokens=16 * 256)
 
 
 def chat_prompt(llm, text: str) -> str:
@@ -57,6 +59,7 @@ def test_fifty_samples_match_a_nested_schema(llm):
     params = [SamplingParams(temperature=1.0, max_tokens=160, seed=seed, structured_outputs=schema)
               for seed in range(50)]
     outputs = [r.outputs[0] for r in llm.generate([chat_prompt(llm, "Describe a user as JSON.")] * 50, params)]
+    assert llm.batch_stats.max_running == 16  # the pool admitted a full batch
     for out in outputs:
         assert out.finish_reason == "stop", out.text
         jsonschema.validate(json.loads(out.text), SCHEMA)

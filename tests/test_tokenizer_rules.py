@@ -215,6 +215,16 @@ def test_skip_special_hides_control_but_shows_user_defined():
     assert tok.decode([256, 257], skip_special=True) == "<tag>"
 
 
+def test_all_token_bytes_equals_token_bytes_of_each_id():
+    # the bulk path a grammar vocabulary is built from, over every token kind (0 undefined, 2 unknown, 5 unused)
+    bpe = byte_level_vocab(["Ġhi", "<tag>", "<|ctl|>", "x", "y", "z"], types=[NORMAL, USER_DEFINED, CONTROL, 0, 2, 5])
+    spm = spm_vocab({"▁hi": -1.0, "▁a▁b": -2.0}, specials=["<ctl>"])
+    for tok in (bpe, spm):
+        assert tok.all_token_bytes() == [tok.token_bytes(i) for i in range(tok.n_vocab)]
+    assert bpe.all_token_bytes()[256:259] == [b" hi", b"<tag>", b"<|ctl|>"]
+    assert spm.all_token_bytes()[-3:] == [b" hi", b" a b", b"<ctl>"]
+
+
 def test_unsupported_model_is_an_error():
     with pytest.raises(TokenizerError, match="unsupported tokenizer model 'bert'"):
         Tokenizer.from_metadata(metadata("bert", ["[PAD]"]))

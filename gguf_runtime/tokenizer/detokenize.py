@@ -5,6 +5,8 @@ from __future__ import annotations
 import codecs
 import re
 
+import numpy as np
+
 from .bpe import BYTE_OF_CHAR
 from .spm import SPACE
 from .vocab import Attr, Vocab
@@ -38,6 +40,20 @@ class Pieces:
         if piece is None:
             piece = self._cache[token_id] = self._compute(token_id)
         return piece
+
+    def all(self) -> list[bytes]:
+        """Every token's bytes in id order (special=True), computed in one pass without the per-call checks or
+        the cache: what a grammar engine's vocabulary is built from (262k tokens in a fraction of a second)."""
+        vocab = self._vocab
+        texts, attrs = vocab.tokens, vocab.attrs
+        if vocab.model == "gpt2":
+            normal = [_byte_level_decode(t) for t in texts]
+        else:
+            normal = [t.replace(SPACE, " ").encode() for t in texts]
+        pieces = [piece if attr & Attr.NORMAL else b"" for piece, attr in zip(normal, attrs)]
+        for i in np.flatnonzero(np.asarray(attrs) & ~Attr.NORMAL).tolist():
+            pieces[i] = self._compute(i)
+        return pieces
 
     def _compute(self, token_id: int) -> bytes:
         vocab = self._vocab

@@ -85,6 +85,10 @@ class Tokenizer:
         `skip_special`."""
         return self._pieces.get(int(token_id), skip_special)
 
+    def all_token_bytes(self) -> list[bytes]:
+        """token_bytes(i) for every id, in order, in one pass (for building a grammar engine's vocabulary)."""
+        return self._pieces.all()
+
     def token_text(self, token_id: int) -> str:
         """The token as written in the vocabulary (e.g. "Ġthe", "▁the", "<0x0A>", "<|im_end|>")."""
         return self.vocab.tokens[token_id]
