@@ -18,7 +18,8 @@ cached prefix whose window blocks were evicted recomputes instead, as llama.cpp 
 
 The context shift works on the same structure: keep the first n_keep positions, drop the n_discard after
 them, move the rest down and re-rotate their keys by -n_discard (RoPE rotations compose), which is what
-llama.cpp's context shift does. Freed tail blocks return to the pool.
+llama.cpp's context shift does; like it, the kept keys are re-rotated by 0, a no-op but under YaRN, whose
+magnitude factor then scales them too. Freed tail blocks return to the pool.
 """
 
 from __future__ import annotations
@@ -393,6 +394,16 @@ class KVCache:
                                      f"{self.keep}")
         moved = [self.rows(layer, end, moved_from[self.pool.layer_group[layer][0]])
                  for layer in range(self.pool.n_layers)]
+        # llama.cpp re-rotates every cached key on a shift, the kept ones by 0: under YaRN that multiplies them
+        # by its magnitude factor (cos 0 · mscale) as it does the moved ones; elsewhere a rotation by 0 is exact
+        rescaled = []  # (layer, first position, keys, values) of kept positions that rotation changes
+        for layer in range(self.pool.n_layers):
+            for a, b in _held_ranges(self._lost[self.pool.layer_group[layer][0]], n_keep):
+                k, v = (x.transpose(1, 0, 2) for x in self.rows(layer, b, a))  # (T, H_kv, hd)
+                keys = k.copy()
+                rotate_keys(layer, keys, 0, self.n_ctx)
+                if not np.array_equal(keys, k):
+                    rescaled.append((layer, a, keys, v))
         kept_tokens = self.tokens[src:end]
         self.truncate(n_keep)
         self._lost = lost
@@ -404,6 +415,13 @@ class KVCache:
             rotate_keys(layer, keys, -n_discard, self.n_ctx)
             start = n_keep + moved_from[self.pool.layer_group[layer][0]] - src
             self.store(layer, start, keys, v.transpose(1, 0, 2))
+        if rescaled:  # the kept blocks change too: made private, and no longer any prefix's
+            del self._hashes[:]
+            self._shifted_from = 0
+            for g in range(len(self.tables)):
+                self._own_from(g, 0, self.blocks_for(n_keep))
+            for layer, start, keys, values in rescaled:
+                self.store(layer, start, keys, values)
         self.commit(kept_tokens)
 
 
@@ -434,6 +452,18 @@ def _clip(ranges: Ranges, n: int) -> Ranges:
 
 def _overlaps(ranges: Ranges, a: int, b: int) -> bool:
     return any(x < b and a < y for x, y in ranges)
+
+
+def _held_ranges(ranges: Ranges, n: int) -> list[tuple[int, int]]:
+    """The ranges of positions 0..n-1 outside `ranges`."""
+    held, start = [], 0
+    for a, b in ranges:
+        if a > start:
+            held.append((start, min(a, n)))
+        start = max(start, b)
+    if start < n:
+        held.append((start, n))
+    return [(a, b) for a, b in held if a < b]
 
 
 def _held_positions(ranges: Ranges, n: int) -> np.ndarray:
