@@ -186,7 +186,8 @@ class Model:
         factors = self.rope_freq_factors
         if factors is None and self.rope_factors_long is not None:
             factors = self.rope_factors_long if n_ctx > c.rope_orig_ctx else self.rope_factors_short
-        return [rope_tables(positions, c.n_rot, base, scale, factors, c.rope_orig_ctx, c.rope_yarn)
+        return [rope_tables(positions, c.n_rot, base, scale, factors, c.rope_orig_ctx, c.rope_yarn,
+                            c.rope_attn_factor)
                 for base, scale in self.ropes]
 
     def shift_keys(self, layer: int, keys: np.ndarray, delta: int, n_ctx: int) -> None:
