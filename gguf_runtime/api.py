@@ -99,7 +99,7 @@ class LLM:
                  draft_model: str | os.PathLike | None = None, speculative: str | None = None,
                  draft_max: int = 16, draft_min: int = 1, draft_p_min: float = 0.75, max_num_seqs: int = 8,
                  kv_cache_dtype: str = "f32", kv_cache_tokens: int | None = None,
-                 enable_prefix_caching: bool | None = True, **kwargs):
+                 enable_prefix_caching: bool | None = True, swa_full: bool = False, **kwargs):
         """draft_model: a smaller model with the same vocabulary drafts tokens for speculative decoding;
         speculative="ngram" drafts by prompt lookup instead (no second model). Output is unchanged either way.
 
@@ -107,7 +107,10 @@ class LLM:
         (closest to llama.cpp's logits here), "f16" (half the memory), "q8_0" (a quarter), or another llama.cpp
         cache type.
         kv_cache_tokens: positions the shared KV pool holds for all sequences (default 2 x n_ctx).
-        enable_prefix_caching: reuse cached blocks of a prompt prefix computed by an earlier request."""
+        enable_prefix_caching: reuse cached blocks of a prompt prefix computed by an earlier request.
+        swa_full: sliding-window layers (gemma2/3) keep K/V for every position, as llama.cpp's --swa-full; by
+        default they hold only their window (+ n_batch) for each of max_num_seqs sequences, in a pool of their
+        own, and a prefix is reused, or a chat turn continued, only where those windows are still cached."""
         self._check_vllm_kwargs(kwargs)
         runtime.setup()
         if max_model_len is not None:
@@ -133,7 +136,8 @@ class LLM:
         pool_tokens = 2 * self.n_ctx if kv_cache_tokens is None else int(kv_cache_tokens)
         if pool_tokens < self.n_ctx:
             raise ValueError(f"kv_cache_tokens ({pool_tokens}) must hold at least one context (n_ctx {self.n_ctx})")
-        pool = self.model.new_pool(pool_tokens, kv_cache_dtype)
+        pool = self.model.new_pool(pool_tokens, kv_cache_dtype, max_seqs=None if swa_full else max_num_seqs,
+                                   max_rows=None if swa_full else n_batch)
         pool.prefix_caching = enable_prefix_caching is not False
         self.kv_bytes_per_token = pool.bytes_per_token
         self.batch_stats: BatchStats | None = None  # of the last generate call

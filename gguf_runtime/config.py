@@ -39,6 +39,9 @@ class ModelConfig:
     rope_freq_scale: float  # linear or YaRN scaling: positions are multiplied by this (1 / scaling.factor)
     rope_orig_ctx: int  # the context the model was trained for before RoPE scaling (YaRN, LongRoPE)
     rope_yarn: tuple[float, float, float, float] | None  # YaRN's (ext_factor, attn_factor, beta_fast, beta_slow)
+    # rope.scaling.attn_factor: every RoPE's cos and sin are scaled by it, so attention scores by its square
+    # (phi3 LongRoPE files: sqrt(1 + ln(scale) / ln(original context)); llama.cpp folds it into attn_factor)
+    rope_attn_factor: float
     rms_eps: float
     n_ctx_train: int
     n_vocab: int
@@ -151,6 +154,7 @@ class ModelConfig:
             n_ctx_train=n_ctx_train,
             rope_orig_ctx=count("rope.scaling.original_context_length", n_ctx_train, hi=MAX_CONTEXT),
             rope_yarn=yarn,
+            rope_attn_factor=real("rope.scaling.attn_factor", 1.0, positive=True),
             n_vocab=n_vocab,
             attn_scale=1.0 / math.sqrt(head_dim),
             embedding_scale=math.sqrt(n_embd) if spec.embedding_scale else 1.0,

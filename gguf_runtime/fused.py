@@ -202,11 +202,12 @@ def _activate(act, g, u, out, c0, c1):
 def _layers(cq, ck, cv, co, cg, cu, cd, ckv, act,
             l0, l1, x, attn_norm, wq, wk, wv, bq, bk, bv, q_norm, k_norm, wo, post_attn_norm, ffn_norm,
             wg, wu, wd, post_ffn_norm, K, V, windows, rope_of, cos, sin, neox,
-            tables, seq, pos, blk, slot, eps, scale, cap, n_head, hd, threads, sync):
+            group_of, tables, seq, pos, blk, slot, eps, scale, cap, n_head, hd, threads, sync):
     """Layers l0..l1-1 of the model over T rows, x (T, D) updated in place. c*: the literal ggml types of
     Q, K, V, O, gate, up, down and of the KV cache; act: 0 SwiGLU, 1 GeGLU. Per-layer lists (typed.List,
     indexed by layer): norms and biases (size 0 where absent), weight rows, K/V blocks. cos, sin: (n_ropes,
-    T, n_rot/2); rope_of, windows: per layer. The batch (tables, seq, pos, blk, slot) as ForwardBatch."""
+    T, n_rot/2); rope_of, windows, group_of (its KV pool group): per layer. The batch as ForwardBatch, with
+    each group's rows stacked: tables (G, B, max blocks), blk, slot (G, T)."""
     n_tok, d = x.shape
     n_kv = wk[l0].shape[0] // hd
     n_ff = wg[l0].shape[0]
@@ -237,14 +238,14 @@ def _layers(cq, ck, cv, co, cg, cu, cd, ckv, act,
         _thread(cq, ck, cv, co, cg, cu, cd, ckv, act, np.int64(me), shared,
                 l0, l1, x, attn_norm, wq, wk, wv, bq, bk, bv, q_norm, k_norm, wo, post_attn_norm, ffn_norm,
                 wg, wu, wd, post_ffn_norm, K, V, windows, rope_of, cos, sin, neox,
-                tables, seq, pos, blk, slot, eps, scale, cap, n_head, hd, threads, sync)
+                group_of, tables, seq, pos, blk, slot, eps, scale, cap, n_head, hd, threads, sync)
 
 
 @njit(**_JIT)
 def _thread(cq, ck, cv, co, cg, cu, cd, ckv, act, tid, shared,
             l0, l1, x, attn_norm, wq, wk, wv, bq, bk, bv, q_norm, k_norm, wo, post_attn_norm, ffn_norm,
             wg, wu, wd, post_ffn_norm, K, V, windows, rope_of, cos, sin, neox,
-            tables, seq, pos, blk, slot, eps, scale, cap, n_head, hd, threads, sync):
+            group_of, tables, seq, pos, blk, slot, eps, scale, cap, n_head, hd, threads, sync):
     """Thread tid's part of _layers: its private copy of the residual stream through layers l0..l1-1, its
     share of each step's work, a barrier after every step whose results other threads read."""
     (q_raw, k_raw, v_raw, q, k, v, attn, o, gate, up, hidden, hq, hdd, hs, qq, qd, qs, scores, vrow) = shared
@@ -273,7 +274,7 @@ def _thread(cq, ck, cv, co, cg, cu, cd, ckv, act, tid, shared,
     pdm = np.empty(2 * (width // 32), np.float32)
     tmp = np.empty((1, n_head * hd), np.float32)
     for layer in range(l0, l1):
-        r = rope_of[layer]
+        r, grp = rope_of[layer], group_of[layer]
         # Q, K, V
         _normed(xp, attn_norm[layer], eps, a)
         _quantize(cq, a, sq)
@@ -299,16 +300,16 @@ def _thread(cq, ck, cv, co, cg, cu, cd, ckv, act, tid, shared,
                 _head(k_raw[t], bk[layer], k_norm[layer], eps, h, hd, tmp, k[t, h])
                 rope(k[t:t + 1, h:h + 1], cos[r, t:t + 1], sin[r, t:t + 1], neox)
                 _head(v_raw[t], bv[layer], none, eps, h, hd, tmp, v[t, h])
-                quantize_row(ckv, k[t, h:h + 1], K[layer][blk[t], h, slot[t]:slot[t] + 1])
-                quantize_row(ckv, v[t, h:h + 1], V[layer][blk[t], h, slot[t]:slot[t] + 1])
+                quantize_row(ckv, k[t, h:h + 1], K[layer][blk[grp, t], h, slot[grp, t]:slot[grp, t] + 1])
+                quantize_row(ckv, v[t, h:h + 1], V[layer][blk[grp, t], h, slot[grp, t]:slot[grp, t] + 1])
         barrier(sync, threads)
         for job in range(tid, n_tok * n_head // per, threads):
             if ckv == F32:
-                attend_task_f32(job, per, q, K[layer].view(np.float32), V[layer].view(np.float32), tables, seq,
-                                pos, scale, windows[layer], cap, scores, attn)
+                attend_task_f32(job, per, q, K[layer].view(np.float32), V[layer].view(np.float32), tables[grp],
+                                seq, pos, scale, windows[layer], cap, scores, attn)
             else:
-                attend_task(ckv, job, per, q, K[layer], V[layer], tables, seq, pos, scale, windows[layer], cap,
-                            qq, qd, qs, scores, vrow, attn)
+                attend_task(ckv, job, per, q, K[layer], V[layer], tables[grp], seq, pos, scale, windows[layer],
+                            cap, qq, qd, qs, scores, vrow, attn)
         barrier(sync, threads)
         # output projection, residual
         flat = attn.reshape(n_tok, n_head * hd)
@@ -423,21 +424,30 @@ class FusedLayers:
                 and (n_threads == 1 or concurrent_layer()))
 
     def _pool_lists(self, pool):
-        if self._pool is not pool:  # each layer's blocks, as one list per K and V
-            self._kv = (_list(pool.k), _list(pool.v))
+        if self._pool is not pool:  # each layer's blocks, as one list per K and V, and its group
+            layers = [pool.layer(i) for i in range(len(self.windows))]
+            self._kv = (_list(k for _, k, _ in layers), _list(v for _, _, v in layers),
+                        np.array([g for g, _, _ in layers], np.int64))
             self._pool = pool
         return self._kv
 
     def run(self, x: np.ndarray, batch, cos: np.ndarray, sin: np.ndarray) -> None:
         """Every layer over the batch's rows; x (T, D) float32 is the residual stream, updated in place.
         cos, sin: (n_ropes, T, n_rot/2), the model's RoPE tables at the rows' positions."""
-        K, V = self._pool_lists(batch.pool)
+        K, V, group_of = self._pool_lists(batch.pool)
         threads = numba.get_num_threads()
         pos = np.ascontiguousarray(batch.positions, dtype=np.int64)
+        rows = batch.groups
+        width = max(r.tables.shape[1] for r in rows)
+        tables = np.zeros((len(rows), rows[0].tables.shape[0], width), np.int32)  # (G, B, max blocks)
+        for g, r in enumerate(rows):
+            tables[g, :, :r.tables.shape[1]] = r.tables
+        blk = np.stack([r.blocks.astype(np.int32) for r in rows])  # (G, T)
+        slot = np.stack([r.slots.astype(np.int64) for r in rows])  # (G, T)
         for g in self.groups:
             args = (np.int64(g.first), np.int64(g.end), x, *self.lists[:9], *self.lists[9:], K, V,
-                    self.windows, self.rope_of, cos, sin, self.neox, batch.tables, batch.seq, pos,
-                    batch.blocks, batch.slots, self.eps, self.scale, self.cap, np.int64(self.n_head),
+                    self.windows, self.rope_of, cos, sin, self.neox, group_of, tables, batch.seq, pos,
+                    blk, slot, self.eps, self.scale, self.cap, np.int64(self.n_head),
                     np.int64(self.head_dim), np.int64(threads), self._sync)
             literals = (*g.codes, batch.pool.code, self.act)
             entry = self._entries.get(literals)

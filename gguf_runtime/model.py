@@ -21,7 +21,7 @@ from .errors import NonFiniteError
 from .fused import FusedLayers
 from .gguf_file import GGUFError, GGUFFile
 from .attention import attend, store_rows
-from .kv import BLOCK_TOKENS, ForwardBatch, KVPool
+from .kv import BLOCK_TOKENS, ForwardBatch, KVPool, sliding_blocks_per_sequence
 from .ops import geglu, rms_norm, rope, rope_tables, softcap, swiglu
 from .quants import QMatrix, embed_rows
 from .weights import Weights
@@ -164,10 +164,23 @@ class Model:
         return NonFiniteError(f"{self._gguf.path.name}: the forward pass produced NaN or infinite values "
                               "(the file's weights or scales are corrupt)")
 
-    def new_pool(self, n_tokens: int, kv_type: str = "f32", block_tokens: int = BLOCK_TOKENS) -> KVPool:
-        """A KV pool for n_tokens cached positions in all (plus one block of copy-on-write slack)."""
+    def new_pool(self, n_tokens: int, kv_type: str = "f32", block_tokens: int = BLOCK_TOKENS,
+                 max_seqs: int | None = None, max_rows: int | None = None) -> KVPool:
+        """A KV pool for n_tokens cached positions in all (plus one block of copy-on-write slack).
+
+        Given the most sequences that run at once and the most rows one of them runs per pass, the
+        sliding-window layers get a pool of their own holding only their windows, where that is smaller
+        (llama.cpp's iSWA cache); without them (llama.cpp's swa_full) they keep every position."""
         c = self.config
-        return KVPool(c.n_layers, c.n_kv_heads, c.head_dim, -(-n_tokens // block_tokens) + 1, block_tokens, kv_type)
+        n_blocks = -(-n_tokens // block_tokens) + 1
+        windows = [L.window for L in self.layers]
+        sliding = None
+        if max_seqs is not None and max_rows is not None and len({w for w in windows if w}) == 1:
+            sliding = max_seqs * sliding_blocks_per_sequence(max(windows), max_rows, block_tokens)
+        if sliding is None or sliding >= n_blocks:
+            return KVPool(c.n_layers, c.n_kv_heads, c.head_dim, n_blocks, block_tokens, kv_type, windows)
+        return KVPool(c.n_layers, c.n_kv_heads, c.head_dim, n_blocks, block_tokens, kv_type, windows, sliding,
+                      max_rows)
 
     def rope_tables(self, positions: np.ndarray, n_ctx: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """cos, sin (T, n_rot/2) at the given (T,) positions (may be negative deltas) for each of self.ropes,
@@ -176,7 +189,8 @@ class Model:
         factors = self.rope_freq_factors
         if factors is None and self.rope_factors_long is not None:
             factors = self.rope_factors_long if n_ctx > c.rope_orig_ctx else self.rope_factors_short
-        return [rope_tables(positions, c.n_rot, base, scale, factors, c.rope_orig_ctx, c.rope_yarn)
+        return [rope_tables(positions, c.n_rot, base, scale, factors, c.rope_orig_ctx, c.rope_yarn,
+                            c.rope_attn_factor)
                 for base, scale in self.ropes]
 
     def shift_keys(self, layer: int, keys: np.ndarray, delta: int, n_ctx: int) -> None:
@@ -234,8 +248,7 @@ class Model:
         for what fused.py does not serve (prefill chunks, mixture-of-experts layers)."""
         c = self.config
         H, H_kv, hd = c.n_heads, c.n_kv_heads, c.head_dim
-        pool, pos, tables, seq = batch.pool, batch.positions, batch.tables, batch.seq
-        blk, slot = batch.blocks, batch.slots  # (T,) where each row's K/V goes
+        pool, pos, seq = batch.pool, batch.positions, batch.seq
         n_tok = len(batch.tokens)
         neox = c.rope_style == "neox"
         code = pool.code
@@ -260,8 +273,9 @@ class Model:
             cos, sin = ropes[L.rope]
             rope(q, cos, sin, neox)
             rope(k, cos, sin, neox)
-            store_rows(code, pool.k[i], pool.v[i], blk, slot, k, v)
-            attend(code, q, pool.k[i], pool.v[i], tables, seq, pos, np.float32(c.attn_scale), L.window,
+            K, V, where = batch.layer(i)  # this layer's blocks; where the rows go, the block tables to read
+            store_rows(code, K, V, where.blocks, where.slots, k, v)
+            attend(code, q, K, V, where.tables, seq, pos, np.float32(c.attn_scale), L.window,
                    np.float32(c.attn_softcap), q_act, scores, v_row, attn)
             o = _linear(L.wo, attn.reshape(n_tok, H * hd), None, decode)  # (T, D)
             x += _normed(o, L.post_attn_norm, eps, o)

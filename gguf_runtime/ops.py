@@ -33,8 +33,10 @@ def rms_norm(x, weight, eps, out):
 
 def rope_tables(positions: np.ndarray, n_rot: int, base: float, freq_scale: float,
                 freq_factors: np.ndarray | None = None, orig_ctx: int = 0,
-                yarn: tuple[float, float, float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """cos/sin of θ[t, i] = pos[t] · freq_scale · base^(−2i/n_rot) / factor[i].   Each (T, n_rot/2) float32.
+                yarn: tuple[float, float, float, float] | None = None,
+                attn_factor: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin of θ[t, i] = pos[t] · freq_scale · base^(−2i/n_rot) / factor[i], times attn_factor (the file's
+    rope.scaling.attn_factor, as ggml's rope scales them).   Each (T, n_rot/2) float32.
 
     yarn = (ext_factor, attn_factor, beta_fast, beta_slow) applies YaRN as ggml does: dims rotating fewer
     than beta_slow times over the original context (orig_ctx positions) take the interpolated angle, dims rotating more than beta_fast times the unscaled one, a linear
@@ -44,9 +46,9 @@ def rope_tables(positions: np.ndarray, n_rot: int, base: float, freq_scale: floa
     if freq_factors is not None:
         inv_freq = inv_freq / freq_factors.astype(np.float64)
     extrapolated = np.outer(np.asarray(positions, dtype=np.float64), inv_freq)
-    theta, mscale = extrapolated * freq_scale, 1.0
+    theta, mscale = extrapolated * freq_scale, attn_factor
     if yarn is not None and yarn[0] != 0.0:
-        ext_factor, attn_factor, beta_fast, beta_slow = yarn
+        ext_factor, yarn_attn_factor, beta_fast, beta_slow = yarn
 
         def corr_dim(n_turns: float) -> float:  # the dim that turns n_turns times over the original context
             return n_rot * math.log(orig_ctx / (n_turns * 2 * math.pi)) / (2 * math.log(base))
@@ -54,7 +56,7 @@ def rope_tables(positions: np.ndarray, n_rot: int, base: float, freq_scale: floa
         high = min(n_rot - 1.0, math.ceil(corr_dim(beta_slow)))
         ramp = (1 - np.clip((np.arange(n_rot // 2) - low) / max(0.001, high - low), 0, 1)) * ext_factor
         theta = theta * (1 - ramp) + extrapolated * ramp  # ramp 1: extrapolate (the unscaled angle)
-        mscale = attn_factor * (1.0 + 0.1 * math.log(1.0 / freq_scale))
+        mscale *= yarn_attn_factor * (1.0 + 0.1 * math.log(1.0 / freq_scale))
     return (np.cos(theta) * mscale).astype(np.float32), (np.sin(theta) * mscale).astype(np.float32)
 
 

@@ -2,7 +2,8 @@
 
 File layout, little-endian:
     b"GGRTKV01"  u32 header length  header (UTF-8 JSON)  tokens int32[n]  K uint8[n, L, H_kv, row_bytes]  V (same)
-The header names the model it was computed with and the cache type; a file for another model, another
+A pool whose sliding-window layers hold only their windows saves zero rows for the positions they let go of,
+named by the header's "sliding_lost" ranges. The header names the model it was computed with and the cache type; a file for another model, another
 cache type, a bigger context, or one whose size does not match its header is refused before anything large
 is read, so a truncated or hostile file costs nothing and changes nothing.
 """
@@ -42,17 +43,20 @@ _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 def save_state(cache: KVCache, fingerprint: str, path: str | os.PathLike) -> None:
     """Write the cache's tokens and their K/V rows (raw, in the pool's type) to path, atomically."""
     pool, n = cache.pool, cache.n
-    n_layers, _, n_kv, _, row_bytes = pool.k.shape
-    header = json.dumps({"version": 1, "model": fingerprint, "kv_type": pool.kv_type, "n_tokens": n,
-                         "n_layers": n_layers, "n_kv_heads": n_kv, "row_bytes": row_bytes}).encode()
-    blocks, slots = cache.addresses(np.arange(n))
+    k, v, lost = cache.saved_rows()  # (n, n_layers, H_kv, row_bytes) each
+    _, n_layers, n_kv, row_bytes = k.shape
+    header = {"version": 1, "model": fingerprint, "kv_type": pool.kv_type, "n_tokens": n, "n_layers": n_layers,
+              "n_kv_heads": n_kv, "row_bytes": row_bytes}
+    if lost:
+        header["sliding_lost"] = [list(r) for r in lost]  # positions whose sliding-layer rows are zeros
+    header = json.dumps(header).encode()
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(MAGIC + struct.pack("<I", len(header)) + header)
         f.write(np.asarray(cache.tokens, np.int32).tobytes())
-        for storage in (pool.k, pool.v):
-            f.write(np.ascontiguousarray(storage[:, blocks, :, slots].reshape(n, -1)).tobytes())  # (n, L·H_kv·rb)
+        for rows in (k, v):
+            f.write(np.ascontiguousarray(rows.reshape(n, -1)).tobytes())  # (n, L·H_kv·rb)
     os.replace(tmp, path)
 
 
@@ -70,7 +74,7 @@ def load_state(cache: KVCache, fingerprint: str, path: str | os.PathLike, n_voca
                 raise StateFileError(f"{path}: header of {header_len} bytes is implausible")
             header = _parse_header(f.read(header_len), path)
             pool = cache.pool
-            n_layers, _, n_kv, _, row_bytes = pool.k.shape
+            n_layers, n_kv, row_bytes = pool.n_layers, pool.n_kv_heads, pool.qtype.row_bytes(pool.head_dim)
             expect = {"version": 1, "model": fingerprint, "kv_type": pool.kv_type, "n_layers": n_layers,
                       "n_kv_heads": n_kv, "row_bytes": row_bytes}
             for key, want in expect.items():
@@ -80,6 +84,11 @@ def load_state(cache: KVCache, fingerprint: str, path: str | os.PathLike, n_voca
             n = header.get("n_tokens")
             if type(n) is not int or not 0 <= n <= cache.n_ctx:
                 raise StateFileError(f"{path}: {n!r} tokens do not fit a context of {cache.n_ctx}")
+            lost = header.get("sliding_lost", [])
+            if not (type(lost) is list and len(lost) <= 8 and all(
+                    type(r) is list and len(r) == 2 and all(type(x) is int for x in r) and 0 <= r[0] < r[1] <= n
+                    for r in lost)):
+                raise StateFileError(f"{path}: sliding_lost {lost!r} is not a list of ranges of its positions")
             row = n_layers * n_kv * row_bytes
             if size != len(MAGIC) + 4 + header_len + 4 * n + 2 * n * row:
                 raise StateFileError(f"{path}: the file is {size} bytes, its header describes another size "
@@ -92,12 +101,10 @@ def load_state(cache: KVCache, fingerprint: str, path: str | os.PathLike, n_voca
             _check_finite(k, v, pool.kv_type, path)
     except OSError as e:
         raise StateFileError(f"cannot read state file {path}: {e.strerror or e}") from None
-    cache.truncate(0)
-    cache.prepare(n)
-    blocks, slots = cache.addresses(np.arange(n))
-    pool.k[:, blocks, :, slots] = k
-    pool.v[:, blocks, :, slots] = v
-    cache.commit(tokens.tolist())
+    try:
+        cache.restore(tokens.tolist(), k, v, tuple(sorted(tuple(r) for r in lost)))
+    except ValueError as e:
+        raise StateFileError(f"{path}: {e}") from None
     return n
 
 

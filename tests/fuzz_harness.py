@@ -208,8 +208,10 @@ class Worker:
 
     def _kv_digest(self) -> str:
         llm = self._state_llm
-        d = hashlib.sha256(llm.engine.kv.pool.k.tobytes())
-        d.update(llm.engine.kv.pool.v.tobytes())
+        d = hashlib.sha256()
+        for group in llm.engine.kv.pool.groups:
+            d.update(group.k.tobytes())
+            d.update(group.v.tobytes())
         d.update(repr(llm.conversation_tokens).encode())
         return d.hexdigest()
 

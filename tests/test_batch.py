@@ -115,7 +115,7 @@ def test_pool_fork_copy_on_write_and_accounting():
         a.store(layer, 0, rows[layer], -rows[layer])
     a.commit(range(6))
     b = a.fork()
-    assert pool.n_used == 2 and list(pool.refs[a.blocks]) == [2, 2]
+    assert pool.n_used == 2 and list(pool.groups[0].refs[a.blocks]) == [2, 2]
     b.prepare(1)  # writes into the shared half-full block: b gets its own copy of it
     assert a.blocks[0] == b.blocks[0] and a.blocks[1] != b.blocks[1] and pool.n_used == 3
     np.testing.assert_array_equal(b.rows(1, 6)[0], a.rows(1)[0])
@@ -124,7 +124,7 @@ def test_pool_fork_copy_on_write_and_accounting():
         KVCache(pool, 64).prepare(64)  # 16 blocks from a pool of 6
     a.release()
     b.release()
-    assert pool.n_used == 0 and int(pool.refs.sum()) == 0
+    assert pool.n_used == 0 and int(pool.groups[0].refs.sum()) == 0
 
 
 @pytest.mark.parametrize("kv_type", ["f16", "q8_0"])

@@ -144,10 +144,11 @@ def test_state_header_values_are_refused_without_touching_the_cache(state_llm, t
     header[key] = value
     path = tmp_path / "s.state"
     path.write_bytes(join_state(header, body))
-    before = (llm.engine.kv.pool.k.tobytes(), llm.engine.kv.pool.v.tobytes(), llm.conversation_tokens)
+    pool = llm.engine.kv.pool
+    before = ([(g.k.tobytes(), g.v.tobytes()) for g in pool.groups], llm.conversation_tokens)
     with pytest.raises(StateFileError):
         llm.load_state(path)
-    assert (llm.engine.kv.pool.k.tobytes(), llm.engine.kv.pool.v.tobytes(), llm.conversation_tokens) == before
+    assert ([(g.k.tobytes(), g.v.tobytes()) for g in pool.groups], llm.conversation_tokens) == before
 
 
 # ---- one validation each -----------------------------------------------------------------------------------

@@ -44,6 +44,9 @@ ARCH_CASES = {
     "qwen3-yarn-f32": dict(arch="qwen3", quant=F32, yarn=(4.0, 64), **_COMMON, **_ARCH_SHAPES["qwen3"]),
     # an original context (64) below the tests' (128): LongRoPE's long factors
     "phi3-long-f32": dict(arch="phi3", quant=F32, **_COMMON, **(_ARCH_SHAPES["phi3"] | dict(long_rope=64))),
+    # with the attention factor a LongRoPE file states (Phi-3 128k: sqrt(1 + ln 32 / ln 4096) = 1.19)
+    "phi3-long-attn-f32": dict(arch="phi3", quant=F32, **_COMMON,
+                               **(_ARCH_SHAPES["phi3"] | dict(long_rope=64, rope_attn_factor=1.19))),
 }
 
 
@@ -52,12 +55,14 @@ def write_tiny_model(path: Path, arch: str = "llama", n_vocab: int = 24, n_embd:
                      seed: int = 0, logit_scale: float = 1.0, head_dim: int | None = None,
                      sliding_window: int | None = None, tied: bool = False, equal_norm_rows: bool = False,
                      n_expert: int = 0, n_expert_used: int = 0, rope_freqs: bool = False,
-                     yarn: tuple[float, int] | None = None, long_rope: int = 0) -> Path:
+                     yarn: tuple[float, int] | None = None, long_rope: int = 0,
+                     rope_attn_factor: float | None = None) -> Path:
     """A random model whose vocabulary is <eos>, single letters, then <xN> tokens (byte-level BPE, no merges).
 
     The tensors are the ones `arch` declares (QK-norms, pre/post norms, qwen2's biases, experts of n_ff / 4
     rows each). rope_freqs adds Llama 3.1-style per-dim RoPE factors; yarn = (factor, original context) YaRN
-    scaling; long_rope = original context adds LongRoPE's long and short factors. phi3 gets fused attn_qkv
+    scaling; long_rope = original context adds LongRoPE's long and short factors, rope_attn_factor its
+    rope.scaling.attn_factor. phi3 gets fused attn_qkv
     and gate+up ffn_up tensors. equal_norm_rows gives every embedding row the same norm, so tied logits are not ranked by row
     norm alone.
     """
@@ -78,6 +83,8 @@ def write_tiny_model(path: Path, arch: str = "llama", n_vocab: int = 24, n_embd:
         w.add_sliding_window(sliding_window)
     if long_rope:
         w.add_rope_scaling_orig_ctx_len(long_rope)
+    if rope_attn_factor is not None:
+        w.add_rope_scaling_attn_factors(rope_attn_factor)
     if spec.experts:
         w.add_expert_count(n_expert)
         w.add_expert_used_count(n_expert_used)

@@ -110,13 +110,18 @@ class Engine:
         if slot is not None and params.n != 1:
             raise ValueError("a request continuing a held slot generates one sample (n=1)")
         max_new = params.max_tokens if params.max_tokens is not None else self.n_ctx - len(prompt)
-        reservation = Reservation(len(prompt), params.n, self.kv.limit_blocks(len(prompt), max_new))
-        if not self.kv.fits_empty_pool(reservation):
-            bt = self.kv.pool.block_tokens
-            raise KVCapacityError(f"the request needs {self.kv.need(reservation)} KV blocks of {bt} tokens but the "
-                                  f"pool has {self.kv.pool.n_blocks}: raise kv_cache_tokens or lower max_tokens / n")
+        n_keep = max(int(n_keep), 0)
+        reservation = Reservation(len(prompt), params.n, self.kv.limit_blocks(len(prompt), max_new), n_keep)
+        shortfall = self.kv.shortfall(reservation)
+        if shortfall is not None and n_keep:
+            # sliding layers cannot also hold the kept positions their windows may reach after a shift: run
+            # without (a shift that would need them ends the generation instead, as llama.cpp cannot shift)
+            reservation.keep = 0
+            shortfall = self.kv.shortfall(reservation)
+        if shortfall is not None:
+            raise KVCapacityError(f"{shortfall}: raise kv_cache_tokens or lower max_tokens / n")
         constraint = build_constraint(params, self.tokenizer)
-        self.scheduler.waiting.append(Request(request_id, prompt, params, max(int(n_keep), 0), reservation,
+        self.scheduler.waiting.append(Request(request_id, prompt, params, n_keep, reservation,
                                               constraint, slot))
 
     def check_prompt(self, prompt_token_ids, room: int = 1) -> list[int]:
@@ -204,7 +209,7 @@ class Engine:
     def _release_idle_slots(self) -> bool:
         busy = {r.slot for r in list(self.scheduler.waiting) + self.scheduler.prefilling} | \
                {s.request.slot for s in self.scheduler.running}
-        idle = [name for name, kv in self._slots.items() if name not in busy and kv.blocks]
+        idle = [name for name, kv in self._slots.items() if name not in busy and kv.n]
         for name in idle:
             self.release_slot(name)
         return bool(idle)
@@ -238,8 +243,9 @@ class Engine:
             del self._slots[req.slot]  # the request owns it until it ends
         else:
             kv = self.kv.new_sequence()
-        keep = min(kv.common_prefix(prompt), len(prompt) - 1)  # the last token runs again for its logits
-        kv.truncate(keep)
+        kv.keep = req.reservation.keep  # (set first: what the sequence can continue from depends on it)
+        # the last token runs again for its logits
+        keep = kv.rewind(min(kv.common_prefix(prompt), len(prompt) - 1))
         keep += kv.reuse_prefix(prompt, limit=len(prompt) - 1)
         req.kv, req.cached_tokens = kv, keep
         req.pending = np.asarray(prompt[keep:], dtype=np.int64)
@@ -316,6 +322,9 @@ class Engine:
             drafts, probs = self._propose(s)
             if s.kv.n + 1 + len(drafts) > self.n_ctx:
                 drafts, probs = [], []
+            max_rows = self.kv.pool.max_rows  # (a sliding-window pool is sized for passes of this many rows)
+            if max_rows is not None and len(drafts) >= max_rows:
+                drafts, probs = drafts[:max_rows - 1], probs[:max_rows - 1]
             if s.kv.n + 1 > self.n_ctx:
                 try:
                     if not s.out.may_shift:

@@ -163,8 +163,7 @@ class DraftModelProposer(Proposer):
         drafts: list[int] = []
         qs: list[np.ndarray | None] = []
         try:
-            keep = min(self.kv.common_prefix(history), len(history) - 1)
-            self.kv.truncate(keep)
+            keep = self.kv.rewind(min(self.kv.common_prefix(history), len(history) - 1))
             logits = self.runner.evaluate(self.kv, history[keep:])[-1]
             hist = list(history)
             for i in range(k):
