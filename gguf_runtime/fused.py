@@ -19,7 +19,7 @@ activations), so the logits are bit-identical to it (tests/test_fused.py); only 
 It serves the batches whose every matmul runs the integer kernels (model.DECODE_NUMERICS_MAX_TOKENS rows per
 sequence, at most MAX_ROWS rows in all: decode, batched decode, speculative verify) on dense layers; prefill
 chunks and mixture-of-experts layers take model.py's path. Layers run in groups of consecutive layers whose
-matrices have the same types (one compiled kernel per combination of types, cached on disk), so a Q4_K_M
+matrices have the same types (one compiled kernel per combination of weight types, cached on disk), so a Q4_K_M
 file with Q6_K rows in some layers makes a few calls per step and a uniform file one.
 """
 
@@ -37,10 +37,13 @@ from .attention import _heads_per_task, attend_task, attend_task_f32, quantize_r
 from .ops import gelu_mul, rms_norm, rope, silu_mul
 from .quants.kernels import (GEMM_MIN_TOKENS, PANEL_BYTES, ROW_BLOCK_BYTES, _qtype_of, _row_block, panel,
                              quantize_activation)
-from .quants.registry import ACT_F32, ACT_Q8_K, F32
+from .quants.registry import ACT_F32, ACT_Q8_K, F16, F32, Q8_0
 from .sync import barrier, concurrent_layer, new_barrier
 
 MAX_ROWS = 32  # rows per call: every thread keeps a private copy of the residual stream of each row
+# The cache types it attends over (the default f32, f16 and q8_0), chosen at run time inside the one compiled
+# kernel per combination of weight types; the 4- and 5-bit caches (rarely worth it: README) take model.py's path.
+FUSED_KV_TYPES = (F32, F16, Q8_0)
 ACTIVATIONS = {"silu": 0, "gelu": 1}
 _JIT = dict(cache=True, fastmath=True, nogil=True)
 
@@ -191,6 +194,34 @@ def _head(raw, bias, norm, eps, h, hd, tmp, out):
 
 
 @njit(**_JIT)
+def _store_kv(code, k, v, k_out, v_out):
+    """One head's key and value rows (1, hd) into the cache (attention.quantize_row), for a cache type given
+    at run time (FUSED_KV_TYPES): it is not part of the kernel's specialisation, so every cache type shares
+    the model's few compiled kernels."""
+    if code == F32:
+        quantize_row(F32, k, k_out)
+        quantize_row(F32, v, v_out)
+    elif code == F16:
+        quantize_row(F16, k, k_out)
+        quantize_row(F16, v, v_out)
+    else:
+        quantize_row(Q8_0, k, k_out)
+        quantize_row(Q8_0, v, v_out)
+
+
+@njit(**_JIT)
+def _attend_kv(code, job, per, q, K, V, tables, seq, pos, scale, window, cap, qq, qd, qs, scores, vrow, out):
+    """Attention task `job` (attention.attend_task / attend_task_f32) for a cache type given at run time."""
+    if code == F32:
+        attend_task_f32(job, per, q, K.view(np.float32), V.view(np.float32), tables, seq, pos, scale, window, cap,
+                        scores, out)
+    elif code == F16:
+        attend_task(F16, job, per, q, K, V, tables, seq, pos, scale, window, cap, qq, qd, qs, scores, vrow, out)
+    else:
+        attend_task(Q8_0, job, per, q, K, V, tables, seq, pos, scale, window, cap, qq, qd, qs, scores, vrow, out)
+
+
+@njit(**_JIT)
 def _activate(act, g, u, out, c0, c1):
     """out[:, c0:c1] = act(g) · u (ops.swiglu / ops.geglu, value by value)."""
     for t in range(g.shape[0]):
@@ -204,7 +235,7 @@ def _layers(cq, ck, cv, co, cg, cu, cd, ckv, act,
             wg, wu, wd, post_ffn_norm, K, V, windows, rope_of, cos, sin, neox,
             group_of, tables, seq, pos, blk, slot, eps, scale, cap, n_head, hd, threads, sync):
     """Layers l0..l1-1 of the model over T rows, x (T, D) updated in place. c*: the literal ggml types of
-    Q, K, V, O, gate, up, down and of the KV cache; act: 0 SwiGLU, 1 GeGLU. Per-layer lists (typed.List,
+    Q, K, V, O, gate, up, down; ckv: the KV cache's type (one of FUSED_KV_TYPES); act: 0 SwiGLU, 1 GeGLU. Per-layer lists (typed.List,
     indexed by layer): norms and biases (size 0 where absent), weight rows, K/V blocks. cos, sin: (n_ropes,
     T, n_rot/2); rope_of, windows, group_of (its KV pool group): per layer. The batch as ForwardBatch, with
     each group's rows stacked: tables (G, B, max blocks), blk, slot (G, T)."""
@@ -227,7 +258,7 @@ def _layers(cq, ck, cv, co, cg, cu, cd, ckv, act,
     hq = np.empty((n_tok, n_down), np.int8)  # its quantization for the down projection
     hdd = np.empty((n_tok, n_down // 32), np.float32)
     hs = np.empty((n_tok, n_down // 16), np.int16)
-    n_act = activation_width(ckv, hd)  # queries quantized as the cache type's dot wants them
+    n_act = hd if ckv == Q8_0 else 0  # queries quantized as the cache type's dot wants them
     qq = np.empty((n_tok, n_head, n_act), np.int8)
     qd = np.empty((n_tok, n_head, n_act // 32), np.float32)
     qs = np.empty((n_tok, n_head, n_act // 16), np.int16)
@@ -300,16 +331,12 @@ def _thread(cq, ck, cv, co, cg, cu, cd, ckv, act, tid, shared,
                 _head(k_raw[t], bk[layer], k_norm[layer], eps, h, hd, tmp, k[t, h])
                 rope(k[t:t + 1, h:h + 1], cos[r, t:t + 1], sin[r, t:t + 1], neox)
                 _head(v_raw[t], bv[layer], none, eps, h, hd, tmp, v[t, h])
-                quantize_row(ckv, k[t, h:h + 1], K[layer][blk[grp, t], h, slot[grp, t]:slot[grp, t] + 1])
-                quantize_row(ckv, v[t, h:h + 1], V[layer][blk[grp, t], h, slot[grp, t]:slot[grp, t] + 1])
+                _store_kv(ckv, k[t, h:h + 1], v[t, h:h + 1], K[layer][blk[grp, t], h, slot[grp, t]:slot[grp, t] + 1],
+                          V[layer][blk[grp, t], h, slot[grp, t]:slot[grp, t] + 1])
         barrier(sync, threads)
         for job in range(tid, n_tok * n_head // per, threads):
-            if ckv == F32:
-                attend_task_f32(job, per, q, K[layer].view(np.float32), V[layer].view(np.float32), tables[grp],
-                                seq, pos, scale, windows[layer], cap, scores, attn)
-            else:
-                attend_task(ckv, job, per, q, K[layer], V[layer], tables[grp], seq, pos, scale, windows[layer],
-                            cap, qq, qd, qs, scores, vrow, attn)
+            _attend_kv(ckv, job, per, q, K[layer], V[layer], tables[grp], seq, pos, scale, windows[layer], cap,
+                       qq, qd, qs, scores, vrow, attn)
         barrier(sync, threads)
         # output projection, residual
         flat = attn.reshape(n_tok, n_head * hd)
@@ -417,10 +444,11 @@ class FusedLayers:
         self._entries: dict[tuple, object] = {}
         self._sync = new_barrier()
 
-    def serves(self, n_rows: int, decode: bool, n_threads: int) -> bool:
-        """Whether a batch of n_rows rows takes this path: dense layers, decode numerics, and threads that
-        barrier() can hold together (numba's layer runs prange iterations at once, or one thread)."""
-        return (self.eligible and decode and n_rows <= MAX_ROWS
+    def serves(self, n_rows: int, decode: bool, n_threads: int, pool_code: int = F32) -> bool:
+        """Whether a batch of n_rows rows takes this path: dense layers, decode numerics, a FUSED_KV_TYPES
+        cache, and threads that barrier() can hold together (numba's layer runs prange iterations at once, or
+        one thread)."""
+        return (self.eligible and decode and n_rows <= MAX_ROWS and pool_code in FUSED_KV_TYPES
                 and (n_threads == 1 or concurrent_layer()))
 
     def _pool_lists(self, pool):
@@ -449,10 +477,10 @@ class FusedLayers:
                     self.windows, self.rope_of, cos, sin, self.neox, group_of, tables, batch.seq, pos,
                     blk, slot, self.eps, self.scale, self.cap, np.int64(self.n_head),
                     np.int64(self.head_dim), np.int64(threads), self._sync)
-            literals = (*g.codes, batch.pool.code, self.act)
+            literals, kv_act = g.codes, (np.int64(batch.pool.code), np.int64(self.act))
             entry = self._entries.get(literals)
             if entry is None:
-                sig = (*(types.literal(v) for v in literals), *(numba.typeof(a) for a in args))
+                sig = (*(types.literal(v) for v in literals), *(numba.typeof(a) for a in (*kv_act, *args)))
                 _layers.compile(sig)
                 entry = self._entries[literals] = _layers.overloads[sig].entry_point
-            entry(*literals, *args)
+            entry(*literals, *kv_act, *args)

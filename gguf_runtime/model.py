@@ -225,7 +225,7 @@ class Model:
         x = embed_rows(self.tok_embd, self.tok_embd_type, batch.tokens,
                        np.empty((n_tok, c.n_embd), dtype=np.float32))  # (T, D) residual stream
         x *= np.float32(c.embedding_scale)
-        if self.fused.serves(n_tok, decode, numba.get_num_threads()):  # one parallel region per run of layers
+        if self.fused.serves(n_tok, decode, numba.get_num_threads(), batch.pool.code):  # a region per layer run
             self.fused.run(x, batch, np.stack([cs[0] for cs in ropes]), np.stack([cs[1] for cs in ropes]))
         else:
             self._layer_by_layer(x, batch, decode, ropes)

@@ -76,3 +76,10 @@ def test_moe_layers_take_the_layer_by_layer_path(tmp_path):
     name = next(n for n, c in ARCH_CASES.items() if c.get("n_expert"))
     llm = LLM(write_tiny_model(tmp_path / "moe.gguf", **ARCH_CASES[name]), n_ctx=64)
     assert not llm.engine.runner.model.fused.serves(1, True, 1)
+
+
+def test_other_cache_types_take_the_layer_by_layer_path(smollm2_path):
+    llm = LLM(smollm2_path, n_ctx=64, kv_cache_dtype="q4_0")
+    llm.logits([1, 2, 3])
+    fused = llm.engine.runner.model.fused
+    assert fused.serves(1, True, 1) and not fused.serves(1, True, 1, llm.engine.kv.pool.code)
