@@ -45,7 +45,9 @@ MAX_ROWS = 32  # rows per call: every thread keeps a private copy of the residua
 # kernel per combination of weight types; the 4- and 5-bit caches (rarely worth it: README) take model.py's path.
 FUSED_KV_TYPES = (F32, F16, Q8_0)
 ACTIVATIONS = {"silu": 0, "gelu": 1}
-_JIT = dict(cache=True, fastmath=True, nogil=True)
+# fastmath off, and said so: numba compiles a callee that does not set fastmath with its caller's setting, so the
+# kernels this calls (row kernels, GEMM panels, quantizers) keep the numerics they have when model.py calls them
+_JIT = dict(cache=True, fastmath=False, nogil=True)
 
 
 # ---------------------------------------------------------------------------------- per-type constants
@@ -389,7 +391,7 @@ def _rows_view(m) -> np.ndarray:
     return v
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def _typed_list(items):
     out = typed.List()
     for item in items:

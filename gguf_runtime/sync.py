@@ -87,7 +87,7 @@ def new_barrier() -> np.ndarray:
     return np.zeros(BARRIER_WORDS, np.int64)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def barrier(state, n_threads):
     """Wait until all n_threads threads of the region have called barrier() with this state, then return
     in every one of them. What a thread wrote before it arrived is visible to all after they leave."""

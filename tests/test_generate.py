@@ -22,7 +22,8 @@ def test_vllm_shaped_example_runs(llm):
     for o in outputs:
         out = o.outputs[0]
         assert out.finish_reason in ("stop", "length")
-        assert 0 < len(out.token_ids) <= 16
+        assert len(out.token_ids) <= 16
+        assert out.token_ids or out.finish_reason == "stop"  # a sampled EOS may end it at once
         assert out.metrics.prompt_tokens == len(o.prompt_token_ids)
         assert out.metrics.generated_tokens == len(out.token_ids)
         assert out.text == llm.detokenize(out.token_ids, skip_special=True)

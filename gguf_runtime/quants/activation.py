@@ -22,7 +22,7 @@ from numba import njit
 from .halves import round_to_f16
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def quantize_q8_0(x, xq, xd, xs):
     """Blocks of 32: scale = max|x| / 127 (stored as a half), q = rint(x * 127 / max|x|)."""
     xsf = xs.view(np.float32)
@@ -42,7 +42,7 @@ def quantize_q8_0(x, xq, xd, xs):
         xsf[b] = xd[b] * np.float32(s)  # exact: sum(x_hat) of the block
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def quantize_q8_k(x, xq, xd, xs):
     """Blocks of 256: the value of largest magnitude maps to -127 (llama.cpp's iscale = -127/max)."""
     for b in range(x.shape[0] // 256):
@@ -70,7 +70,7 @@ def quantize_q8_k(x, xq, xd, xs):
             xs[16 * b + g] = s
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def dequantize_into(xq, xd, block, out):
     """out = the activation the integer kernels multiply by: xq * its block scale (xq, xd as written above)."""
     for i in range(xq.shape[0]):

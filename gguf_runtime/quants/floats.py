@@ -11,14 +11,14 @@ from .simd import f16_at, f32_from_bits, ffma, fzero, hsum, load_bf16x8, load_f1
 ACTIVATION = "f32"
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def _bf16_at(w, o):
     return f32_from_bits((np.uint32(w[o]) | (np.uint32(w[o + 1]) << np.uint32(8))) << np.uint32(16))
 
 
 # ---------------------------------------------------------------------------------------------------- F32
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def dequantize_row_f32(w, y):
     wf = w.view(np.float32)
     for k in range(y.shape[0]):
@@ -44,7 +44,7 @@ def quantize_rows_f32(x, out):
 
 # ---------------------------------------------------------------------------------------------------- F16
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def dequantize_row_f16(w, y):
     n8 = y.shape[0] // 8 * 8
     for k in range(0, n8, 8):
@@ -71,7 +71,7 @@ def quantize_rows_f16(x, out):
 
 # --------------------------------------------------------------------------------------------------- BF16
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def dequantize_row_bf16(w, y):
     n8 = y.shape[0] // 8 * 8
     for k in range(0, n8, 8):

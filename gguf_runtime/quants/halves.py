@@ -8,7 +8,7 @@ from numba import njit
 from .simd import f32_bits, f32_from_bits
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def f32_to_f16_bits(x):
     """float32 -> the bits of the nearest half (ties to even), as numpy's astype(float16) does."""
     b = f32_bits(np.float32(x))
@@ -30,7 +30,7 @@ def f32_to_f16_bits(x):
     return np.uint16(sign | ((rounded >> np.uint32(13)) - np.uint32(0x1C000)))
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def f16_bits_to_f32(h):
     """Half bits (uint16) -> float32 (exact)."""
     h = np.uint32(h)
@@ -45,13 +45,13 @@ def f16_bits_to_f32(h):
     return f32_from_bits(sign | ((e + np.uint32(112)) << np.uint32(23)) | (m << np.uint32(13)))
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def round_to_f16(x):
     """x rounded to the nearest half, as float32 (GGML_FP16_TO_FP32(GGML_FP32_TO_FP16(x)))."""
     return f16_bits_to_f32(f32_to_f16_bits(x))
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def store_f16(out, off, x):
     """Write x as a little-endian half at out[off:off+2]; returns the stored value as float32."""
     h = f32_to_f16_bits(x)

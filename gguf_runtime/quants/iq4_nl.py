@@ -16,7 +16,7 @@ KVALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53,
 KVALUES_X2 = np.concatenate([KVALUES, KVALUES])  # the table as lookup16 wants it
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def dequantize_row(w, y):
     table = load_u8x32(KVALUES_X2, 0)
     for b in range(w.shape[0] // TYPE_SIZE):
@@ -24,7 +24,7 @@ def dequantize_row(w, y):
         d = f16_at(w, o)
         store_scaled(y, 32 * b, lookup16(table, load_nibbles(w, o + 2)), d, np.float32(0), d, np.float32(0))
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def dot_row(w, x, xq, xd, xs):
     table = load_u8x32(KVALUES_X2, 0)
     acc = fzero()
@@ -35,7 +35,7 @@ def dot_row(w, x, xq, xd, xs):
     return hsum(acc)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def best_index(v):
     """Index of the table entry nearest to v (best_index_int8)."""
     if v <= KVALUES[0]:
@@ -52,7 +52,7 @@ def best_index(v):
     return hi - 1 if v - np.float32(KVALUES[hi - 1]) < np.float32(KVALUES[hi]) - v else hi
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def _search_scale(xb, o, weight, L):
     """Scale of one group of 32 (x^2 weights, 7 tries each side); fills L[o:o+32] with table indices."""
     f32 = np.float32
@@ -92,7 +92,7 @@ def _search_scale(xb, o, weight, L):
     return d
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def quantize_groups(xb, w, o, n_groups, qs_off, scales, weight, L):
     """quantize_row_iq4_nl_impl without imatrix (ntry 7) for one block of n_groups groups of 32 values.
 
@@ -136,7 +136,7 @@ def quantize_groups(xb, w, o, n_groups, qs_off, scales, weight, L):
             w[qs_off + 16 * g + j] = L[32 * g + j] | (L[32 * g + 16 + j] << 4)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def quantize_rows(x, out):
     L = np.zeros(32, np.uint8)
     weight = np.zeros(32, np.float32)

@@ -14,7 +14,7 @@ from .simd import (f16_at, fmadd_i, fzero, hsum, iadd, izero, load_nibbles, load
 BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 256, 136, "q8_K"
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def group_scale(ib, w, o):
     """The signed 6-bit scale of group ib (0..7) of the super-block at w[o]."""
     low = np.int32(w[o + 4 + ib // 2] >> (4 * (ib % 2))) & 15
@@ -22,7 +22,7 @@ def group_scale(ib, w, o):
     return (low | (high << 4)) - 32
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def dequantize_row(w, y):
     table = load_u8x32(KVALUES_X2, 0)
     for i in range(w.shape[0] // TYPE_SIZE):
@@ -33,7 +33,7 @@ def dequantize_row(w, y):
             q = lookup16(table, load_nibbles(w, o + 8 + 16 * ib))
             store_scaled(y, yo + 32 * ib, q, dl, np.float32(0), dl, np.float32(0))
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def dot_row(w, x, xq, xd, xs):
     table = load_u8x32(KVALUES_X2, 0)
     acc = fzero()
@@ -48,7 +48,7 @@ def dot_row(w, x, xq, xd, xs):
     return hsum(acc)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def quantize_rows(x, out):
     """quantize_iq4_xs without imatrix."""
     L = np.zeros(256, np.uint8)

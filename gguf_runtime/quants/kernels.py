@@ -164,7 +164,7 @@ def _dequantize_activation(code, xq, xd, out):
     return lambda code, xq, xd, out: dequantize_into(xq, xd, block, out)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def _rows_per_task(n_rows, row_bytes, threads):
     """Rows per parallel task: blocks of ~ROW_BLOCK_BYTES (a block stays in L2 while every token passes over
     it), but a multiple of the thread count of them. prange hands each thread an equal contiguous share of
@@ -176,14 +176,14 @@ def _rows_per_task(n_rows, row_bytes, threads):
     return max(1, -(-n_rows // n_tasks))
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def _row_block(code, W, X, xq, xd, xs, out, r0, r1):
     for t in range(X.shape[0]):
         for r in range(r0, r1):
             out[t, r] = dot_row(code, W[r], X[t], xq[t], xd[t], xs[t])
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath=False)
 def _matmul_rows(code, W, X, xq, xd, xs, out, threads):
     """out[t, r] = W[r] . X[t] for all rows r and tokens t, blocks of rows in parallel.
 
@@ -204,7 +204,7 @@ def _matmul_rows(code, W, X, xq, xd, xs, out, threads):
         _row_block(code, W, X, xq, xd, xs, out, r0, min(n_rows, r0 + per))
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath=False)
 def _matmul_rows_group(code, Ws, X, xq, xd, xs, outs, threads):
     """_matmul_rows for several matrices of one type and input width at once (Q, K and V; gate and up):
     one activation quantization and one parallel region instead of one each per matrix, and the tasks cut
@@ -231,7 +231,7 @@ def _matmul_rows_group(code, Ws, X, xq, xd, xs, outs, threads):
             base += rows
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def _half_isum(q, s, i, xq, xo, j0):
     """Half the integer part of super-block i's dot with one token: sum_j scale_j * (q_j . xq_j) over the
     sub-blocks j0..j0+3, in 8 lanes. In halves, two tokens' work needs only 8 weight and scale registers
@@ -243,14 +243,14 @@ def _half_isum(q, s, i, xq, xo, j0):
     return isum
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def _superblock_update(acc, isum, s, i, dm, xd, xs, so):
     """acc + isum * (d*xd) + (bias . block sums) * (m*xd): dot_row's float steps, in its order."""
     acc = fmadd_i(acc, isum, dm[2 * i] * xd)
     return fmadd_i(acc, madd_v(load_i16x16(s, 144 * i + 128), load_i16x16(xs, so)), dm[2 * i + 1] * xd)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def _panel_superblocks(code, W, xq, xd, xs, out, r0, r1, t0, t1, q, s, dm):
     """out[t, r] for rows r0..r1 and tokens t0..t1. Each row is unpacked once (q, s, dm: its super-blocks in
     the GEMM form, in L1), then every token of the panel passes over it, two at a time so each weight load
@@ -280,7 +280,7 @@ def _panel_superblocks(code, W, xq, xd, xs, out, r0, r1, t0, t1, q, s, dm):
             out[t, r] = hsum(acc)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def _blocks_token(code, q, dm, n_blocks, x, d, xs):
     """One token's dot with a row unpacked by _panel_blocks, in dot_row's order."""
     acc = fzero()
@@ -292,7 +292,7 @@ def _blocks_token(code, q, dm, n_blocks, x, d, xs):
     return hsum(acc) + mins if has_min(code) else hsum(acc)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def _panel_blocks(code, W, xq, xd, xs, out, r0, r1, t0, t1, q, dm):
     """_panel_superblocks for the legacy blocks of 32: each row's block values go to q and its scales (and
     mins) to dm once, then the panel's tokens pass four at a time: each token's float accumulator takes
@@ -332,7 +332,7 @@ def _panel_blocks(code, W, xq, xd, xs, out, r0, r1, t0, t1, q, dm):
             out[t, r] = _blocks_token(code, q, dm, n_blocks, xq[t], xd[t], xs[t])
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath=False)
 def _matmul_panels(code, W, X, xq, xd, xs, out, threads):
     """out = X @ W.T by the integer GEMM (GEMM_TYPES): bit-identical per row to _matmul_rows, faster from two
     tokens on. Blocks of rows in parallel; within a block, panels of tokens whose activations stay in L2 while
@@ -353,7 +353,7 @@ def _matmul_panels(code, W, X, xq, xd, xs, out, threads):
             panel(code, W, xq, xd, xs, out, r0, r1, t0, min(X.shape[0], t0 + panel_tokens), q, s, dm)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def _dequantize_rows(code, W, ids, out):
     """out[i] = dequantized W[ids[i]], on the calling thread: it is bandwidth-bound and fast enough (a 14M-value
     matrix in ~3 ms), and between BLAS calls of the tiled matmul waking numba's threads would make both
@@ -362,7 +362,7 @@ def _dequantize_rows(code, W, ids, out):
         dequantize_row(code, W[ids[i]], out[i])
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def _rounded_activations(code, X, xq, xd, xs, out):
     """out[t] = X[t] as the integer kernels see it after activation quantization (for the tiled matmul, so
     both strategies, like llama.cpp, multiply quantized weights by the Q8-rounded activation)."""

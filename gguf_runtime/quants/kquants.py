@@ -17,7 +17,7 @@ QK_K = 256
 GROUP_MAX_EPS = np.float32(1e-15)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def scale_min_k4(j, w, o):
     """Scale and min (6 bits each) of sub-block j (0..7) from the 12 packed bytes at w[o:o+12]."""
     if j < 4:
@@ -27,7 +27,7 @@ def scale_min_k4(j, w, o):
     return sc, m
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def scales_mins_k4(w, o):
     """The 8 scales from w[o:o+12] as one I16x16, in lanes 0..7 and again in 8..15, and the mins each twice
     (to pair with per-16 block sums): the same unpacking as scale_min_k4, 4 bytes at a time. Scale j of
@@ -39,7 +39,7 @@ def scales_mins_k4(w, o):
     return widen_u32x4(a & low6, scales_hi, a & low6, scales_hi), widen_pairs(b & low6, mins_hi)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def pack_scale_min_k4(ls, lm, w, o):
     """Inverse of scale_min_k4 for 8 scales ls and mins lm (each 0..63)."""
     for j in range(8):
@@ -52,7 +52,7 @@ def pack_scale_min_k4(ls, lm, w, o):
             w[o + j] |= (lm[j] >> 4) << 6
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def make_qkx2_quants(n, nmax, x, o, weights, L, Laux, rmin, rdelta, nstep, use_mad):
     """Affine quantization x ~= scale*L - min with L in [0, nmax], searching the scale; returns (scale, min)."""
     f32 = np.float32
@@ -116,7 +116,7 @@ def make_qkx2_quants(n, nmax, x, o, weights, L, Laux, rmin, rdelta, nstep, use_m
     return scale, -lo
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def make_qx_quants(n, nmax, x, o, L):
     """Symmetric quantization L in [0, 2*nmax) (value L - nmax), weighted by x^2 (rmse_type 1); returns scale."""
     f32 = np.float32
@@ -161,7 +161,7 @@ def make_qx_quants(n, nmax, x, o, L):
     return scale
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def make_q3_quants(n, nmax, x, o, L):
     """Symmetric quantization with a coordinate-descent refinement (do_rmse); L in [0, 2*nmax); returns scale."""
     f32 = np.float32

@@ -15,7 +15,7 @@ from .simd import (f16_at, fmadd_i, fzero, hsum, iadd, izero, lane, load_i16x16,
 BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 256, 84, "q8_K"
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def dequantize_row(w, y):
     for i in range(w.shape[0] // TYPE_SIZE):
         o, yo = i * TYPE_SIZE, i * 256
@@ -28,7 +28,7 @@ def dequantize_row(w, y):
                 d1, m1 = d * np.float32(w[s + 1] & 15), dmin * np.float32(w[s + 1] >> 4)
                 store_scaled(y, yo + 128 * n + 32 * j, vand(vshr(q, 2 * j), 3), d0, m0, d1, m1)
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def dot_row(w, x, xq, xd, xs):
     acc = fzero()
     for i in range(w.shape[0] // TYPE_SIZE):
@@ -47,7 +47,7 @@ def dot_row(w, x, xq, xd, xs):
     return hsum(acc)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def pack_2bit(L, w, o):
     """qs[32n + k] = L[128n+k] | L[128n+32+k] << 2 | L[128n+64+k] << 4 | L[128n+96+k] << 6 (Q2_K and Q3_K)."""
     for n in range(2):
@@ -56,7 +56,7 @@ def pack_2bit(L, w, o):
             w[o + 32 * n + k] = L[e] | (L[e + 32] << 2) | (L[e + 64] << 4) | (L[e + 96] << 6)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def quantize_rows(x, out):
     """quantize_row_q2_K_ref: make_qkx2_quants(16 values, nmax 3, |x| weights), 4-bit scales and mins."""
     f32 = np.float32

@@ -17,7 +17,7 @@ from .simd import (f16_at, fmadd_i, fzero, hsum, iadd, izero, lane, load_i16x16,
 BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 256, 110, "q8_K"
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def scale(s, w, o):
     """Signed 6-bit scale s (0..15) from the 12 packed bytes at w[o:o+12]."""
     low = np.int32(w[o + s] & 15) if s < 8 else np.int32(w[o + s - 8] >> 4)
@@ -25,7 +25,7 @@ def scale(s, w, o):
     return (low | (high << 4)) - 32
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def dequantize_row(w, y):
     for i in range(w.shape[0] // TYPE_SIZE):
         o, yo = i * TYPE_SIZE, i * 256
@@ -39,7 +39,7 @@ def dequantize_row(w, y):
                 d0, d1 = d * np.float32(scale(s, w, o + 96)), d * np.float32(scale(s + 1, w, o + 96))
                 store_scaled(y, yo + 128 * n + 32 * j, v, d0, np.float32(0), d1, np.float32(0))
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def scales16(w, o):
     """All 16 signed scales from w[o:o+12] as one I16x16 (scale() for every s, 4 bytes at a time)."""
     a, b, c = u32_at(w, o), u32_at(w, o + 4), u32_at(w, o + 8)
@@ -51,7 +51,7 @@ def scales16(w, o):
     return vsub(widen_u32x4(s0, s1, s2, s3), 32)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def dot_row(w, x, xq, xd, xs):
     """q stays unsigned (0..7) in the integer dot; the -4 offset comes back through the bsums."""
     acc = fzero()
@@ -72,7 +72,7 @@ def dot_row(w, x, xq, xd, xs):
     return hsum(acc)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def quantize_rows(x, out):
     """quantize_row_q3_K_ref: make_q3_quants(16 values, nmax 4), 6-bit signed scales, then requantize."""
     f32 = np.float32

@@ -13,7 +13,7 @@ from .simd import load_nibbles, vsub
 BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 32, 18, "q8_0"
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def block_weights(w, o):
     """The 32 values q-8 of the block at w[o] as signed bytes."""
     return vsub(load_nibbles(w, o + 2), 8)
@@ -22,7 +22,7 @@ def block_weights(w, o):
 dequantize_row, dot_row = row_kernels(__name__, block_weights, TYPE_SIZE, with_min=False)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def quantize_rows(x, out):
     """quantize_row_q4_0_ref: d = (value of largest magnitude) / -8."""
     for r in range(x.shape[0]):

@@ -16,7 +16,7 @@ from .simd import (f16_at, fmadd_i, fzero, hsum, iadd, izero, lane, load_i16x16,
 BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 256, 144, "q8_K"
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def dequantize_row(w, y):
     for i in range(w.shape[0] // TYPE_SIZE):
         o, yo = i * TYPE_SIZE, i * 256
@@ -31,7 +31,7 @@ def dequantize_row(w, y):
             store_scaled(y, yo + 64 * j + 32, vshr(q, 4), d1, min1, d1, min1)
 
 
-@njit(cache=True, inline="always")  # see kernels._dot_row: too big for LLVM to inline into the matvec driver
+@njit(cache=True, fastmath=False, inline="always")  # see kernels._dot_row: too big for LLVM to inline into the matvec driver
 def dot_row(w, x, xq, xd, xs):
     """Per super-block: d*dx*sum_s sc_s*(q.xq)_s - dmin*dx*sum_s m_s*bsum_s, integer sums inside. The scales
     sit in both halves of one vector, so each sub-block's scale is one in-lane shuffle (vpshufb)."""
@@ -50,7 +50,7 @@ def dot_row(w, x, xq, xd, xs):
     return hsum(acc)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def unpack_superblock(w, o, q, s):
     """Super-block at w[o] in the integer GEMM's form (kernels.py): q = its 256 nibbles, s[16j:16j+16] = the
     scale of sub-block j in every lane, s[128:144] = the mins (each twice, for the block sums); returns
@@ -67,7 +67,7 @@ def unpack_superblock(w, o, q, s):
     return f16_at(w, o), -f16_at(w, o + 2)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def quantize_rows(x, out):
     """quantize_row_q4_K_ref: per sub-block make_qkx2_quants(nmax 15), then 6-bit scales/mins."""
     f32 = np.float32

@@ -13,7 +13,7 @@ from .simd import load_bits, load_nibbles, vor, vshl
 BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 32, 24, "q8_0"
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def block_weights(w, o):
     """The 32 unsigned 5-bit values q of the block at w[o]."""
     return vor(load_nibbles(w, o + 8), vshl(load_bits(w, o + 4), 4))
@@ -22,7 +22,7 @@ def block_weights(w, o):
 dequantize_row, dot_row = row_kernels(__name__, block_weights, TYPE_SIZE, with_min=True)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def quantize_rows(x, out):
     """quantize_row_q5_1_ref: d = (max - min) / 31, m = min."""
     for r in range(x.shape[0]):

@@ -16,7 +16,7 @@ from .simd import (f16_at, fmadd_i, fzero, hsum, iadd, izero, lane, load_i16x16,
 BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 256, 176, "q8_K"
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def dequantize_row(w, y):
     for i in range(w.shape[0] // TYPE_SIZE):
         o, yo = i * TYPE_SIZE, i * 256
@@ -33,7 +33,7 @@ def dequantize_row(w, y):
             store_scaled(y, yo + 64 * j, lo, d0, min0, d0, min0)
             store_scaled(y, yo + 64 * j + 32, hi, d1, min1, d1, min1)
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def dot_row(w, x, xq, xd, xs):
     acc = fzero()
     for i in range(w.shape[0] // TYPE_SIZE):
@@ -53,7 +53,7 @@ def dot_row(w, x, xq, xd, xs):
     return hsum(acc)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def quantize_rows(x, out):
     """quantize_row_q5_K_ref: per sub-block make_qkx2_quants(nmax 31), then 6-bit scales/mins."""
     f32 = np.float32

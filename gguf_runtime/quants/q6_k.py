@@ -16,7 +16,7 @@ from .simd import (f16_at, fmadd_i, fzero, hsum, iadd, izero, lane, load_i16x16,
 BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 256, 210, "q8_K"
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def _six_bit(ql0, ql1, qh, grp):
     """The 6-bit q (0..63) of group grp (0..3) of a half super-block, from its 64 ql and 32 qh bytes."""
     low = ql0 if grp % 2 == 0 else ql1
@@ -24,7 +24,7 @@ def _six_bit(ql0, ql1, qh, grp):
     return vor(nibble, vshl(vand(vshr(qh, 2 * grp), 3), 4))
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def dequantize_row(w, y):
     for i in range(w.shape[0] // TYPE_SIZE):
         o, yo = i * TYPE_SIZE, i * 256
@@ -39,7 +39,7 @@ def dequantize_row(w, y):
                 store_scaled(y, yo + 128 * n + 32 * grp, q, d0, np.float32(0), d1, np.float32(0))
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def dot_row(w, x, xq, xd, xs):
     """d*dx*(sum_s sc_s*(q.xq)_s - 32*sum_s sc_s*bsum_s) per super-block; q stays unsigned (0..63)."""
     acc = fzero()
@@ -60,7 +60,7 @@ def dot_row(w, x, xq, xd, xs):
     return hsum(acc)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def unpack_superblock(w, o, q, s):
     """Super-block at w[o] in the integer GEMM's form (kernels.py): q = its 256 unsigned 6-bit values,
     s[16j:16j+16] = the two scales of group j (8 lanes each), s[128:144] = the 16 scales (for -32 * block
@@ -78,7 +78,7 @@ def unpack_superblock(w, o, q, s):
     return d, np.float32(-32) * d
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def quantize_rows(x, out):
     """quantize_row_q6_K_ref: make_qx_quants(16 values, nmax 32) per group, int8 scales, then requantize."""
     f32 = np.float32

@@ -13,7 +13,7 @@ from .simd import load_u8x32
 BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 32, 34, "q8_0"
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def block_weights(w, o):
     """The 32 signed bytes q of the block at w[o]."""
     return load_u8x32(w, o + 2)
@@ -22,7 +22,7 @@ def block_weights(w, o):
 dequantize_row, dot_row = row_kernels(__name__, block_weights, TYPE_SIZE, with_min=False)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def quantize_rows(x, out):
     """quantize_row_q8_0_ref: d = max|x| / 127, q = roundf(x/d)."""
     for r in range(x.shape[0]):
