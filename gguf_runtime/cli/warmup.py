@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 
 import click
@@ -45,21 +47,32 @@ def warmup(model: str | None) -> None:
                f"(cache: {os.environ.get('NUMBA_CACHE_DIR')})")
 
 
+# The short generation of _warm_model, in a process of its own: numba compiles on one core, so the fused
+# kernels (that process) and the layer-by-layer prefill kernels (this one) compile side by side.
+_FUSED_RUN = ("import sys; from gguf_runtime import LLM, SamplingParams; "
+              "LLM(sys.argv[1], n_ctx=128).generate([[1, 2, 3]], SamplingParams(temperature=0, max_tokens=2))")
+
+
 def _warm_model(model: str) -> None:
     """Run what a first session runs, so it compiles exactly that: a prompt long enough for the
-    layer-by-layer prefill, and a short one whose prefill and decode take the fused path (fused.py)."""
+    layer-by-layer prefill, and a short one whose prefill and decode take the fused path (fused.py), the two
+    compiling in parallel processes into the one disk cache. Then both run here, from the cache."""
     with open_model(model):  # a clear error for a missing or unreadable file, before numba loads
         pass
     with status("loading numba ..."):
         from .. import runtime
         from ..api import LLM
+        from ..catalog import resolve_model
         from ..sampling import SamplingParams
 
-        runtime.setup()
+        runtime.setup()  # NUMBA_CACHE_DIR is in the environment the other process inherits
     start = time.perf_counter()
     with status(f"compiling the kernels {model} runs ..."):
+        fused = subprocess.Popen([sys.executable, "-c", _FUSED_RUN, str(resolve_model(model))],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         llm = LLM(model, n_ctx=128)
         llm.logits(list(range(1, 41)))  # layer by layer (a 40-token prefill)
+        fused.wait()  # if it failed, the next line compiles what it did not
         llm.generate([[1, 2, 3]], SamplingParams(temperature=0, max_tokens=2))  # fused prefill and decode
     click.echo(f"kernels ready for {model} in {time.perf_counter() - start:.1f} s "
                f"(cache: {os.environ.get('NUMBA_CACHE_DIR')})")
