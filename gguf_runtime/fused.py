@@ -38,7 +38,7 @@ from .ops import gelu_mul, rms_norm, rope, silu_mul
 from .quants.kernels import (GEMM_MIN_TOKENS, PANEL_BYTES, ROW_BLOCK_BYTES, _qtype_of, _row_block, panel,
                              quantize_activation)
 from .quants.registry import ACT_F32, ACT_Q8_K, F16, F32, Q8_0
-from .sync import barrier, concurrent_layer, new_barrier
+from .sync import MASK_WORDS, barrier, concurrent_layer, new_barrier, pin, placement, unpin
 
 MAX_ROWS = 32  # rows per call: every thread keeps a private copy of the residual stream of each row
 # The cache types it attends over (the default f32, f16 and q8_0), chosen at run time inside the one compiled
@@ -235,12 +235,13 @@ def _activate(act, g, u, out, c0, c1):
 def _layers(cq, ck, cv, co, cg, cu, cd, ckv, act,
             l0, l1, x, attn_norm, wq, wk, wv, bq, bk, bv, q_norm, k_norm, wo, post_attn_norm, ffn_norm,
             wg, wu, wd, post_ffn_norm, K, V, windows, rope_of, cos, sin, neox,
-            group_of, tables, seq, pos, blk, slot, eps, scale, cap, n_head, hd, threads, sync):
+            group_of, tables, seq, pos, blk, slot, eps, scale, cap, n_head, hd, threads, sync, cpus):
     """Layers l0..l1-1 of the model over T rows, x (T, D) updated in place. c*: the literal ggml types of
     Q, K, V, O, gate, up, down; ckv: the KV cache's type (one of FUSED_KV_TYPES); act: 0 SwiGLU, 1 GeGLU. Per-layer lists (typed.List,
     indexed by layer): norms and biases (size 0 where absent), weight rows, K/V blocks. cos, sin: (n_ropes,
     T, n_rot/2); rope_of, windows, group_of (its KV pool group): per layer. The batch as ForwardBatch, with
-    each group's rows stacked: tables (G, B, max blocks), blk, slot (G, T)."""
+    each group's rows stacked: tables (G, B, max blocks), blk, slot (G, T). cpus: sync.placement()'s masks
+    (each thread stays on its CPU for the call, and is then put back) or an empty array."""
     n_tok, d = x.shape
     n_kv = wk[l0].shape[0] // hd
     n_ff = wg[l0].shape[0]
@@ -267,11 +268,15 @@ def _layers(cq, ck, cv, co, cg, cu, cd, ckv, act,
     scores = np.empty((n_tok, n_head, pos.max() + 1), np.float32)  # (T, H, S)
     vrow = np.empty((n_tok, n_head, hd), np.float32)  # (T, H, hd)
     shared = (q_raw, k_raw, v_raw, q, k, v, attn, o, gate, up, hidden, hq, hdd, hs, qq, qd, qs, scores, vrow)
+    saved = np.empty((threads, MASK_WORDS), np.uint64)  # each thread's own CPU set while it is pinned
     for me in prange(threads):  # one thread each: the work is split inside, between barriers
+        pinned = pin(cpus, me, saved[me])
         _thread(cq, ck, cv, co, cg, cu, cd, ckv, act, np.int64(me), shared,
                 l0, l1, x, attn_norm, wq, wk, wv, bq, bk, bv, q_norm, k_norm, wo, post_attn_norm, ffn_norm,
                 wg, wu, wd, post_ffn_norm, K, V, windows, rope_of, cos, sin, neox,
                 group_of, tables, seq, pos, blk, slot, eps, scale, cap, n_head, hd, threads, sync)
+        if pinned:
+            unpin(saved[me])
 
 
 @njit(**_JIT)
@@ -445,6 +450,7 @@ class FusedLayers:
         self._pool = None
         self._entries: dict[tuple, object] = {}
         self._sync = new_barrier()
+        self._placements: dict[int, np.ndarray] = {}
 
     def serves(self, n_rows: int, decode: bool, n_threads: int, pool_code: int = F32) -> bool:
         """Whether a batch of n_rows rows takes this path: dense layers, decode numerics, a FUSED_KV_TYPES
@@ -466,6 +472,9 @@ class FusedLayers:
         cos, sin: (n_ropes, T, n_rot/2), the model's RoPE tables at the rows' positions."""
         K, V, group_of = self._pool_lists(batch.pool)
         threads = numba.get_num_threads()
+        cpus = self._placements.get(threads)
+        if cpus is None:
+            cpus = self._placements[threads] = placement(threads)
         pos = np.ascontiguousarray(batch.positions, dtype=np.int64)
         rows = batch.groups
         width = max(r.tables.shape[1] for r in rows)
@@ -478,7 +487,7 @@ class FusedLayers:
             args = (np.int64(g.first), np.int64(g.end), x, *self.lists[:9], *self.lists[9:], K, V,
                     self.windows, self.rope_of, cos, sin, self.neox, group_of, tables, batch.seq, pos,
                     blk, slot, self.eps, self.scale, self.cap, np.int64(self.n_head),
-                    np.int64(self.head_dim), np.int64(threads), self._sync)
+                    np.int64(self.head_dim), np.int64(threads), self._sync, cpus)
             literals, kv_act = g.codes, (np.int64(batch.pool.code), np.int64(self.act))
             entry = self._entries.get(literals)
             if entry is None:

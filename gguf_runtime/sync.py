@@ -9,11 +9,18 @@ as llama.cpp's threads do between graph nodes: ~1-3 us at 16 threads.
 That only works when every iteration of the `prange` runs at the same time on its own thread, which numba's
 OpenMP and workqueue layers do for `n_threads` iterations (one chunk per thread); TBB may run two on one
 thread one after the other, and would wait forever, so callers check `concurrent_layer()` first.
-A waiting thread spins on the pause hint, then yields its core: on a loaded machine the thread it waits for
-may be descheduled, and pure spinning would keep it off the core.
+A waiting thread spins on the pause hint, then sleeps (Linux: a futex on the generation word, woken by the last
+to arrive; elsewhere it yields its core between polls). Sleeping is what keeps the threads on cores of their
+own: the OS may wake two of numba's workqueue threads onto one core (and leave the other idle for several
+milliseconds: a thread that just ran is not migrated), and two threads yielding to each other there ran a
+decode step at a third of its speed; a sleeping thread gives the core to the other, and when it is woken the OS
+places it on an idle core. With OpenMP (whose workers spin between regions) it rarely happens.
 """
 
 from __future__ import annotations
+
+import platform
+import sys
 
 import numpy as np
 from llvmlite import ir
@@ -23,8 +30,15 @@ from numba.extending import intrinsic
 
 from .quants.simd import _AARCH64, _X86
 
-SPINS_BEFORE_YIELD = 1 << 12  # ~0.1-0.3 ms of pause hints, then sched_yield between polls
-BARRIER_WORDS = 16  # an int64 array: the arrival count at [0], the generation at [8] (another cache line)
+SPINS_BEFORE_SLEEP = 1 << 12  # ~0.1-0.3 ms of pause hints, then sleep (or sched_yield between polls)
+# an int64 array: the arrival count at [0], the generation at [8], the number of sleepers at [16] (each on a
+# cache line of its own); a sleeper waits on the generation's low 32 bits (both targets are little-endian)
+BARRIER_WORDS = 24
+# Linux's futex syscall number where we know it (None: no futex, waiting threads yield instead)
+_SYS_FUTEX = {"x86_64": 202, "amd64": 202, "aarch64": 98, "arm64": 98}.get(platform.machine().lower()) \
+    if sys.platform.startswith("linux") else None
+_FUTEX_WAIT_PRIVATE, _FUTEX_WAKE_PRIVATE = 128, 129
+_WAKE_ALL = (1 << 31) - 1
 
 
 @intrinsic
@@ -83,6 +97,39 @@ def _sched_yield(typingctx):
     return types.none(), codegen
 
 
+@intrinsic
+def _futex(typingctx, arr, idx, op, val):
+    """Linux syscall(SYS_futex, low 32 bits of &arr[idx], op, val, NULL); nothing where there is no futex.
+    FUTEX_WAIT sleeps while that word equals val (it may return early: callers re-check); FUTEX_WAKE wakes up
+    to val sleepers. Linked by name (libc's `syscall`), so kernels stay cacheable.   arr: int64 1-D"""
+    def codegen(context, builder, sig, args):
+        if _SYS_FUTEX is None:
+            return context.get_dummy_value()
+        i64 = ir.IntType(64)
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        word = builder.ptrtoint(builder.gep(ary.data, [args[1]]), i64)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, [i64], var_arg=True), "syscall")
+        builder.call(fn, [i64(_SYS_FUTEX), word, context.cast(builder, args[2], sig.args[2], types.int64),
+                          builder.and_(context.cast(builder, args[3], sig.args[3], types.int64), i64(0xFFFFFFFF)),
+                          i64(0)])
+        return context.get_dummy_value()
+    return types.none(arr, idx, op, val), codegen
+
+
+@njit(cache=True, fastmath=False)
+def _sleep_while(state, generation):
+    """Sleep until the generation moves on (or the futex returns early; the caller re-checks). The sleeper count
+    tells the last thread to arrive that a wake-up is needed; either it sees the count or the sleeper sees the
+    new generation (both sequentially consistent), so no wake-up is lost."""
+    if _SYS_FUTEX is None:
+        _sched_yield()
+        return
+    _atomic_add(state, 16, 1)
+    if _atomic_load(state, 8) == generation:
+        _futex(state, 8, _FUTEX_WAIT_PRIVATE, generation)
+    _atomic_add(state, 16, -1)
+
+
 def new_barrier() -> np.ndarray:
     return np.zeros(BARRIER_WORDS, np.int64)
 
@@ -97,14 +144,105 @@ def barrier(state, n_threads):
     if _atomic_add(state, 0, 1) == n_threads - 1:  # the last to arrive opens the next generation
         _atomic_store(state, 0, 0)
         _atomic_add(state, 8, 1)
+        if _atomic_load(state, 16) > 0:
+            _futex(state, 8, _FUTEX_WAKE_PRIVATE, _WAKE_ALL)
         return
     spins = 0
     while _atomic_load(state, 8) == generation:
-        if spins < SPINS_BEFORE_YIELD:
+        if spins < SPINS_BEFORE_SLEEP:
             spins += 1
             _pause()
         else:
-            _sched_yield()
+            _sleep_while(state, generation)
+
+
+# ------------------------------------------------------------------------------------- thread placement
+
+MASK_WORDS = 16  # a CPU set as the kernel takes it: 16 x 64 bits, CPUs 0..1023
+_LINUX = sys.platform.startswith("linux")
+
+
+def _affinity_call(name):
+    def typer(typingctx, mask):
+        def codegen(context, builder, sig, args):
+            """Linux `name`(0, sizeof mask, mask) for the calling thread; returns 0 on success, -1 elsewhere."""
+            i32, i64 = ir.IntType(32), ir.IntType(64)
+            if not _LINUX:
+                return i32(-1)
+            ary = context.make_array(sig.args[0])(context, builder, args[0])
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i32, [i32, i64, ary.data.type]),
+                                                name)
+            return builder.call(fn, [i32(0), i64(8 * MASK_WORDS), ary.data])
+        return types.int32(mask), codegen
+    return typer
+
+
+# the calling thread's CPU set into / from a uint64 array of MASK_WORDS words (linked by name: cacheable)
+_get_affinity = intrinsic(_affinity_call("sched_getaffinity"))
+_set_affinity = intrinsic(_affinity_call("sched_setaffinity"))
+
+
+@njit(cache=True, fastmath=False)
+def pin(masks, tid, saved):
+    """Keep thread tid on the CPUs of masks[tid] (MASK_WORDS words) until unpin(saved); saved gets its own CPU
+    set. Returns whether it pinned (masks empty: nothing to do; not Linux, or the call failed: nothing done)."""
+    if masks.shape[0] == 0 or _get_affinity(saved) != 0:
+        return False
+    return _set_affinity(masks[tid]) == 0
+
+
+@njit(cache=True, fastmath=False)
+def unpin(saved):
+    _set_affinity(saved)
+
+
+def placement(n_threads: int) -> np.ndarray:
+    """One CPU per thread of a region, as (n_threads, MASK_WORDS) masks for pin(), where the threading layer
+    needs it; else an empty array (nothing is pinned).
+
+    numba's workqueue threads sleep between regions, and on Linux a woken thread is often queued on a busy
+    core when the machine looks fully used (which spinning threads make it look): two of them then share one
+    core for milliseconds while another idles, measured 2026-12-02 on the 2-core box as 2-5x slower decode
+    steps in a run of several (scratch test: 5.98 ms median per region against OpenMP's 2.94; pinned, 3.14).
+    OpenMP's threads spin between regions and never had it, so only workqueue regions are pinned: the CPUs
+    this process may use, one per physical core before any core's second hardware thread. On macOS (where
+    numba runs workqueue) there is no such call; its scheduler's placement is not measured."""
+    import numba
+
+    try:
+        layer = numba.threading_layer()
+    except ValueError:
+        return np.zeros((0, MASK_WORDS), np.uint64)
+    if not _LINUX or layer != "workqueue" or n_threads < 2:
+        return np.zeros((0, MASK_WORDS), np.uint64)
+    cpus = _cpus_by_core()
+    if n_threads > len(cpus):
+        return np.zeros((0, MASK_WORDS), np.uint64)
+    masks = np.zeros((n_threads, MASK_WORDS), np.uint64)
+    for tid, cpu in enumerate(cpus[:n_threads]):
+        if cpu >= 64 * MASK_WORDS:
+            return np.zeros((0, MASK_WORDS), np.uint64)
+        masks[tid, cpu // 64] = np.uint64(1) << np.uint64(cpu % 64)
+    return masks
+
+
+def _cpus_by_core() -> list[int]:
+    """The CPUs this process may run on, the first hardware thread of every core before the second ones
+    (sysfs topology; in plain order where it cannot be read)."""
+    import os
+
+    allowed = sorted(os.sched_getaffinity(0))
+    seen: set[str] = set()
+    first, rest = [], []
+    for cpu in allowed:
+        try:
+            with open(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list") as f:
+                core = f.read().strip()
+        except OSError:
+            return allowed
+        (rest if core in seen else first).append(cpu)
+        seen.add(core)
+    return first + rest
 
 
 def concurrent_layer() -> bool:

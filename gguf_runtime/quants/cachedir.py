@@ -4,8 +4,9 @@ from it without preparing the compiler.
 `point_numba_cache` runs when gguf_runtime.quants is imported (numba forces that: see quants/__init__.py);
 the rest is part of gguf_runtime.runtime.setup(). An installed package cannot write next to its own sources, so the cache defaults to
 ~/.cache/gguf-runtime/numba (an explicit NUMBA_CACHE_DIR wins). numba checks only the timestamp of the file
-that defines a cached function, but the drivers in kernels.py embed code from every other module here, so a
-hash of all of them decides whether the cached code may be reused.
+that defines a cached function, but compiled code embeds the code it calls from other modules (the drivers in
+kernels.py every module here; fused.py the barrier, attention and ops kernels), so a hash of every module
+with compiled kernels decides whether the cached code may be reused.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import sys
 from pathlib import Path
 
 SOURCE_DIR = Path(__file__).resolve().parent
+# the package's modules outside quants/ with compiled kernels (their cached code embeds each other's)
+KERNEL_MODULES = ("attention.py", "fused.py", "ops.py", "sync.py")
 
 
 def point_numba_cache() -> Path:
@@ -39,7 +42,7 @@ def configure() -> Path:
 
 def sources_digest() -> str:
     h = hashlib.sha256()
-    for path in sorted(SOURCE_DIR.glob("*.py")):
+    for path in [*sorted(SOURCE_DIR.glob("*.py")), *(SOURCE_DIR.parent / name for name in KERNEL_MODULES)]:
         h.update(path.name.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
 

@@ -28,10 +28,13 @@ from typing import Callable
 # 2026-11-27): SmolLM2 decode 51.5 tok/s with OMP_WAIT_POLICY=ACTIVE vs 37.0 PASSIVE (llama.cpp 73-84), Qwen2.5-Coder-1.5B 13.2
 # vs 11.8 (llama.cpp 14.4-15.2). A laptop running one model is the idle case, and llama.cpp spins too, so
 # OpenMP keeps its default (spin a while, then sleep); OMP_WAIT_POLICY=PASSIVE suits a busy shared machine.
-# Layers: tbb where the user installed it, else OpenMP (GNU libgomp is always there on Linux; threadsafe,
-# which workqueue is not: QMatrix keeps per-Python-thread scratch for callers running kernels from several
-# threads, and workqueue aborts on concurrent launches), else workqueue (macOS without libomp).
-LAYER_PRIORITY = ("tbb", "omp", "workqueue")
+# Those figures predate the fused decode (fused.py: one region per run of layers, its threads held together
+# by sync.barrier), which needs a layer that runs prange(n_threads)'s iterations at once; TBB may not, so under
+# TBB decode takes the layer-by-layer path (11.1 against 8.7 ms per token at 2 threads here, README).
+# Layers: OpenMP (GNU libgomp is always there on Linux; threadsafe, which workqueue is not: QMatrix keeps
+# per-Python-thread scratch for callers running kernels from several threads, and workqueue aborts on concurrent
+# launches), else tbb where the user installed it, else workqueue (macOS without libomp).
+LAYER_PRIORITY = ("omp", "tbb", "workqueue")
 
 
 def configure() -> None:
