@@ -232,16 +232,19 @@ def _activate(act, g, u, out, c0, c1):
 
 
 @njit(parallel=True, **_JIT)
-def _layers(cq, ck, cv, co, cg, cu, cd, ckv, act,
+def _layers(cq, ck, cv, co, cg, cu, cd, cout, ckv, act,
             l0, l1, x, attn_norm, wq, wk, wv, bq, bk, bv, q_norm, k_norm, wo, post_attn_norm, ffn_norm,
             wg, wu, wd, post_ffn_norm, K, V, windows, rope_of, cos, sin, neox,
-            group_of, tables, seq, pos, blk, slot, eps, scale, cap, n_head, hd, threads, sync, cpus):
+            group_of, tables, seq, pos, blk, slot, eps, scale, cap, n_head, hd, threads, sync, cpus,
+            out_norm, w_out, out_rows, logits):
     """Layers l0..l1-1 of the model over T rows, x (T, D) updated in place. c*: the literal ggml types of
-    Q, K, V, O, gate, up, down; ckv: the KV cache's type (one of FUSED_KV_TYPES); act: 0 SwiGLU, 1 GeGLU. Per-layer lists (typed.List,
+    Q, K, V, O, gate, up, down and the vocabulary projection; ckv: the KV cache's type (one of FUSED_KV_TYPES); act: 0 SwiGLU, 1 GeGLU. Per-layer lists (typed.List,
     indexed by layer): norms and biases (size 0 where absent), weight rows, K/V blocks. cos, sin: (n_ropes,
     T, n_rot/2); rope_of, windows, group_of (its KV pool group): per layer. The batch as ForwardBatch, with
     each group's rows stacked: tables (G, B, max blocks), blk, slot (G, T). cpus: sync.placement()'s masks
-    (each thread stays on its CPU for the call, and is then put back) or an empty array."""
+    (each thread stays on its CPU for the call, and is then put back) or an empty array. out_rows: the rows
+    of x whose logits (len(out_rows), V) the call computes after its last layer (model.py's output norm and
+    projection), or none."""
     n_tok, d = x.shape
     n_kv = wk[l0].shape[0] // hd
     n_ff = wg[l0].shape[0]
@@ -271,19 +274,21 @@ def _layers(cq, ck, cv, co, cg, cu, cd, ckv, act,
     saved = np.empty((threads, MASK_WORDS), np.uint64)  # each thread's own CPU set while it is pinned
     for me in prange(threads):  # one thread each: the work is split inside, between barriers
         pinned = pin(cpus, me, saved[me])
-        _thread(cq, ck, cv, co, cg, cu, cd, ckv, act, np.int64(me), shared,
+        _thread(cq, ck, cv, co, cg, cu, cd, cout, ckv, act, np.int64(me), shared,
                 l0, l1, x, attn_norm, wq, wk, wv, bq, bk, bv, q_norm, k_norm, wo, post_attn_norm, ffn_norm,
                 wg, wu, wd, post_ffn_norm, K, V, windows, rope_of, cos, sin, neox,
-                group_of, tables, seq, pos, blk, slot, eps, scale, cap, n_head, hd, threads, sync)
+                group_of, tables, seq, pos, blk, slot, eps, scale, cap, n_head, hd, threads, sync,
+                out_norm, w_out, out_rows, logits)
         if pinned:
             unpin(saved[me])
 
 
 @njit(**_JIT)
-def _thread(cq, ck, cv, co, cg, cu, cd, ckv, act, tid, shared,
+def _thread(cq, ck, cv, co, cg, cu, cd, cout, ckv, act, tid, shared,
             l0, l1, x, attn_norm, wq, wk, wv, bq, bk, bv, q_norm, k_norm, wo, post_attn_norm, ffn_norm,
             wg, wu, wd, post_ffn_norm, K, V, windows, rope_of, cos, sin, neox,
-            group_of, tables, seq, pos, blk, slot, eps, scale, cap, n_head, hd, threads, sync):
+            group_of, tables, seq, pos, blk, slot, eps, scale, cap, n_head, hd, threads, sync,
+            out_norm, w_out, out_rows, logits):
     """Thread tid's part of _layers: its private copy of the residual stream through layers l0..l1-1, its
     share of each step's work, a barrier after every step whose results other threads read."""
     (q_raw, k_raw, v_raw, q, k, v, attn, o, gate, up, hidden, hq, hdd, hs, qq, qd, qs, scores, vrow) = shared
@@ -379,6 +384,15 @@ def _thread(cq, ck, cv, co, cg, cu, cd, ckv, act, tid, shared,
         _add(xp, post)
     if tid == 0:
         _copy(xp, x)
+    n_out = out_rows.shape[0]
+    if n_out:  # the logits: every thread norms the rows itself, then projects its share of the vocabulary
+        h = np.empty((n_out, d), np.float32)  # (R, D)
+        for i in range(n_out):
+            rms_norm(xp[out_rows[i]:out_rows[i] + 1], out_norm, eps, h[i:i + 1])
+        s_out = _act_scratch(cout, n_out, d, False)
+        _quantize(cout, h, s_out)
+        v0, v1 = _share(w_out.shape[0], tid, threads)
+        _rows(cout, w_out, h, s_out, logits, v0, v1, pq, ps, pdm)
 
 
 # ------------------------------------------------------------------------------------------ the caller
@@ -447,6 +461,8 @@ class FusedLayers:
                 self.groups[-1].end = i + 1
             else:
                 self.groups.append(_Group(i, i + 1, codes))
+        self.out_norm, self.w_out = _frozen(model.output_norm), _rows_view(model.output)
+        self.out_code = model.output.ggml_type
         self._pool = None
         self._entries: dict[tuple, object] = {}
         self._sync = new_barrier()
@@ -467,9 +483,12 @@ class FusedLayers:
             self._pool = pool
         return self._kv
 
-    def run(self, x: np.ndarray, batch, cos: np.ndarray, sin: np.ndarray) -> None:
+    def run(self, x: np.ndarray, batch, cos: np.ndarray, sin: np.ndarray,
+            out_rows: np.ndarray | None = None) -> np.ndarray | None:
         """Every layer over the batch's rows; x (T, D) float32 is the residual stream, updated in place.
-        cos, sin: (n_ropes, T, n_rot/2), the model's RoPE tables at the rows' positions."""
+        cos, sin: (n_ropes, T, n_rot/2), the model's RoPE tables at the rows' positions. With out_rows (row
+        indices of x), also the logits of those rows, (R, V) float32, in the same call (one region a step
+        instead of two), as model.py computes them: RMSNorm by the output norm, then the projection."""
         K, V, group_of = self._pool_lists(batch.pool)
         threads = numba.get_num_threads()
         cpus = self._placements.get(threads)
@@ -483,15 +502,23 @@ class FusedLayers:
             tables[g, :, :r.tables.shape[1]] = r.tables
         blk = np.stack([r.blocks.astype(np.int32) for r in rows])  # (G, T)
         slot = np.stack([r.slots.astype(np.int64) for r in rows])  # (G, T)
+        no_rows, no_logits = np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+        logits = None
+        if out_rows is not None:
+            out_rows = np.ascontiguousarray(out_rows, dtype=np.int64)
+            logits = np.empty((len(out_rows), self.w_out.shape[0]), np.float32)  # (R, V)
         for g in self.groups:
+            last = g is self.groups[-1] and logits is not None
             args = (np.int64(g.first), np.int64(g.end), x, *self.lists[:9], *self.lists[9:], K, V,
                     self.windows, self.rope_of, cos, sin, self.neox, group_of, tables, batch.seq, pos,
                     blk, slot, self.eps, self.scale, self.cap, np.int64(self.n_head),
-                    np.int64(self.head_dim), np.int64(threads), self._sync, cpus)
-            literals, kv_act = g.codes, (np.int64(batch.pool.code), np.int64(self.act))
+                    np.int64(self.head_dim), np.int64(threads), self._sync, cpus, self.out_norm, self.w_out,
+                    out_rows if last else no_rows, logits if last else no_logits)
+            literals, kv_act = (*g.codes, self.out_code), (np.int64(batch.pool.code), np.int64(self.act))
             entry = self._entries.get(literals)
             if entry is None:
                 sig = (*(types.literal(v) for v in literals), *(numba.typeof(a) for a in (*kv_act, *args)))
                 _layers.compile(sig)
                 entry = self._entries[literals] = _layers.overloads[sig].entry_point
             entry(*literals, *kv_act, *args)
+        return logits

@@ -225,17 +225,21 @@ class Model:
         x = embed_rows(self.tok_embd, self.tok_embd_type, batch.tokens,
                        np.empty((n_tok, c.n_embd), dtype=np.float32))  # (T, D) residual stream
         x *= np.float32(c.embedding_scale)
+        out = None
         if self.fused.serves(n_tok, decode, numba.get_num_threads(), batch.pool.code):  # a region per layer run
-            self.fused.run(x, batch, np.stack([cs[0] for cs in ropes]), np.stack([cs[1] for cs in ropes]))
+            # the logits in the same region, rows as below: (B, V) for "last", (T, V) for "all"
+            rows = batch.last_rows if logits == "last" else np.arange(n_tok) if logits == "all" else None
+            out = self.fused.run(x, batch, np.stack([cs[0] for cs in ropes]), np.stack([cs[1] for cs in ropes]),
+                                 rows)
         else:
             self._layer_by_layer(x, batch, decode, ropes)
 
-        out = None
         if logits is not None:
-            if logits == "last":
-                x = x[batch.last_rows]  # (B, D)
-            rms_norm(x, self.output_norm, eps, x)
-            out = x if logits == "hidden" else _linear(self.output, x, None, decode)  # (T, D) or (T or B, V)
+            if out is None:
+                if logits == "last":
+                    x = x[batch.last_rows]  # (B, D)
+                rms_norm(x, self.output_norm, eps, x)
+                out = x if logits == "hidden" else _linear(self.output, x, None, decode)  # (T, D) or (T or B, V)
             if c.final_softcap and logits != "hidden":
                 out = softcap(out, np.float32(c.final_softcap))
         # NaN/inf weights or scales surface here; refused before the tokens count as cached
