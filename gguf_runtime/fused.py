@@ -34,7 +34,7 @@ from numba.extending import overload
 
 from . import quants as _quants  # noqa: F401  (sets NUMBA_CACHE_DIR before the first compile)
 from .attention import _heads_per_task, attend_task, attend_task_f32, quantize_row
-from .ops import gelu_mul, rms_norm, rope, silu_mul
+from .ops import ACTIVATIONS, gated, rms_norm, rope, table_for
 from .quants.kernels import (GEMM_MIN_TOKENS, PANEL_BYTES, ROW_BLOCK_BYTES, _qtype_of, _row_block, panel,
                              quantize_activation)
 from .quants.registry import ACT_F32, ACT_Q8_K, F16, F32, Q8_0
@@ -44,7 +44,6 @@ MAX_ROWS = 32  # rows per call: every thread keeps a private copy of the residua
 # The cache types it attends over (the default f32, f16 and q8_0), chosen at run time inside the one compiled
 # kernel per combination of weight types; the 4- and 5-bit caches (rarely worth it: README) take model.py's path.
 FUSED_KV_TYPES = (F32, F16, Q8_0)
-ACTIVATIONS = {"silu": 0, "gelu": 1}
 # fastmath off, and said so: numba compiles a callee that does not set fastmath with its caller's setting, so the
 # kernels this calls (row kernels, GEMM panels, quantizers) keep the numerics they have when model.py calls them
 _JIT = dict(cache=True, fastmath=False, nogil=True)
@@ -223,22 +222,14 @@ def _attend_kv(code, job, per, q, K, V, tables, seq, pos, scale, window, cap, qq
         attend_task(Q8_0, job, per, q, K, V, tables, seq, pos, scale, window, cap, qq, qd, qs, scores, vrow, out)
 
 
-@njit(**_JIT)
-def _activate(act, g, u, out, c0, c1):
-    """out[:, c0:c1] = act(g) · u (ops.swiglu / ops.geglu, value by value)."""
-    for t in range(g.shape[0]):
-        for i in range(c0, c1):
-            out[t, i] = silu_mul(g[t, i], u[t, i]) if act == 0 else gelu_mul(g[t, i], u[t, i])
-
-
 @njit(parallel=True, **_JIT)
-def _layers(cq, ck, cv, co, cg, cu, cd, cout, ckv, act,
+def _layers(cq, ck, cv, co, cg, cu, cd, cout, ckv, act, gelu,
             l0, l1, x, attn_norm, wq, wk, wv, bq, bk, bv, q_norm, k_norm, wo, post_attn_norm, ffn_norm,
             wg, wu, wd, post_ffn_norm, K, V, windows, rope_of, cos, sin, neox,
             group_of, tables, seq, pos, blk, slot, eps, scale, cap, n_head, hd, threads, sync, cpus,
             out_norm, w_out, out_rows, logits):
     """Layers l0..l1-1 of the model over T rows, x (T, D) updated in place. c*: the literal ggml types of
-    Q, K, V, O, gate, up, down and the vocabulary projection; ckv: the KV cache's type (one of FUSED_KV_TYPES); act: 0 SwiGLU, 1 GeGLU. Per-layer lists (typed.List,
+    Q, K, V, O, gate, up, down and the vocabulary projection; ckv: the KV cache's type (one of FUSED_KV_TYPES); act: 0 SwiGLU, 1 GeGLU (gelu: ops.table_for's table). Per-layer lists (typed.List,
     indexed by layer): norms and biases (size 0 where absent), weight rows, K/V blocks. cos, sin: (n_ropes,
     T, n_rot/2); rope_of, windows, group_of (its KV pool group): per layer. The batch as ForwardBatch, with
     each group's rows stacked: tables (G, B, max blocks), blk, slot (G, T). cpus: sync.placement()'s masks
@@ -274,7 +265,7 @@ def _layers(cq, ck, cv, co, cg, cu, cd, cout, ckv, act,
     saved = np.empty((threads, MASK_WORDS), np.uint64)  # each thread's own CPU set while it is pinned
     for me in prange(threads):  # one thread each: the work is split inside, between barriers
         pinned = pin(cpus, me, saved[me])
-        _thread(cq, ck, cv, co, cg, cu, cd, cout, ckv, act, np.int64(me), shared,
+        _thread(cq, ck, cv, co, cg, cu, cd, cout, ckv, act, gelu, np.int64(me), shared,
                 l0, l1, x, attn_norm, wq, wk, wv, bq, bk, bv, q_norm, k_norm, wo, post_attn_norm, ffn_norm,
                 wg, wu, wd, post_ffn_norm, K, V, windows, rope_of, cos, sin, neox,
                 group_of, tables, seq, pos, blk, slot, eps, scale, cap, n_head, hd, threads, sync,
@@ -284,7 +275,7 @@ def _layers(cq, ck, cv, co, cg, cu, cd, cout, ckv, act,
 
 
 @njit(**_JIT)
-def _thread(cq, ck, cv, co, cg, cu, cd, cout, ckv, act, tid, shared,
+def _thread(cq, ck, cv, co, cg, cu, cd, cout, ckv, act, gelu, tid, shared,
             l0, l1, x, attn_norm, wq, wk, wv, bq, bk, bv, q_norm, k_norm, wo, post_attn_norm, ffn_norm,
             wg, wu, wd, post_ffn_norm, K, V, windows, rope_of, cos, sin, neox,
             group_of, tables, seq, pos, blk, slot, eps, scale, cap, n_head, hd, threads, sync,
@@ -372,7 +363,7 @@ def _thread(cq, ck, cv, co, cg, cu, cd, cout, ckv, act, tid, shared,
         b0, b1 = _share(-(-n_ff // block), tid, threads)
         c0, c1 = b0 * block, min(n_ff, b1 * block)
         if c0 < c1:
-            _activate(act, gate, up, hidden, c0, c1)
+            gated(act, gate, up, hidden, c0, c1, gelu)
             if n_down:
                 for t in range(n_tok):
                     quantize_activation(cd, hidden[t][c0:c1], hq[t][c0:c1], hdd[t][c0 // block:c1 // block],
@@ -439,6 +430,7 @@ class FusedLayers:
         L = model.layers
         self.eligible = c.n_expert == 0
         self.act = ACTIVATIONS.get(c.spec.activation, -1)
+        self.gelu = table_for(c.spec.activation)
         if not self.eligible or self.act < 0:
             self.eligible = False
             return
@@ -514,7 +506,7 @@ class FusedLayers:
                     blk, slot, self.eps, self.scale, self.cap, np.int64(self.n_head),
                     np.int64(self.head_dim), np.int64(threads), self._sync, cpus, self.out_norm, self.w_out,
                     out_rows if last else no_rows, logits if last else no_logits)
-            literals, kv_act = (*g.codes, self.out_code), (np.int64(batch.pool.code), np.int64(self.act))
+            literals, kv_act = (*g.codes, self.out_code), (np.int64(batch.pool.code), np.int64(self.act), self.gelu)
             entry = self._entries.get(literals)
             if entry is None:
                 sig = (*(types.literal(v) for v in literals), *(numba.typeof(a) for a in (*kv_act, *args)))

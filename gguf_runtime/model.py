@@ -22,7 +22,7 @@ from .fused import FusedLayers
 from .gguf_file import GGUFError, GGUFFile
 from .attention import attend, store_rows
 from .kv import BLOCK_TOKENS, ForwardBatch, KVPool, sliding_blocks_per_sequence
-from .ops import geglu, rms_norm, rope, rope_tables, softcap, swiglu
+from .ops import gated_activation, rms_norm, rope, rope_tables, softcap
 from .quants import QMatrix, embed_rows
 from .weights import Weights
 
@@ -32,7 +32,6 @@ from .weights import Weights
 # Float weights (F32/F16) take BLAS above this many tokens per sequence, keeping that exactness for a
 # verify of up to 16 drafts.
 DECODE_NUMERICS_MAX_TOKENS = 17
-GATED_ACTIVATIONS = {"silu": swiglu, "gelu": geglu}  # out = act(gate) · up
 
 
 @dataclass
@@ -150,7 +149,7 @@ class Model:
                 raise GGUFError(f"tensor {name}.weight: every factor must be a finite number > 0")
         w.check_all_used(f"{c.arch} with {c.n_layers} layers")
         self.n_vocab = self.output.n_rows
-        self.gated_activation = GATED_ACTIVATIONS[spec.activation]
+        self.gated_activation = gated_activation(spec.activation)  # (gate, up, out) -> act(gate) · up
         self.fused = FusedLayers(self)  # decode steps: all layers in one parallel region per run of types
 
     @property

@@ -292,10 +292,11 @@ def test_kernels_under_numba_boundscheck_see_only_loader_shapes(tmp_path):
     check would have caught the out-of-bounds read."""
     code = (
         "import numpy as np\n"
-        "from gguf_runtime.ops import rms_norm, swiglu\n"
+        "from gguf_runtime.ops import gated_rows, gelu_table, rms_norm\n"
         "x = np.ones((2, 64), np.float32)\n"
         "rms_norm(x, np.ones(64, np.float32), 1e-5, np.empty_like(x))\n"
-        "swiglu(np.ones((2, 96), np.float32), np.ones((2, 96), np.float32), np.empty((2, 96), np.float32))\n"
+        "gated_rows(0, np.ones((2, 96), np.float32), np.ones((2, 96), np.float32), np.empty((2, 96), np.float32),\n"
+        "           gelu_table())\n"
         "try:\n"
         "    rms_norm(x, np.ones(32, np.float32), 1e-5, np.empty_like(x))\n"
         "except IndexError:\n"
