@@ -7,13 +7,12 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generator, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Generator, Iterator, Sequence
 
 import numpy as np
 
 from . import runtime
 from .catalog import resolve_model
-from .chat_template import ChatTemplate
 from .config import ModelConfig
 from .engine import Engine, EngineMetrics, Generation, GenerationStats
 from .engine.proposers import DraftModelProposer, NgramProposer, Proposer, check_vocab_compatible
@@ -26,6 +25,9 @@ from .scoring import default_pooling, embedding
 from .state import load_state, save_state
 from .tokenizer import Tokenizer
 from .weights import check_finite_scales
+
+if TYPE_CHECKING:  # jinja2 (~50 ms to import) only for the commands that render a chat
+    from .chat_template import ChatTemplate
 
 CONVERSATION = "conversation"  # the engine slot `stream`/`generate_stream`, saved state and the chat REPL use
 
@@ -398,6 +400,8 @@ class LLM:
     @property
     def chat_template(self) -> ChatTemplate:
         if self._template is None:
+            from .chat_template import ChatTemplate
+
             self._template = ChatTemplate.from_metadata(self.gguf.metadata, self.tokenizer.token_text)
         return self._template
 
