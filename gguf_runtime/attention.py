@@ -21,12 +21,16 @@ import numpy as np
 from numba import njit, prange
 from numba.extending import overload
 
+from .ops import exp_f32
 from .quants.halves import round_to_f16, store_f16
 from .quants.kernels import Specialized, _qtype_of, dequantize_row, dot_row, quantize_activation
 from .quants.registry import F16, F32
-from .quants.simd import f32_bits
+from .quants.simd import f32_bits, fadd, ffma, fma32, fzero, hsum, load_f32x8
 
-_JIT = dict(cache=True, fastmath=True, nogil=True)
+# No fast-math: fused.py runs these same kernels inlined into its decode kernel, and a result must not depend
+# on what LLVM reassociates or contracts in each context (the fused path is bit-identical to this one). The
+# sums that fast-math would vectorise are written out in a fixed order instead (_dot_f32).
+_JIT = dict(cache=True, fastmath=False, nogil=True)
 
 
 def quantize_row(code, x, out):
@@ -105,16 +109,24 @@ def _capped(score, cap):
 
 @njit(**_JIT)
 def _softmax(sc):
-    """In place, max-subtracted, summed in position order."""
+    """In place, max-subtracted, as ggml's soft_max (AVX2) computes a row: exp by its vector expf
+    (ops.exp_f32); each 8 values summed in float32 (simd.hsum, in the lane order of ggml's AVX2 sum), those
+    sums and any tail added in float64; the row scaled by the float32 reciprocal. The first two loops
+    vectorise."""
     best = np.float32(-np.inf)
     for p in range(sc.shape[0]):
         best = max(best, sc[p])
-    total = np.float32(0.0)
     for p in range(sc.shape[0]):
-        e = np.exp(sc[p] - best)
-        sc[p] = e
-        total += e
-    inv = np.float32(1.0) / total
+        sc[p] = exp_f32(sc[p] - best)
+    total = 0.0
+    p = 0
+    while p + 8 <= sc.shape[0]:
+        total += np.float64(hsum(load_f32x8(sc, p)))
+        p += 8
+    while p < sc.shape[0]:
+        total += np.float64(sc[p])
+        p += 1
+    inv = np.float32(1.0 / total)
     for p in range(sc.shape[0]):
         sc[p] *= inv
 
@@ -149,10 +161,38 @@ def attend_task(code, job, per, q, K, V, tables, seq, pos, scale, window, cap, q
     for p in range(first, n):
         dequantize_row(code, V[table[p // bt], kv, p % bt], row)
         for h in range(h0, h0 + per):
-            w = round_to_f16(scores[t, h, p]) if code == F16 else scores[t, h, p]
-            o = out[t, h]
-            for i in range(hd):
-                o[i] += w * row[i]
+            _add_scaled(out[t, h], round_to_f16(scores[t, h, p]) if code == F16 else scores[t, h, p], row)
+
+
+@njit(**_JIT)
+def _dot_f32(a, b):
+    """Σ a[i]·b[i] over two float32 rows in one fixed order: four 8-lane fused multiply-add accumulators over
+    32-value steps (short dependency chains), then one of 8 values, added pairwise, the lanes summed, then
+    any tail in order.   a, b: (n,)"""
+    n = a.shape[0]
+    acc0, acc1, acc2, acc3 = fzero(), fzero(), fzero(), fzero()
+    i = 0
+    while i + 32 <= n:
+        acc0 = ffma(acc0, load_f32x8(a, i), load_f32x8(b, i))
+        acc1 = ffma(acc1, load_f32x8(a, i + 8), load_f32x8(b, i + 8))
+        acc2 = ffma(acc2, load_f32x8(a, i + 16), load_f32x8(b, i + 16))
+        acc3 = ffma(acc3, load_f32x8(a, i + 24), load_f32x8(b, i + 24))
+        i += 32
+    while i + 8 <= n:
+        acc0 = ffma(acc0, load_f32x8(a, i), load_f32x8(b, i))
+        i += 8
+    s = hsum(fadd(fadd(acc0, acc1), fadd(acc2, acc3)))
+    while i < n:
+        s = fma32(a[i], b[i], s)
+        i += 1
+    return s
+
+
+@njit(**_JIT)
+def _add_scaled(out, w, row):
+    """out += w · row, one fused multiply-add a value (LLVM vectorises the loop).   out, row: (n,)"""
+    for i in range(out.shape[0]):
+        out[i] = fma32(w, row[i], out[i])
 
 
 @njit(**_JIT)
@@ -164,19 +204,14 @@ def attend_task_f32(job, per, q, K, V, tables, seq, pos, scale, window, cap, sco
     for p in range(first, n):
         b, sl = table[p // bt], p % bt
         for h in range(h0, h0 + per):
-            s = np.float32(0.0)
-            for i in range(hd):
-                s += q[t, h, i] * K[b, kv, sl, i]
-            scores[t, h, p] = _capped(s * scale, cap)
+            scores[t, h, p] = _capped(_dot_f32(q[t, h], K[b, kv, sl]) * scale, cap)
     for h in range(h0, h0 + per):
         _softmax(scores[t, h, first:n])
         out[t, h] = 0.0
     for p in range(first, n):
         b, sl = table[p // bt], p % bt
         for h in range(h0, h0 + per):
-            w = scores[t, h, p]
-            for i in range(hd):
-                out[t, h, i] += w * V[b, kv, sl, i]
+            _add_scaled(out[t, h], scores[t, h, p], V[b, kv, sl])
 
 
 @njit(parallel=True, **_JIT)

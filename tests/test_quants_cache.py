@@ -28,7 +28,7 @@ def _run(env: dict) -> str:
 def test_cache_dir_defaults_to_user_cache(tmp_path):
     env = dict(os.environ, HOME=str(tmp_path), NUMBA_CACHE_DIR=None)
     assert _run(env) == str(tmp_path / ".cache" / "gguf-runtime" / "numba")
-    marker = cachedir.package_cache_dir(tmp_path / ".cache" / "gguf-runtime" / "numba") / "sources.sha256"
+    marker = cachedir.package_cache_dirs(tmp_path / ".cache" / "gguf-runtime" / "numba")[0] / "sources.sha256"
     assert marker.read_text() == cachedir.sources_digest()
 
 
@@ -37,17 +37,24 @@ def test_cache_dir_respects_user_setting(tmp_path):
 
 
 def test_stale_cache_is_dropped(tmp_path, monkeypatch):
-    """Compiled code from other kernel sources is removed; code from these sources is kept."""
+    """Compiled code from other kernel sources is removed, in quants/ and in the package's own kernel modules
+    (fused.py's cached kernel embeds ops.py's code: an edit of ops.py alone must drop it); code from these
+    sources is kept."""
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
-    sub = cachedir.package_cache_dir(tmp_path)
-    sub.mkdir(parents=True)
-    (sub / "sources.sha256").write_text("an older version")
-    (sub / "kernels._matmul_rows-1.py311.nbi").write_bytes(b"stale")
+    quants_dir, package_dir = cachedir.package_cache_dirs(tmp_path)
+    assert package_dir.name.startswith("gguf_runtime_") and quants_dir.name.startswith("quants_")
+    stale = {quants_dir: "kernels._matmul_rows-1.py311.nbi", package_dir: "fused._layers-225.py311.nbi"}
+    for sub, name in stale.items():
+        sub.mkdir(parents=True)
+        (sub / name).write_bytes(b"stale")
+    (quants_dir / "sources.sha256").write_text("an older version")
     cachedir.configure()
-    assert sorted(p.name for p in sub.iterdir()) == ["sources.sha256"]
-    (sub / "kernels._matmul_rows-1.py311.nbi").write_bytes(b"current")
+    assert sorted(p.name for p in quants_dir.iterdir()) == ["sources.sha256"]
+    assert not any(package_dir.iterdir())
+    for sub, name in stale.items():
+        (sub / name).write_bytes(b"current")
     cachedir.configure()
-    assert (sub / "kernels._matmul_rows-1.py311.nbi").read_bytes() == b"current"
+    assert all((sub / name).read_bytes() == b"current" for sub, name in stale.items())
 
 
 def test_warmup_compiles_what_a_model_runs(smollm2_path: Path):

@@ -73,6 +73,6 @@ def first_wait_message() -> str:
     """What the spinner says until the first token: on a cold numba cache, the kernels compile first."""
     from ..quants import cachedir
 
-    cache = cachedir.package_cache_dir(Path(os.environ.get("NUMBA_CACHE_DIR", "")))
+    cache = cachedir.package_cache_dirs(Path(os.environ.get("NUMBA_CACHE_DIR", "")))[0]
     compiled = cache.is_dir() and any(cache.glob("*.nbi"))
     return THINKING if compiled else "compiling kernels (first run only, about a minute) ..."

@@ -47,14 +47,18 @@ def sources_digest() -> str:
     return h.hexdigest()
 
 
-def package_cache_dir(cache_dir: Path) -> Path:
-    """numba's subdirectory for functions defined in this package (numba.core.caching's naming)."""
-    return cache_dir / f"{SOURCE_DIR.name}_{hashlib.sha1(str(SOURCE_DIR).encode()).hexdigest()}"
+def package_cache_dirs(cache_dir: Path) -> tuple[Path, Path]:
+    """numba's subdirectories (numba.core.caching's naming: folder name, hash of its path) for the functions
+    defined here in quants/ and for those of the package's own kernel modules (KERNEL_MODULES)."""
+    return tuple(cache_dir / f"{d.name}_{hashlib.sha1(str(d).encode()).hexdigest()}"
+                 for d in (SOURCE_DIR, SOURCE_DIR.parent))
 
 
 def _drop_if_stale(cache_dir: Path) -> None:
-    subdir = package_cache_dir(cache_dir)
-    marker = subdir / "sources.sha256"
+    """Both subdirectories go together: fused.py's cached kernel embeds ops.py's and quants/' code, and numba
+    would reuse it after an edit of those files (it checks fused.py's timestamp only)."""
+    subdirs = package_cache_dirs(cache_dir)
+    marker = subdirs[0] / "sources.sha256"
     digest = sources_digest()
     try:
         if marker.read_text() == digest:
@@ -62,8 +66,9 @@ def _drop_if_stale(cache_dir: Path) -> None:
     except OSError:
         pass
     try:
-        shutil.rmtree(subdir, ignore_errors=True)
-        subdir.mkdir(parents=True, exist_ok=True)
+        for subdir in subdirs:
+            shutil.rmtree(subdir, ignore_errors=True)
+            subdir.mkdir(parents=True, exist_ok=True)
         marker.write_text(digest)
     except OSError:
         pass  # read-only or missing home: numba falls back to no caching, still correct

@@ -456,6 +456,14 @@ def ffma(typingctx, acc, a, b):
 
 
 @intrinsic
+def fadd(typingctx, a, b):
+    """a + b, lane-wise."""
+    def codegen(context, builder, sig, args):
+        return builder.fadd(args[0], args[1])
+    return F32x8(F32x8, F32x8), codegen
+
+
+@intrinsic
 def load_f32x8(typingctx, arr, off):
     """8 float32 arr[off:off+8]."""
     _check_array(arr, (types.float32,))
@@ -629,6 +637,15 @@ def u32_at(typingctx, arr, off):
     def codegen(context, builder, sig, args):
         return builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], _I32), align=1)
     return types.uint32(arr, types.intp), codegen
+
+
+@intrinsic
+def fma32(typingctx, a, b, c):
+    """a * b + c for float32 scalars, rounded once (llvm.fma): where the compiled reference contracts a
+    multiply-add, this names it, so the result does not depend on what LLVM contracts in each caller."""
+    def codegen(context, builder, sig, args):
+        return builder.fma(*args)
+    return types.float32(types.float32, types.float32, types.float32), codegen
 
 
 @intrinsic
