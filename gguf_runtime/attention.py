@@ -197,9 +197,9 @@ def _add_scaled(out, w, row):
 
 @njit(**_JIT)
 def attend_task_f32(job, per, q, K, V, tables, seq, pos, scale, window, cap, scores, out):
-    """Task `job` of _attend_f32: K, V read as float32 (blocks, H_kv, block_tokens, hd) in plain loops that
-    LLVM vectorises (the generic path's per-row views and calls cost ~3x at decode)."""
-    hd, bt = q.shape[2], K.shape[2]
+    """Task `job` of _attend_f32: K, V read as float32 (blocks, H_kv, block_tokens, hd) straight from the
+    cache by _dot_f32 and _add_scaled (the generic path's per-row dequantize and calls cost ~3x at decode)."""
+    bt = K.shape[2]
     t, kv, h0, table, first, n = _span(job, per, q.shape[1], K.shape[1], tables, seq, pos, window)
     for p in range(first, n):
         b, sl = table[p // bt], p % bt
