@@ -203,8 +203,9 @@ class Model:
         through each weight at once, storing every row's K/V where the batch says.
 
         Returns float32 logits: (T, V) for logits="all", (B, V) of each sequence's last token for "last",
-        None for None (a prefill chunk whose logits nobody reads skips the vocabulary projection); "hidden"
-        returns the final-normed hidden states (T, D) instead (embeddings).
+        (R, V) of the given rows for an int array of R row indices (a pass mixing decode rows with prompt
+        chunks), None for None (a prefill chunk whose logits nobody reads skips the vocabulary projection);
+        "hidden" returns the final-normed hidden states (T, D) instead (embeddings).
         NonFiniteError when NaN/inf weights or scales poison the computation (the tokens are not committed).
         """
         try:
@@ -215,9 +216,10 @@ class Model:
     def _forward(self, batch: ForwardBatch, logits: str | None) -> np.ndarray | None:
         c = self.config
         n_tok = len(batch.tokens)
-        # a few tokens per sequence take decode's numerics even for float weights (quantized ones always do:
-        # integer rows equal one-token matvecs), so verifying drafts never changes a sequence's logits
-        decode = max(batch.runs) <= DECODE_NUMERICS_MAX_TOKENS
+        # the rows of a sequence running a few tokens take decode's numerics even for float weights (quantized
+        # ones always do: integer rows equal one-token matvecs), so verifying drafts, or decoding beside
+        # another sequence's prompt chunk, never changes a sequence's logits
+        decode = RowNumerics.of(batch.seq, batch.runs)
         ropes = self.rope_tables(batch.positions, batch.n_ctx)  # per RoPE of the model: cos, sin (T, n_rot/2)
         eps = c.rms_eps
 
@@ -225,28 +227,34 @@ class Model:
                        np.empty((n_tok, c.n_embd), dtype=np.float32))  # (T, D) residual stream
         x *= np.float32(c.embedding_scale)
         out = None
-        if self.fused.serves(n_tok, decode, numba.get_num_threads(), batch.pool.code):  # a region per layer run
-            # the logits in the same region, rows as below: (B, V) for "last", (T, V) for "all"
-            rows = batch.last_rows if logits == "last" else np.arange(n_tok) if logits == "all" else None
+        hidden = isinstance(logits, str) and logits == "hidden"
+        rows = None  # the rows whose logits are returned: (B,) for "last", (T,) for "all", (R,) as given
+        if isinstance(logits, np.ndarray):
+            rows = logits.astype(np.int64)
+        elif logits in ("last", "all"):
+            rows = batch.last_rows if logits == "last" else np.arange(n_tok)
+        if self.fused.serves(n_tok, decode is True, numba.get_num_threads(), batch.pool.code):  # a region per layer run
             out = self.fused.run(x, batch, np.stack([cs[0] for cs in ropes]), np.stack([cs[1] for cs in ropes]),
-                                 rows)
+                                 rows)  # the logits in the same region
         else:
             self._layer_by_layer(x, batch, decode, ropes)
 
         if logits is not None:
             if out is None:
-                if logits == "last":
-                    x = x[batch.last_rows]  # (B, D)
+                if rows is not None:
+                    x = x[rows]  # (R, D)
                 rms_norm(x, self.output_norm, eps, x)
-                out = x if logits == "hidden" else _linear(self.output, x, None, decode)  # (T, D) or (T or B, V)
-            if c.final_softcap and logits != "hidden":
+                # each sequence's logit rows as it alone would get them: decode numerics for a few per sequence
+                exact = True if rows is None else RowNumerics.of(batch.seq[rows], np.bincount(batch.seq[rows]))
+                out = x if hidden else _linear(self.output, x, None, exact)  # (T, D) or (R, V)
+            if c.final_softcap and not hidden:
                 out = softcap(out, np.float32(c.final_softcap))
         # NaN/inf weights or scales surface here; refused before the tokens count as cached
         if not np.isfinite(x).all() or (out is not None and not np.isfinite(out).all()):
             raise self._non_finite()
         return out
 
-    def _layer_by_layer(self, x: np.ndarray, batch: ForwardBatch, decode: bool, ropes: list) -> None:
+    def _layer_by_layer(self, x: np.ndarray, batch: ForwardBatch, decode: "bool | RowNumerics", ropes: list) -> None:
         """Every layer, one op (one parallel kernel) at a time, on the residual stream x (T, D) in place:
         for what fused.py does not serve (prefill chunks, mixture-of-experts layers)."""
         c = self.config
@@ -294,7 +302,7 @@ class Model:
             x += _normed(o, L.post_ffn_norm, eps, o)
 
 
-def _experts_ffn(ex: Experts, x: np.ndarray, activation, decode: bool) -> np.ndarray:
+def _experts_ffn(ex: Experts, x: np.ndarray, activation, decode: "bool | RowNumerics") -> np.ndarray:
     """Mixture of experts as llama.cpp computes it (softmax gating, weights renormalised over the chosen
     experts, outputs summed in the order of choice). Tokens are grouped by expert: one matmul per expert
     over the tokens that chose it, so a decode step reads only its chosen experts' weights.   x: (T, D)"""
@@ -309,9 +317,10 @@ def _experts_ffn(ex: Experts, x: np.ndarray, activation, decode: bool) -> np.nda
     for e in np.unique(chosen):
         rows, slots = np.nonzero(chosen == e)
         xe = np.ascontiguousarray(x[rows])  # (n_e, D)
-        gate = _linear(ex.gate[e], xe, None, decode)  # (n_e, F)
-        up = _linear(ex.up[e], xe, None, decode)  # (n_e, F)
-        y[rows, slots] = _linear(ex.down[e], activation(gate, up, gate), None, decode) * weights[rows, slots, None]
+        exact = decode if decode is True else decode.subset(rows)
+        gate = _linear(ex.gate[e], xe, None, exact)  # (n_e, F)
+        up = _linear(ex.up[e], xe, None, exact)  # (n_e, F)
+        y[rows, slots] = _linear(ex.down[e], activation(gate, up, gate), None, exact) * weights[rows, slots, None]
     out = y[:, 0].copy()  # (T, D)
     for j in range(1, k):
         out += y[:, j]
@@ -330,16 +339,44 @@ def _norm_groups(y: np.ndarray, weight: np.ndarray | None, eps: float) -> None:
         rms_norm(groups, weight, eps, groups)
 
 
-def _linear(w: QMatrix, x: np.ndarray, bias: np.ndarray | None, decode: bool) -> np.ndarray:
-    """x (T, in) → (T, out): matvec for one token, decode-identical integer matmul for decode steps, else
-    whichever matmul is faster."""
+class RowNumerics:
+    """How the rows of a pass that are not all decode rows are computed, so that each sequence's rows get
+    what its own pass would give them: decode numerics (the integer kernels, row by row) for sequences that
+    run a few rows, and each other sequence's rows by the matmul its run alone would take, over its rows
+    alone (BLAS rows depend on the rows beside them; integer rows do not)."""
+
+    def __init__(self, owner: np.ndarray):
+        self.owner = owner  # (T,) -1 for a decode row, else the row's sequence
+        self.exact = np.flatnonzero(owner < 0)  # the decode rows
+        self.groups = [np.flatnonzero(owner == g) for g in np.unique(owner[owner >= 0])]  # rows per sequence
+
+    @classmethod
+    def of(cls, seq: np.ndarray, runs) -> "RowNumerics | bool":
+        """True where every row takes decode numerics, for rows of sequences `seq` (T,) with `runs` rows each."""
+        short = np.asarray(runs) <= DECODE_NUMERICS_MAX_TOKENS
+        return True if short.all() else cls(np.where(short[seq], -1, seq))
+
+    def subset(self, rows: np.ndarray) -> "RowNumerics":
+        return RowNumerics(self.owner[rows])
+
+
+def _linear(w: QMatrix, x: np.ndarray, bias: np.ndarray | None, decode: "bool | RowNumerics") -> np.ndarray:
+    """x (T, in) → (T, out): matvec for one token, decode-identical integer matmul for decode rows (all with
+    decode=True), whichever matmul is faster for the other sequences' rows (see RowNumerics)."""
     n_tok = x.shape[0]
-    if n_tok == 1:
+    parts = None if decode is True else decode.groups
+    if parts is not None and len(parts) == 1 and not decode.exact.size:
+        y = w.matmul(x)  # one sequence's rows
+    elif parts is not None and any(w.strategy(len(rows)) == "tiled" for rows in parts):
+        y = np.empty((n_tok, w.n_rows), np.float32)
+        for rows in parts:
+            y[rows] = w.matmul(np.ascontiguousarray(x[rows]))
+        if decode.exact.size:
+            y[decode.exact] = w.matmul_integer(np.ascontiguousarray(x[decode.exact]))
+    elif n_tok == 1:
         y = w.matvec(x[0])[None]
-    elif decode:
+    else:  # every row by the integer kernels: each row as its own matvec gives it
         y = w.matmul_integer(x)
-    else:
-        y = w.matmul(x)
     if bias is not None:
         y += bias
     return y

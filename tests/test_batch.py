@@ -166,3 +166,34 @@ def test_state_round_trip_and_refusals(llm, smollm2_path, tmp_path):
         LLM(smollm2_path, n_ctx=512, kv_cache_dtype="q8_0").load_state(path)
     with pytest.raises(StateFileError, match="fit a context"):
         LLM(smollm2_path, n_ctx=64).load_state(path)
+
+
+@pytest.mark.parametrize("name", ["llama-f32", "llama-q8_0", "gemma3-f32", "qwen3moe-f32"])
+def test_a_pass_mixing_decode_rows_and_a_prompt_chunk_equals_separate_passes(name, tmp_path):
+    """The engine runs decode rows, verify rows and prompt chunks in one pass: every sequence's logits and
+    stored K/V are bit for bit what its own pass gives, float weights (BLAS for long runs) included."""
+    from tiny_model import ARCH_CASES, write_tiny_model
+
+    llm = LLM(write_tiny_model(tmp_path / "m.gguf", **ARCH_CASES[name]), n_ctx=128, n_threads=2)
+    runner, rng = llm.engine.runner, np.random.default_rng(5)
+    prompts = [rng.integers(1, runner.n_vocab, n).tolist() for n in (10, 12, 40)]
+    steps = [[int(rng.integers(1, runner.n_vocab))], rng.integers(1, runner.n_vocab, 3).tolist()]
+
+    def sequences():
+        seqs = [llm.engine.kv.new_sequence() for _ in prompts]
+        for kv, prompt in zip(seqs[:2], prompts):
+            runner.evaluate(kv, prompt)
+        return seqs
+
+    alone = sequences()
+    want = [runner.forward(alone[:1], [steps[0]]), runner.forward(alone[1:2], [steps[1]], "all"),
+            runner.forward(alone[2:], [prompts[2]])]
+    mixed = sequences()
+    got = runner.forward(mixed, steps + [prompts[2]], [1, 3, 1])
+    assert got.shape == (5, runner.n_vocab)
+    for a, b in zip([got[:1], got[1:4], got[4:]], want):
+        assert np.array_equal(a, b), f"max |diff| {np.abs(a - b).max()}"
+    nxt = [[int(rng.integers(1, runner.n_vocab))] for _ in prompts]  # what the mixed pass stored is read next
+    assert np.array_equal(runner.forward(mixed, nxt), runner.forward(alone, nxt))
+    for kv in alone + mixed:
+        kv.release()

@@ -8,6 +8,7 @@ import pytest
 
 from gguf_runtime.engine import Engine
 from gguf_runtime.engine.output import OutputState
+from gguf_runtime.engine.runner import wanted_rows
 from gguf_runtime.errors import ContextLengthError, KVCapacityError
 from gguf_runtime.gguf_file import GGUFFile
 from gguf_runtime.kv import ForwardBatch, KVPool
@@ -37,9 +38,12 @@ class FakeRunner:
         batch.commit()
         self.tokens_evaluated += len(batch.tokens)
         self.passes.append(batch.runs)
+        if not isinstance(logits, (str, type(None))):
+            logits = wanted_rows(batch.runs, logits)
         if logits is None:
             return None
-        rows = batch.tokens if logits == "all" else batch.tokens[batch.last_rows]
+        rows = batch.tokens[logits] if isinstance(logits, np.ndarray) else \
+            batch.tokens if logits == "all" else batch.tokens[batch.last_rows]
         out = np.zeros((len(rows), self.n_vocab), np.float32)
         out[np.arange(len(rows)), [self.next_token(int(t)) for t in rows]] = 10.0
         return out

@@ -4,13 +4,13 @@ vLLM v1's shape at this project's scale. `add_request` validates and queues; eac
 
 1. admits waiting requests (scheduler.py: in order, prefix-cache aware, only when the KV pool can hold
    their worst case);
-2. evaluates one prompt chunk (at most n_batch tokens) of one admitted request, so long prompts join without
-   stalling the others' decoding for more than a chunk; a finished prompt forks into its n samples, which
-   share its blocks;
+2. runs one forward pass over every sample that continues (its last token, plus the drafts its proposer
+   offers: speculative decoding inside the batch) and, beside them, the next prompt chunks of admitted
+   requests, at most n_batch prompt tokens in all: long prompts join without stalling the others' decoding
+   for more than a chunk, and prompts that arrive together are evaluated together. A finished prompt forks
+   into its n samples, which share its blocks;
 3. samples every sample that has logits (a verify row block when it carried drafts: accept_drafts), applying
-   the finish rules (output.py) and the sample's constraint (constraints.py);
-4. runs one batched forward pass for every sample that continues: its last token, plus the drafts its
-   proposer offers (speculative decoding inside the batch).
+   the finish rules (output.py) and the sample's constraint (constraints.py), and reports what it made.
 
 Every row of a forward pass is computed as decoding it alone would compute it (see model.py), and each sample
 i of a request draws from its own seeded stream, so a request's output does not depend on what else runs.
@@ -225,14 +225,8 @@ class Engine:
             self._counts["prompt"] += len(req.prompt)
             self._counts["cached"] += req.cached_tokens
             req.t_admitted = time.perf_counter()
-        self._prefill_chunk()
-        continuing = []
-        for s in list(self.scheduler.running):
-            if s.logits is not None:
-                outputs.append(self._sample(s))
-            if not s.out.done:
-                continuing.append(s)
-        outputs += self._decode(continuing)
+        outputs += self._forward()
+        outputs += [self._sample(s) for s in list(self.scheduler.running) if s.logits is not None]
         return outputs
 
     def _start(self, req: Request) -> None:
@@ -251,17 +245,16 @@ class Engine:
         req.pending = np.asarray(prompt[keep:], dtype=np.int64)
         req.reservation.sequences = [kv]
 
-    def _prefill_chunk(self) -> None:
-        if not self.scheduler.prefilling:
-            return
-        req = self.scheduler.prefilling[0]
-        n_batch = self.runner.n_batch
-        chunk, req.pending = req.pending[:n_batch], req.pending[n_batch:]
-        last = len(req.pending) == 0
-        logits = self.runner.forward([req.kv], [chunk], "last" if last else None)
-        if last:
-            self.scheduler.prefilling.pop(0)
-            self._fork(req, logits[-1:])
+    def _prefill_chunks(self) -> list[tuple[Request, np.ndarray]]:
+        """The next prompt chunk of each admitted request, in order, n_batch tokens in all."""
+        chunks, budget = [], self.runner.n_batch
+        for req in self.scheduler.prefilling:
+            if budget == 0:
+                break
+            chunk, req.pending = req.pending[:budget], req.pending[budget:]
+            chunks.append((req, chunk))
+            budget -= len(chunk)
+        return chunks
 
     def _fork(self, req: Request, logits: np.ndarray) -> None:
         """The prompt is evaluated: its n samples, sharing its blocks."""
@@ -314,11 +307,11 @@ class Engine:
                 break
         return self._report(s, "".join(text))
 
-    def _decode(self, samples: list[Sample]) -> list[StepOutput]:
-        """One forward pass: each continuing sample's last token, plus its drafts; samples whose context is
-        full and cannot shift finish here."""
-        rows, token_lists, finished = [], [], []
-        for s in samples:
+    def _forward(self) -> list[StepOutput]:
+        """One forward pass: each running sample's last token, plus its drafts, and the next prompt chunks;
+        samples whose context is full and cannot shift finish here instead."""
+        rows, finished = [], []
+        for s in list(self.scheduler.running):
             drafts, probs = self._propose(s)
             if s.kv.n + 1 + len(drafts) > self.n_ctx:
                 drafts, probs = [], []
@@ -336,20 +329,24 @@ class Engine:
                     continue
             s.drafts, s.draft_probs = drafts, probs
             rows.append(s)
-            token_lists.append([s.history[-1]] + drafts)
-        if not rows:
+        chunks = self._prefill_chunks()
+        if not rows and not chunks:
             return finished
-        verify = any(len(t) > 1 for t in token_lists)
-        logits = self.runner.forward([s.kv for s in rows], token_lists, "all" if verify else "last")
-        self._counts["decode_steps"] += 1
-        self._counts["decode_tokens"] += sum(len(t) for t in token_lists)
+        token_lists = [[s.history[-1]] + s.drafts for s in rows] + [chunk for _, chunk in chunks]
+        wanted = [len(s.drafts) + 1 if s.drafts else 1 for s in rows] + \
+                 [int(len(req.pending) == 0) for req, _ in chunks]  # a prompt's last row, once it is all in
+        logits = self.runner.forward([s.kv for s in rows] + [req.kv for req, _ in chunks], token_lists, wanted)
         start = 0
-        for b, (s, tokens) in enumerate(zip(rows, token_lists)):
-            if verify:
-                s.logits = logits[start:start + len(tokens)]
-                start += len(tokens)
-            else:
-                s.logits = logits[b:b + 1]
+        for s, n in zip(rows, wanted):
+            s.logits, start = logits[start:start + n], start + n
+        for req, _ in chunks:
+            if len(req.pending) == 0:
+                self.scheduler.prefilling.remove(req)
+                self._fork(req, logits[start:start + 1])
+                start += 1
+        if rows:
+            self._counts["decode_steps"] += 1
+            self._counts["decode_tokens"] += sum(len(t) for t in token_lists[:len(rows)])
         return finished
 
     def _propose(self, s: Sample) -> tuple[list[int], list]:

@@ -28,12 +28,16 @@ class ModelRunner:
         self.n_threads = n_threads
         self.tokens_evaluated = 0  # lifetime count of rows run through the model
 
-    def forward(self, sequences: list[KVCache], token_lists: list, logits: str | None = "last") -> np.ndarray | None:
+    def forward(self, sequences: list[KVCache], token_lists: list,
+                logits: str | list[int] | None = "last") -> np.ndarray | None:
         """Append each sequence's tokens in one forward pass; logits as Model.forward returns them (a copy:
-        kernels may reuse their output buffers)."""
+        kernels may reuse their output buffers). logits may also say, per sequence, how many of its last
+        rows' logits it wants (0 for none): those rows, in order, (sum, V)."""
         batch = ForwardBatch.build(sequences, token_lists)
         if self.n_threads is not None:
             set_threads(self.n_threads)
+        if not isinstance(logits, (str, type(None))):
+            logits = wanted_rows(batch.runs, logits)
         out = self.model.forward(batch, logits)
         batch.commit()
         self.tokens_evaluated += len(batch.tokens)
@@ -54,3 +58,18 @@ class ModelRunner:
             if out is not None:
                 outs.append(out)
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
+
+
+def wanted_rows(runs: list[int], wanted: list[int]) -> str | np.ndarray | None:
+    """The rows of a pass whose logits are wanted, as Model.forward takes them: the last `wanted[b]` rows of
+    each sequence b (with runs[b] rows). "last" or "all" where that is what it comes to, None for none."""
+    if len(wanted) != len(runs) or any(not 0 <= w <= n for w, n in zip(wanted, runs)):
+        raise ValueError(f"logits wanted {wanted} do not fit rows per sequence {runs}")
+    if all(w == 1 for w in wanted):
+        return "last"
+    if list(wanted) == list(runs):
+        return "all"
+    if not any(wanted):
+        return None
+    ends = np.cumsum(runs)
+    return np.concatenate([np.arange(end - w, end) for end, w in zip(ends, wanted)])

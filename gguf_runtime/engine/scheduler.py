@@ -22,7 +22,7 @@ class Scheduler:
         self.kv = kv
         self.max_num_seqs = max_num_seqs
         self.waiting: deque[Request] = deque()
-        self.prefilling: list[Request] = []  # admitted, prompt being evaluated (one chunk per step)
+        self.prefilling: list[Request] = []  # admitted, prompt being evaluated (n_batch tokens a pass in all)
         self.running: list[Sample] = []  # decoding
 
     def __len__(self) -> int:
