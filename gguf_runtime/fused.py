@@ -17,7 +17,7 @@ in the same order as model.py's path (the same row kernels, GEMM panels, attenti
 activations), so the logits are bit-identical to it (tests/test_fused.py); only the task split differs.
 
 It serves the batches whose every matmul runs the integer kernels (model.DECODE_NUMERICS_MAX_TOKENS rows per
-sequence, at most MAX_ROWS rows in all: decode, batched decode, speculative verify) on dense layers; prefill
+sequence, up to SERVED_ROWS rows beyond two threads, where it is the faster path) on dense layers; prefill
 chunks and mixture-of-experts layers take model.py's path. Layers run in groups of consecutive layers whose
 matrices have the same types (one compiled kernel per combination of weight types, cached on disk), so a Q4_K_M
 file with Q6_K rows in some layers makes a few calls per step and a uniform file one.
@@ -41,6 +41,13 @@ from .quants.registry import ACT_F32, ACT_Q8_K, F16, F32, Q8_0
 from .sync import MASK_WORDS, barrier, concurrent_layer, new_barrier, pin, placement, unpin
 
 MAX_ROWS = 32  # rows per call: every thread keeps a private copy of the residual stream of each row
+# Rows up to which this path is the faster one beyond two threads (model.py's layer-by-layer path computes the
+# same values). On the 16-core Xeon, SmolLM2's shapes, one step of B decode rows, fused / layer by layer (ms,
+# 2026-12-02): B=1 4.0 / 4.8 and B=2 6.2 / 6.8 at 16 threads, but B=8 19.7 / 14.4 and B=16 39.1 / 23.2 there,
+# 24.1 / 19.1 and 45.0 / 25.7 at 8, 23.5 / 20.0 at 4; B=4 within 5 % at every count (why: not profiled; each
+# thread keeps a private copy of every row's residual stream). At two threads it serves every batch up to
+# MAX_ROWS: the 2-core Zen 4 VM ran B=8 at 72.8 fused / 80.7 ms layer by layer (the box: 34.4 / 32.1).
+SERVED_ROWS = 4
 # The cache types it attends over (the default f32, f16 and q8_0), chosen at run time inside the one compiled
 # kernel per combination of weight types; the 4- and 5-bit caches (rarely worth it: README) take model.py's path.
 FUSED_KV_TYPES = (F32, F16, Q8_0)
@@ -429,6 +436,7 @@ class FusedLayers:
         c = model.config
         L = model.layers
         self.eligible = c.n_expert == 0
+        self.max_rows = SERVED_ROWS  # beyond two threads (tests raise it to MAX_ROWS to compare the paths)
         self.act = ACTIVATIONS.get(c.spec.activation, -1)
         self.gelu = table_for(c.spec.activation)
         if not self.eligible or self.act < 0:
@@ -464,7 +472,8 @@ class FusedLayers:
         """Whether a batch of n_rows rows takes this path: dense layers, decode numerics, a FUSED_KV_TYPES
         cache, and threads that barrier() can hold together (numba's layer runs prange iterations at once, or
         one thread)."""
-        return (self.eligible and decode and n_rows <= MAX_ROWS and pool_code in FUSED_KV_TYPES
+        most = self.max_rows if n_threads > 2 else MAX_ROWS
+        return (self.eligible and decode and n_rows <= most and pool_code in FUSED_KV_TYPES
                 and (n_threads == 1 or concurrent_layer()))
 
     def _pool_lists(self, pool):

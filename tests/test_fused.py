@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from gguf_runtime.api import LLM
+from gguf_runtime.fused import MAX_ROWS
 from gguf_runtime.sync import concurrent_layer
 from tiny_model import ARCH_CASES, write_tiny_model
 
@@ -23,6 +24,7 @@ def _steps(llm: LLM, fused: bool) -> list[np.ndarray]:
     verify rows of 4 tokens on each. The same token choices in both modes (greedy over the logits)."""
     runner, model = llm.engine.runner, llm.engine.runner.model
     model.fused.eligible = fused
+    model.fused.max_rows = MAX_ROWS  # (the batched and verify steps below take this path too)
     vocab = model.n_vocab
     rng = np.random.default_rng(3)
     seqs = [llm.engine.kv.new_sequence() for _ in range(3)]
