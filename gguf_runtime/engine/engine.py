@@ -333,7 +333,7 @@ class Engine:
         if not rows and not chunks:
             return finished
         token_lists = [[s.history[-1]] + s.drafts for s in rows] + [chunk for _, chunk in chunks]
-        wanted = [len(s.drafts) + 1 if s.drafts else 1 for s in rows] + \
+        wanted = [len(s.drafts) + 1 for s in rows] + \
                  [int(len(req.pending) == 0) for req, _ in chunks]  # a prompt's last row, once it is all in
         logits = self.runner.forward([s.kv for s in rows] + [req.kv for req, _ in chunks], token_lists, wanted)
         start = 0
