@@ -35,7 +35,7 @@ from numba.extending import overload
 from . import quants as _quants  # noqa: F401  (sets NUMBA_CACHE_DIR before the first compile)
 from .attention import _heads_per_task, attend_task, attend_task_f32, quantize_row
 from .ops import ACTIVATIONS, gated, rms_norm, rope, table_for
-from .quants.kernels import (GEMM_MIN_TOKENS, PANEL_BYTES, ROW_BLOCK_BYTES, _qtype_of, _row_block, panel,
+from .quants.kernels import (GEMM_MIN_TOKENS, PANEL_BYTES, ROW_BLOCK_BYTES, _qtype_of, _row_block, panel, panel_floats,
                              quantize_activation)
 from .quants.registry import ACT_F32, ACT_Q8_K, F16, F32, Q8_0
 from .sync import MASK_WORDS, barrier, concurrent_layer, new_barrier, pin, placement, unpin
@@ -312,7 +312,7 @@ def _thread(cq, ck, cv, co, cg, cu, cd, cout, ckv, act, gelu, tid, shared,
     su = _act_scratch(cu, n_tok, d, cu == cg)
     pq = np.empty(width, np.uint8)  # a weight row unpacked by the GEMM panels
     ps = np.empty(144 * (width // 256), np.int16)
-    pdm = np.empty(2 * (width // 32), np.float32)
+    pdm = np.empty(panel_floats(width, n_tok), np.float32)
     tmp = np.empty((1, n_head * hd), np.float32)
     for layer in range(l0, l1):
         r, grp = rope_of[layer], group_of[layer]

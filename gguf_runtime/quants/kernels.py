@@ -19,8 +19,8 @@ from numba.extending import overload
 from . import q4_0, q4_1, q4_k, q5_0, q5_1, q6_k, q8_0
 from .activation import dequantize_into, quantize_q8_0, quantize_q8_k
 from .registry import ACT_F32, ACT_Q8_0, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q6_K, Q8_0, QTYPES
-from .simd import (f16_at, f32_at, fmadd_i, fzero, hsum, iadd, izero, load_i16x16, load_u8x32, madd, madd_v, maddubs,
-                   maddubs_s8, store_u8x32)
+from .simd import (f16_at, f32_at, fadd, fmadd_i, fmul_s, fzero, hsum, iadd, izero, load_f32x8, load_i16x16, load_u8x32,
+                   madd, madd_v, maddubs, maddubs_s8, store_f32x8, store_u8x32)
 
 ROW_BLOCK_BYTES = 1 << 16     # weight bytes per parallel task: fits L2 beside the activations
 PARALLEL_MIN_BYTES = 1 << 16  # below this (weight bytes x tokens) a call runs on one thread
@@ -293,12 +293,81 @@ def _blocks_token(code, q, dm, n_blocks, x, d, xs):
 
 
 @njit(cache=True, fastmath=False)
+def _padded(tokens):
+    return -(-tokens // 8) * 8
+
+
+@njit(cache=True, fastmath=False)
+def panel_floats(k, tokens):
+    """Length of the float32 scratch `dm` a GEMM panel of up to `tokens` tokens of width k takes (see
+    _panel_blocks for its layout; _panel_superblocks uses its first 2 * k/256)."""
+    return (k // 32) * (10 + 2 * _padded(tokens)) + 8
+
+
+@njit(cache=True, fastmath=False)
+def _transposed_scales(code, xd, xs, t0, t1, xdT, xsT):
+    """xdT[b, t - t0] = xd[t, b] and, for the types with a min, xsT[b, t - t0] = the block sum of xs[t]: each
+    block's values of the panel's tokens side by side, so eight tokens' scale products are one vector
+    multiply. Columns past t1 (to the next multiple of 8) are zero."""
+    for b in range(xd.shape[1]):
+        for t in range(t0, t0 + xdT.shape[1]):
+            inside = t < t1
+            xdT[b, t - t0] = xd[t, b] if inside else np.float32(0)
+            if has_min(code):
+                xsT[b, t - t0] = f32_at(xs[t], 2 * b) if inside else np.float32(0)
+
+
+@njit(cache=True, fastmath=False)
+def _group_scales(code, dm, xdT, xsT, c, sc):
+    """For the eight tokens in columns c..c+8: sc[8b + g] = d_w(b) * d_x(token g, b), the product dot_row
+    takes per block, and (types with a min) the eight sums over b of m_w(b) * s_x(token g, b), each in dot_row's
+    order. Lane-wise float multiplies and adds round as dot_row's scalar ones do, so every lane is bitwise what
+    dot_row computes for its token. A loop of its own, before the integer loop: fused into it, LLVM keeps sc in
+    registers and broadcasts each lane with a shuffle, which costs more than reloading it."""
+    mins = fzero()
+    for b in range(xdT.shape[0]):
+        store_f32x8(sc, 8 * b, fmul_s(load_f32x8(xdT[b], c), dm[2 * b]))
+        if has_min(code):
+            mins = fadd(mins, fmul_s(load_f32x8(xsT[b], c), dm[2 * b + 1]))
+    return mins
+
+
+@njit(cache=True, fastmath=False, inline="always")
+def _four_tokens(code, q, n_blocks, sc, mn, lane, xq, t, out, r):
+    """out[t:t+4, r] for the row unpacked in q: four FMA chains over its blocks, the tokens' scale products at
+    sc[8b + lane...] and their min sums at mn[lane...] (_group_scales)."""
+    x0, x1, x2, x3 = xq[t], xq[t + 1], xq[t + 2], xq[t + 3]
+    a0, a1, a2, a3 = fzero(), fzero(), fzero(), fzero()
+    for b in range(n_blocks):
+        v, o = load_u8x32(q, 32 * b), 8 * b + lane
+        a0 = fmadd_i(a0, block_isum(code, v, x0, 32 * b), sc[o])
+        a1 = fmadd_i(a1, block_isum(code, v, x1, 32 * b), sc[o + 1])
+        a2 = fmadd_i(a2, block_isum(code, v, x2, 32 * b), sc[o + 2])
+        a3 = fmadd_i(a3, block_isum(code, v, x3, 32 * b), sc[o + 3])
+    out[t, r], out[t + 1, r], out[t + 2, r], out[t + 3, r] = hsum(a0), hsum(a1), hsum(a2), hsum(a3)
+    if has_min(code):
+        for g in range(4):
+            out[t + g, r] += mn[lane + g]
+
+
+@njit(cache=True, fastmath=False)
 def _panel_blocks(code, W, xq, xd, xs, out, r0, r1, t0, t1, q, dm):
-    """_panel_superblocks for the legacy blocks of 32: each row's block values go to q and its scales (and
-    mins) to dm once, then the panel's tokens pass four at a time: each token's float accumulator takes
-    one FMA per block (dot_row's order), so four independent chains hide the FMA latency."""
+    """_panel_superblocks for the legacy blocks of 32. Each row's block values go to q and its scales (and
+    mins) to dm once; the tokens then pass in groups of eight (then four), whose per-block scale products
+    (and min sums) are made for the whole group first (_group_scales), so the integer loop (_four_tokens) is
+    per token and block only maddubs, madd, convert and FMA with a broadcast load: one FMA chain per token, in
+    dot_row's order. Tokens left over take _blocks_token.
+
+    dm: float32 scratch of panel_floats(K, t1 - t0): [(scale, min) per block | sc, 8 per block | 8 min sums |
+    xdT, xsT: (blocks, t1 - t0 rounded up to 8) each]."""
     n_blocks = xq.shape[1] // 32
     type_size = W.shape[1] // n_blocks
+    width = _padded(t1 - t0)
+    sc = dm[2 * n_blocks:10 * n_blocks]
+    mn = dm[10 * n_blocks:10 * n_blocks + 8]
+    xdT = dm[10 * n_blocks + 8:10 * n_blocks + 8 + n_blocks * width].reshape(n_blocks, width)
+    xsT = dm[10 * n_blocks + 8 + n_blocks * width:10 * n_blocks + 8 + 2 * n_blocks * width].reshape(n_blocks, width)
+    _transposed_scales(code, xd, xs, t0, t1, xdT, xsT)
     for r in range(r0, r1):
         w = W[r]
         for b in range(n_blocks):
@@ -306,27 +375,14 @@ def _panel_blocks(code, W, xq, xd, xs, out, r0, r1, t0, t1, q, dm):
             store_u8x32(q, 32 * b, block_weights(code, w, o))
             dm[2 * b], dm[2 * b + 1] = f16_at(w, o), f16_at(w, o + 2)  # scale, and the min where there is one
         t = t0
-        while t + 4 <= t1:
-            x0, x1, x2, x3 = xq[t], xq[t + 1], xq[t + 2], xq[t + 3]
-            d0, d1, d2, d3 = xd[t], xd[t + 1], xd[t + 2], xd[t + 3]
-            a0, a1, a2, a3 = fzero(), fzero(), fzero(), fzero()
-            m0, m1, m2, m3 = np.float32(0), np.float32(0), np.float32(0), np.float32(0)
-            for b in range(n_blocks):
-                v, scale = load_u8x32(q, 32 * b), dm[2 * b]
-                a0 = fmadd_i(a0, block_isum(code, v, x0, 32 * b), scale * d0[b])
-                a1 = fmadd_i(a1, block_isum(code, v, x1, 32 * b), scale * d1[b])
-                a2 = fmadd_i(a2, block_isum(code, v, x2, 32 * b), scale * d2[b])
-                a3 = fmadd_i(a3, block_isum(code, v, x3, 32 * b), scale * d3[b])
-                if has_min(code):
-                    m0 += dm[2 * b + 1] * f32_at(xs[t], 2 * b)
-                    m1 += dm[2 * b + 1] * f32_at(xs[t + 1], 2 * b)
-                    m2 += dm[2 * b + 1] * f32_at(xs[t + 2], 2 * b)
-                    m3 += dm[2 * b + 1] * f32_at(xs[t + 3], 2 * b)
-            if has_min(code):
-                out[t, r], out[t + 1, r] = hsum(a0) + m0, hsum(a1) + m1
-                out[t + 2, r], out[t + 3, r] = hsum(a2) + m2, hsum(a3) + m3
-            else:
-                out[t, r], out[t + 1, r], out[t + 2, r], out[t + 3, r] = hsum(a0), hsum(a1), hsum(a2), hsum(a3)
+        while t + 8 <= t1:  # eight tokens' scales at a time, then their two halves
+            store_f32x8(mn, 0, _group_scales(code, dm, xdT, xsT, t - t0, sc))
+            _four_tokens(code, q, n_blocks, sc, mn, 0, xq, t, out, r)
+            _four_tokens(code, q, n_blocks, sc, mn, 4, xq, t + 4, out, r)
+            t += 8
+        if t + 4 <= t1:
+            store_f32x8(mn, 0, _group_scales(code, dm, xdT, xsT, t - t0, sc))
+            _four_tokens(code, q, n_blocks, sc, mn, 0, xq, t, out, r)
             t += 4
         for t in range(t, t1):
             out[t, r] = _blocks_token(code, q, dm, n_blocks, xq[t], xd[t], xs[t])
@@ -346,7 +402,7 @@ def _matmul_panels(code, W, X, xq, xd, xs, out, threads):
     for block in prange(n_blocks):
         q = np.empty(k, np.uint8)  # one row unpacked
         s = np.empty(144 * (k // 256), np.int16)
-        dm = np.empty(2 * (k // 32), np.float32)
+        dm = np.empty(panel_floats(k, min(X.shape[0], panel_tokens)), np.float32)
         r0 = np.int64(block) * rows_per_block
         r1 = min(W.shape[0], r0 + rows_per_block)
         for t0 in range(0, X.shape[0], panel_tokens):

@@ -456,6 +456,14 @@ def ffma(typingctx, acc, a, b):
 
 
 @intrinsic
+def fmul_s(typingctx, v, s):
+    """v * s, lane-wise (each lane rounds as the scalar product does)."""
+    def codegen(context, builder, sig, args):
+        return builder.fmul(args[0], _splat(builder, args[1], F32x8.llvm_type))
+    return F32x8(F32x8, types.float32), codegen
+
+
+@intrinsic
 def fadd(typingctx, a, b):
     """a + b, lane-wise."""
     def codegen(context, builder, sig, args):
