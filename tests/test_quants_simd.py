@@ -29,6 +29,7 @@ def generic_ir(monkeypatch):
     monkeypatch.setattr(simd, "USE_NATIVE_F16", False)
     monkeypatch.setattr(simd, "USE_ARM_NEON", False)
     monkeypatch.setattr(simd, "USE_ARM_DOTPROD", False)
+    monkeypatch.setattr(simd, "USE_X86_VNNI", False)
     monkeypatch.setattr(caching.Cache, "save_overload", lambda self, sig, data: None)
 
 
@@ -167,6 +168,37 @@ def test_generic_ir_dequantize_bit_exact(t, generic_ir):
     assert _nan_aware_equal(out, dequantize(raw, t))
 
 
+@njit
+def _byte_dots(u, v, x, out):
+    for i in range(u.shape[0] // 32):
+        simd.store_i32x8(out, 32 * i, simd.dot4(simd.load_u8x32(u, 32 * i), x, 32 * i))
+        simd.store_i32x8(out, 32 * i + 8, simd.madd(simd.maddubs(simd.load_u8x32(u, 32 * i), x, 32 * i), 1, 1))
+        simd.store_i32x8(out, 32 * i + 16, simd.dot4_s8(simd.load_u8x32(v, 32 * i), x, 32 * i))
+        simd.store_i32x8(out, 32 * i + 24,
+                         simd.madd(simd.maddubs_s8(simd.load_u8x32(v, 32 * i), x, 32 * i), 1, 1))
+
+
+@pytest.mark.parametrize("path", ["fast", "generic"])
+def test_dot4_equals_byte_pairs_summed(path, request):
+    """dot4 / dot4_s8 (vpdpbusd, sdot or vpmaddubsw + vpmaddwd) give the integers of maddubs then madd by 1, and
+    those of numpy, over the whole range the kernels feed them: unsigned weights up to 63, signed ones in
+    [-128, 127], activations in [-127, 127]."""
+    if path == "generic":
+        request.getfixturevalue("generic_ir")
+    rng = np.random.default_rng(7)
+    n = 32 * 64
+    u = rng.integers(0, 64, n).astype(np.uint8)
+    v = rng.integers(-128, 128, n).astype(np.int8)
+    x = rng.integers(-127, 128, n).astype(np.int8)
+    u[:32], v[:32], x[:32] = 63, -128, -127  # the extremes
+    out = np.zeros(n, np.int32)
+    (fresh(_byte_dots) if path == "generic" else _byte_dots)(u, v.view(np.uint8), x, out)
+    quads = lambda w: (w.astype(np.int32) * x).reshape(-1, 8, 4).sum(axis=2)  # noqa: E731
+    got = out.reshape(-1, 4, 8)
+    for k, expected in ((0, quads(u)), (1, quads(u)), (2, quads(v)), (3, quads(v))):
+        assert np.array_equal(got[:, k], expected.reshape(-1, 8))
+
+
 def _dot_row_asm(t) -> str:
     qtype = QTYPES[t]
     module = importlib.import_module(qtype.dot_row.py_func.__module__)
@@ -182,6 +214,8 @@ def test_fast_path_uses_vector_dot_instructions():
     asm, lookups = _dot_row_asm(GT.Q4_K), _dot_row_asm(GT.IQ4_NL)
     if simd.USE_X86_AVX2:
         assert "vpmaddubsw" in asm and "vpmaddwd" in asm and "vpshufb" in lookups
+        # the legacy blocks' byte dots: one vpdpbusd where the CPU has VNNI, else vpmaddubsw + vpmaddwd
+        assert ("vpdpbusd" in lookups) == simd.USE_X86_VNNI
     elif simd.USE_ARM_DOTPROD:
         assert "sdot" in asm and "tbl" in lookups
     else:

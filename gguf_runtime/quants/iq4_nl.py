@@ -9,7 +9,7 @@ from numba import njit
 from .blocks import nearest_int
 from .halves import store_f16
 from .kquants import GROUP_MAX_EPS
-from .simd import f16_at, fmadd_i, fzero, hsum, load_nibbles, load_u8x32, lookup16, madd, maddubs_s8, store_scaled
+from .simd import dot4_s8, f16_at, fmadd_i, fzero, hsum, load_nibbles, load_u8x32, lookup16, store_scaled
 
 BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 32, 18, "q8_0"
 KVALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.int8)
@@ -31,7 +31,7 @@ def dot_row(w, x, xq, xd, xs):
     for b in range(w.shape[0] // TYPE_SIZE):
         o = b * TYPE_SIZE
         v = lookup16(table, load_nibbles(w, o + 2))
-        acc = fmadd_i(acc, madd(maddubs_s8(v, xq, 32 * b), 1, 1), f16_at(w, o) * xd[b])
+        acc = fmadd_i(acc, dot4_s8(v, xq, 32 * b), f16_at(w, o) * xd[b])
     return hsum(acc)
 
 

@@ -19,8 +19,8 @@ from numba.extending import overload
 from . import q4_0, q4_1, q4_k, q5_0, q5_1, q6_k, q8_0
 from .activation import dequantize_into, quantize_q8_0, quantize_q8_k
 from .registry import ACT_F32, ACT_Q8_0, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q6_K, Q8_0, QTYPES
-from .simd import (f16_at, f32_at, fadd, fmadd_i, fmul_s, fzero, hsum, iadd, izero, load_f32x8, load_i16x16, load_u8x32,
-                   madd, madd_v, maddubs, maddubs_s8, store_f32x8, store_u8x32)
+from .simd import (dot4, dot4_s8, f16_at, f32_at, fadd, fmadd_i, fmul_s, fzero, hsum, iadd, izero, load_f32x8, load_i16x16,
+                   load_u8x32, madd_v, maddubs, store_f32x8, store_u8x32)
 
 ROW_BLOCK_BYTES = 1 << 16     # weight bytes per parallel task: fits L2 beside the activations
 PARALLEL_MIN_BYTES = 1 << 16  # below this (weight bytes x tokens) a call runs on one thread
@@ -111,8 +111,8 @@ def _block_weights(code, w, o):
 @overload(block_isum, prefer_literal=True)
 def _block_isum(code, v, xq, xo):
     if GEMM_BLOCKS[_gemm_code(code, GEMM_BLOCKS)][1]:
-        return lambda code, v, xq, xo: madd(maddubs(v, xq, xo), 1, 1)
-    return lambda code, v, xq, xo: madd(maddubs_s8(v, xq, xo), 1, 1)
+        return lambda code, v, xq, xo: dot4(v, xq, xo)
+    return lambda code, v, xq, xo: dot4_s8(v, xq, xo)
 
 
 @overload(has_min, prefer_literal=True)
@@ -355,7 +355,7 @@ def _panel_blocks(code, W, xq, xd, xs, out, r0, r1, t0, t1, q, dm):
     """_panel_superblocks for the legacy blocks of 32. Each row's block values go to q and its scales (and
     mins) to dm once; the tokens then pass in groups of eight (then four), whose per-block scale products
     (and min sums) are made for the whole group first (_group_scales), so the integer loop (_four_tokens) is
-    per token and block only maddubs, madd, convert and FMA with a broadcast load: one FMA chain per token, in
+    per token and block only the byte dot (dot4), convert and FMA with a broadcast load: one FMA chain per token, in
     dot_row's order. Tokens left over take _blocks_token.
 
     dm: float32 scratch of panel_floats(K, t1 - t0): [(scale, min) per block | sc, 8 per block | 8 min sums |

@@ -16,7 +16,7 @@ import types
 import numpy as np
 from numba import njit
 
-from .simd import f16_at, f32_at, fmadd_i, fzero, hsum, madd, maddubs, maddubs_s8, store_scaled
+from .simd import dot4, dot4_s8, f16_at, f32_at, fmadd_i, fzero, hsum, store_scaled
 
 TYPE_SIZE = 0          # each type's copy sees its own (row_kernels)
 block_weights = None   # likewise
@@ -34,7 +34,7 @@ def _dot_signed(w, x, xq, xd, xs):
     acc = fzero()
     for b in range(w.shape[0] // TYPE_SIZE):
         o = b * TYPE_SIZE
-        acc = fmadd_i(acc, madd(maddubs_s8(block_weights(w, o), xq, 32 * b), 1, 1), f16_at(w, o) * xd[b])
+        acc = fmadd_i(acc, dot4_s8(block_weights(w, o), xq, 32 * b), f16_at(w, o) * xd[b])
     return hsum(acc)
 
 
@@ -51,7 +51,7 @@ def _dot_with_min(w, x, xq, xd, xs):
     mins = np.float32(0)
     for b in range(w.shape[0] // TYPE_SIZE):
         o = b * TYPE_SIZE
-        acc = fmadd_i(acc, madd(maddubs(block_weights(w, o), xq, 32 * b), 1, 1), f16_at(w, o) * xd[b])
+        acc = fmadd_i(acc, dot4(block_weights(w, o), xq, 32 * b), f16_at(w, o) * xd[b])
         mins += f16_at(w, o + 2) * f32_at(xs, 2 * b)  # d_x * sum(xq), see activation.py
     return hsum(acc) + mins
 

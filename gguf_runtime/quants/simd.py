@@ -85,6 +85,10 @@ USE_X86_AVX2 = bool(_FEATURES.get("avx2"))
 USE_NATIVE_F16 = bool(_FEATURES.get("f16c")) or _AARCH64
 USE_ARM_NEON = _AARCH64  # tbl: NEON is part of every AArch64
 USE_ARM_DOTPROD = _target_has_dotprod(_FEATURES)  # sdot
+# vpdpbusd (sums of four u8 x s8 products in one instruction): AVX-VNNI (Intel since Alder Lake) or AVX512-VNNI
+# with 256-bit forms (Intel Xeon since Cascade Lake, AMD since Zen 4)
+USE_X86_VNNI = USE_X86_AVX2 and (bool(_FEATURES.get("avxvnni")) or (
+    bool(_FEATURES.get("avx512vnni")) and bool(_FEATURES.get("avx512vl"))))
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -228,6 +232,37 @@ def vor(typingctx, a, b):
 
 # -------------------------------------------------------------------------------- integer dot products
 
+def _unsigned_times_signed(builder, u, xv, signed):
+    """(u', x') with u' unsigned and u' * x' = u * xv per byte: for signed weights (`signed`) x86's sign trick,
+    |v| * (x with v's sign), which fits vpmaddubsw's and vpdpbusd's unsigned x signed form (xv avoids -128)."""
+    if not signed:
+        return u, xv
+    t = U8x32.llvm_type
+    return _call(builder, "llvm.x86.avx2.pabs.b", t, [u]), _call(builder, "llvm.x86.avx2.psign.b", t, [xv, u])
+
+
+def _byte_pairs(builder, u, xv, signed):
+    """16 x i16 sums of 2 products (vpmaddubsw's form), on x86 or in portable IR."""
+    if USE_X86_AVX2:
+        return _call(builder, "llvm.x86.avx2.pmadd.ub.sw", I16x16.llvm_type,
+                     list(_unsigned_times_signed(builder, u, xv, signed)))
+    wide = ir.VectorType(_I16, 32)
+    extend = builder.sext if signed else builder.zext
+    return _pairwise_add(builder, builder.mul(extend(u, wide), builder.sext(xv, wide)), 16)
+
+
+def _byte_partials(typingctx, u, x, off, signed):
+    """maddubs / maddubs_s8: ByteDots of u times x[off:off+32]."""
+    _check_array(x, (types.int8,))
+
+    def codegen(context, builder, sig, args):
+        xv = _load(context, builder, sig.args[1], args[1], args[2], U8x32.llvm_type)
+        if USE_ARM_DOTPROD:
+            return _sdot(builder, args[0], xv)
+        return _byte_pairs(builder, args[0], xv, signed)
+    return ByteDots(U8x32, x, types.intp), codegen
+
+
 @intrinsic
 def maddubs(typingctx, u, x, off):
     """u (unsigned bytes) times x[off:off+32] (signed bytes), partial sums for `madd`/`madd_v`.
@@ -235,18 +270,48 @@ def maddubs(typingctx, u, x, off):
     As vpmaddubsw: 16 x i16, lane i = elements 2i, 2i+1 (lanes 0..7 the first 16 elements, 8..15 the last 16).
     With sdot: 8 x i32, lane k = elements 4k..4k+3 (u must stay below 128, read as signed).
     """
+    return _byte_partials(typingctx, u, x, off, False)
+
+
+@intrinsic
+def maddubs_s8(typingctx, v, x, off):
+    """v (signed bytes) times x[off:off+32] (signed bytes), partial sums as `maddubs`.
+
+    x must avoid -128 (the activation quantizers give [-127, 127]) so the x86 sign trick cannot overflow.
+    """
+    return _byte_partials(typingctx, v, x, off, True)
+
+
+def _byte_quads(typingctx, u, x, off, signed):
+    """dot4 / dot4_s8: 8 x i32 sums of 4 products of u and x[off:off+32]."""
     _check_array(x, (types.int8,))
 
     def codegen(context, builder, sig, args):
         xv = _load(context, builder, sig.args[1], args[1], args[2], U8x32.llvm_type)
         if USE_ARM_DOTPROD:
-            return _sdot(builder, args[0], xv)
-        if USE_X86_AVX2:
-            return _call(builder, "llvm.x86.avx2.pmadd.ub.sw", I16x16.llvm_type, [args[0], xv])
-        wide = ir.VectorType(_I16, 32)
-        products = builder.mul(builder.zext(args[0], wide), builder.sext(xv, wide))
-        return _pairwise_add(builder, products, 16)
-    return ByteDots(U8x32, x, types.intp), codegen
+            return builder.bitcast(_sdot(builder, args[0], xv), I32x8.llvm_type)
+        if USE_X86_VNNI:
+            i32x8 = I32x8.llvm_type
+            a, b = _unsigned_times_signed(builder, args[0], xv, signed)
+            return _call(builder, "llvm.x86.avx512.vpdpbusd.256", i32x8,
+                         [ir.Constant(i32x8, None), builder.bitcast(a, i32x8), builder.bitcast(b, i32x8)])
+        ones = ir.Constant(I16x16.llvm_type, [1] * 16)
+        return _madd_wd(builder, _byte_pairs(builder, args[0], xv, signed), ones)
+    return I32x8(U8x32, x, types.intp), codegen
+
+
+@intrinsic
+def dot4(typingctx, u, x, off):
+    """u (unsigned bytes) . x[off:off+32] (signed bytes) in 8 x i32, lane k = elements 4k..4k+3: the integers
+    madd(maddubs(u, x, off), 1, 1) gives, in one instruction where the target has one (x86 VNNI vpdpbusd,
+    AArch64 sdot) and in vpmaddubsw + vpmaddwd on plain AVX2."""
+    return _byte_quads(typingctx, u, x, off, False)
+
+
+@intrinsic
+def dot4_s8(typingctx, v, x, off):
+    """dot4 for signed bytes v: the integers madd(maddubs_s8(v, x, off), 1, 1) gives (x avoids -128)."""
+    return _byte_quads(typingctx, v, x, off, True)
 
 
 def _scale_pair(builder, s0, s1):
@@ -298,30 +363,6 @@ def madd(typingctx, p, s0, s1):
     def codegen(context, builder, sig, args):
         return _scale_dots(builder, args[0], sig.args[0], _scale_pair(builder, args[1], args[2]))
     return I32x8(p, types.intp, types.intp), codegen
-
-
-@intrinsic
-def maddubs_s8(typingctx, v, x, off):
-    """v (signed bytes) times x[off:off+32] (signed bytes), partial sums as `maddubs`.
-
-    x must avoid -128 (the activation quantizers give [-127, 127]) so the x86 sign trick cannot overflow.
-    """
-    _check_array(x, (types.int8,))
-
-    def codegen(context, builder, sig, args):
-        t = U8x32.llvm_type
-        xv = _load(context, builder, sig.args[1], args[1], args[2], t)
-        if USE_ARM_DOTPROD:
-            return _sdot(builder, args[0], xv)
-        if USE_X86_AVX2:
-            # |v| * (x with v's sign) equals v * x and fits vpmaddubsw's unsigned x signed form
-            absv = _call(builder, "llvm.x86.avx2.pabs.b", t, [args[0]])
-            signed_x = _call(builder, "llvm.x86.avx2.psign.b", t, [xv, args[0]])
-            return _call(builder, "llvm.x86.avx2.pmadd.ub.sw", I16x16.llvm_type, [absv, signed_x])
-        wide = ir.VectorType(_I16, 32)
-        products = builder.mul(builder.sext(args[0], wide), builder.sext(xv, wide))
-        return _pairwise_add(builder, products, 16)
-    return ByteDots(U8x32, x, types.intp), codegen
 
 
 @intrinsic
@@ -552,6 +593,7 @@ def _store_vector(vtype: VectorType, dtypes):
 
 store_u8x32 = intrinsic(_store_vector(U8x32, _BYTES))           # arr[off:off+32] = v (bytes)
 store_i16x16 = intrinsic(_store_vector(I16x16, (types.int16,)))  # arr[off:off+16] = v (int16)
+store_i32x8 = intrinsic(_store_vector(I32x8, (types.int32,)))    # arr[off:off+8] = v (int32)
 
 
 @intrinsic
