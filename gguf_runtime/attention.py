@@ -141,8 +141,13 @@ def _span(job, per, n_head, n_kv, tables, seq, pos, window):
 
 
 @njit(**_JIT)
-def attend_task(code, job, per, q, K, V, tables, seq, pos, scale, window, cap, qq, qd, qs, scores, vrow, out):
-    """Task `job` of _attend: `per` query heads of one row (see _task), over the cache of type `code`."""
+def attend_task(code, job, per, q, K, V, tables, seq, pos, scale, window, cap, qq, qd, qs, out):
+    """Task `job` of _attend: `per` query heads of one row (see _task), over the cache of type `code`.
+
+    Its scores and its heads' sums live in arrays of its own until the end (_private_rows). Kept in rows of
+    shared arrays, written at every position beside rows other threads write, they made cache lines bounce
+    between the cores: inside fused.py's region, decode at 1000 cached positions was no faster on two threads
+    than on one."""
     hd, bt = q.shape[2], K.shape[2]
     t, kv, h0, table, first, n = _span(job, per, q.shape[1], K.shape[1], tables, seq, pos, window)
     for h in range(h0, h0 + per):
@@ -150,18 +155,25 @@ def attend_task(code, job, per, q, K, V, tables, seq, pos, scale, window, cap, q
             for i in range(hd):
                 q[t, h, i] = round_to_f16(q[t, h, i])
         quantize_activation(code, q[t, h], qq[t, h], qd[t, h], qs[t, h])
+    sc, acc, row = _private_rows(per, n - first, hd)
     for p in range(first, n):
         k_row = K[table[p // bt], kv, p % bt]
-        for h in range(h0, h0 + per):
-            scores[t, h, p] = _capped(dot_row(code, k_row, q[t, h], qq[t, h], qd[t, h], qs[t, h]) * scale, cap)
-    for h in range(h0, h0 + per):
-        _softmax(scores[t, h, first:n])
-        out[t, h] = 0.0
-    row = vrow[t, h0]
+        for j in range(per):
+            h = h0 + j
+            sc[j, p - first] = _capped(dot_row(code, k_row, q[t, h], qq[t, h], qd[t, h], qs[t, h]) * scale, cap)
+    for j in range(per):
+        _softmax(sc[j])
     for p in range(first, n):
         dequantize_row(code, V[table[p // bt], kv, p % bt], row)
-        for h in range(h0, h0 + per):
-            _add_scaled(out[t, h], round_to_f16(scores[t, h, p]) if code == F16 else scores[t, h, p], row)
+        for j in range(per):
+            _add_scaled(acc[j], round_to_f16(sc[j, p - first]) if code == F16 else sc[j, p - first], row)
+    out[t, h0:h0 + per] = acc
+
+
+@njit(**_JIT)
+def _private_rows(per, n_pos, hd):
+    """A task's scratch: scores (per, n_pos), its heads' output sums (per, hd) from zero, a value row (hd,)."""
+    return np.empty((per, n_pos), np.float32), np.zeros((per, hd), np.float32), np.empty(hd, np.float32)
 
 
 @njit(**_JIT)
@@ -196,50 +208,51 @@ def _add_scaled(out, w, row):
 
 
 @njit(**_JIT)
-def attend_task_f32(job, per, q, K, V, tables, seq, pos, scale, window, cap, scores, out):
+def attend_task_f32(job, per, q, K, V, tables, seq, pos, scale, window, cap, out):
     """Task `job` of _attend_f32: K, V read as float32 (blocks, H_kv, block_tokens, hd) straight from the
-    cache by _dot_f32 and _add_scaled (the generic path's per-row dequantize and calls cost ~3x at decode)."""
+    cache by _dot_f32 and _add_scaled (the generic path's per-row dequantize and calls cost ~3x at decode);
+    scores and sums private to the task as in attend_task."""
     bt = K.shape[2]
     t, kv, h0, table, first, n = _span(job, per, q.shape[1], K.shape[1], tables, seq, pos, window)
+    sc, acc, _ = _private_rows(per, n - first, q.shape[2])
     for p in range(first, n):
         b, sl = table[p // bt], p % bt
-        for h in range(h0, h0 + per):
-            scores[t, h, p] = _capped(_dot_f32(q[t, h], K[b, kv, sl]) * scale, cap)
-    for h in range(h0, h0 + per):
-        _softmax(scores[t, h, first:n])
-        out[t, h] = 0.0
+        for j in range(per):
+            sc[j, p - first] = _capped(_dot_f32(q[t, h0 + j], K[b, kv, sl]) * scale, cap)
+    for j in range(per):
+        _softmax(sc[j])
     for p in range(first, n):
         b, sl = table[p // bt], p % bt
-        for h in range(h0, h0 + per):
-            _add_scaled(out[t, h], scores[t, h, p], V[b, kv, sl])
+        for j in range(per):
+            _add_scaled(acc[j], sc[j, p - first], V[b, kv, sl])
+    out[t, h0:h0 + per] = acc
 
 
 @njit(parallel=True, **_JIT)
-def _attend(code, q, K, V, tables, seq, pos, scale, window, cap, qq, qd, qs, scores, vrow, out):
+def _attend(code, q, K, V, tables, seq, pos, scale, window, cap, qq, qd, qs, out):
     """Causal attention of T query rows, each over its own sequence's positions 0..pos[t], or only the last
     `window` of them (a sliding-window layer; 0 = all). cap > 0 soft-caps scores: cap · tanh(score / cap).
 
     q: (T, H, hd), rounded in place for an F16 cache   K, V: one layer's blocks
     tables: (B, max_blocks) int32   seq, pos: (T,)
     qq, qd, qs: the queries quantized as the key type's dot wants them (T, H, ...)
-    scores: (T, H, max_pos + 1) scratch   vrow: (T, H, hd) scratch   out: (T, H, hd)
+    out: (T, H, hd)
     Every head's sums run in position order, whatever T, the batch or the task split.
     """
     n_tok, n_head, _ = q.shape
     per = _heads_per_task(n_tok, K.shape[1], n_head // K.shape[1])
     for job in prange(n_tok * n_head // per):
-        attend_task(code, np.int64(job), per, q, K, V, tables, seq, pos, scale, window, cap, qq, qd, qs, scores,
-                    vrow, out)
+        attend_task(code, np.int64(job), per, q, K, V, tables, seq, pos, scale, window, cap, qq, qd, qs, out)
     return out
 
 
 @njit(parallel=True, **_JIT)
-def _attend_f32(q, K, V, tables, seq, pos, scale, window, cap, scores, out):
+def _attend_f32(q, K, V, tables, seq, pos, scale, window, cap, out):
     """_attend for an F32 cache, K and V viewed as float32. Same task split."""
     n_tok, n_head, _ = q.shape
     per = _heads_per_task(n_tok, K.shape[1], n_head // K.shape[1])
     for job in prange(n_tok * n_head // per):
-        attend_task_f32(np.int64(job), per, q, K, V, tables, seq, pos, scale, window, cap, scores, out)
+        attend_task_f32(np.int64(job), per, q, K, V, tables, seq, pos, scale, window, cap, out)
     return out
 
 
@@ -248,10 +261,9 @@ gather_rows = Specialized(_gather)
 attend_rows = Specialized(_attend)
 
 
-def attend(code, q, K, V, tables, seq, pos, scale, window, cap, q_act, scores, v_row, out):
+def attend(code, q, K, V, tables, seq, pos, scale, window, cap, q_act, out):
     """Attention of every row (see _attend) through the kernel for the cache type `code`."""
     window, cap = np.int64(window), np.float32(cap)
     if code == F32:
-        return _attend_f32(q, K.view(np.float32), V.view(np.float32), tables, seq, pos, scale, window, cap,
-                           scores, out)
-    return attend_rows(code, q, K, V, tables, seq, pos, scale, window, cap, *q_act, scores, v_row, out)
+        return _attend_f32(q, K.view(np.float32), V.view(np.float32), tables, seq, pos, scale, window, cap, out)
+    return attend_rows(code, q, K, V, tables, seq, pos, scale, window, cap, *q_act, out)

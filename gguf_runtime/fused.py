@@ -38,7 +38,7 @@ from .ops import ACTIVATIONS, gated, rms_norm, rope, table_for
 from .quants.kernels import (GEMM_MIN_TOKENS, PANEL_BYTES, ROW_BLOCK_BYTES, _qtype_of, _row_block, panel, panel_floats,
                              quantize_activation)
 from .quants.registry import ACT_F32, ACT_Q8_K, F16, F32, Q8_0
-from .sync import MASK_WORDS, barrier, concurrent_layer, new_barrier, pin, placement, unpin
+from .sync import MASK_WORDS, barrier, borrowed, concurrent_layer, new_barrier, pin, placement, unpin
 
 MAX_ROWS = 32  # rows per call: every thread keeps a private copy of the residual stream of each row
 # Rows up to which this path is the faster one beyond two threads (model.py's layer-by-layer path computes the
@@ -218,15 +218,14 @@ def _store_kv(code, k, v, k_out, v_out):
 
 
 @njit(**_JIT)
-def _attend_kv(code, job, per, q, K, V, tables, seq, pos, scale, window, cap, qq, qd, qs, scores, vrow, out):
+def _attend_kv(code, job, per, q, K, V, tables, seq, pos, scale, window, cap, qq, qd, qs, out):
     """Attention task `job` (attention.attend_task / attend_task_f32) for a cache type given at run time."""
     if code == F32:
-        attend_task_f32(job, per, q, K.view(np.float32), V.view(np.float32), tables, seq, pos, scale, window, cap,
-                        scores, out)
+        attend_task_f32(job, per, q, K.view(np.float32), V.view(np.float32), tables, seq, pos, scale, window, cap, out)
     elif code == F16:
-        attend_task(F16, job, per, q, K, V, tables, seq, pos, scale, window, cap, qq, qd, qs, scores, vrow, out)
+        attend_task(F16, job, per, q, K, V, tables, seq, pos, scale, window, cap, qq, qd, qs, out)
     else:
-        attend_task(Q8_0, job, per, q, K, V, tables, seq, pos, scale, window, cap, qq, qd, qs, scores, vrow, out)
+        attend_task(Q8_0, job, per, q, K, V, tables, seq, pos, scale, window, cap, qq, qd, qs, out)
 
 
 @njit(parallel=True, **_JIT)
@@ -266,9 +265,7 @@ def _layers(cq, ck, cv, co, cg, cu, cd, cout, ckv, act, gelu,
     qq = np.empty((n_tok, n_head, n_act), np.int8)
     qd = np.empty((n_tok, n_head, n_act // 32), np.float32)
     qs = np.empty((n_tok, n_head, n_act // 16), np.int16)
-    scores = np.empty((n_tok, n_head, pos.max() + 1), np.float32)  # (T, H, S)
-    vrow = np.empty((n_tok, n_head, hd), np.float32)  # (T, H, hd)
-    shared = (q_raw, k_raw, v_raw, q, k, v, attn, o, gate, up, hidden, hq, hdd, hs, qq, qd, qs, scores, vrow)
+    shared = (q_raw, k_raw, v_raw, q, k, v, attn, o, gate, up, hidden, hq, hdd, hs, qq, qd, qs)
     saved = np.empty((threads, MASK_WORDS), np.uint64)  # each thread's own CPU set while it is pinned
     for me in prange(threads):  # one thread each: the work is split inside, between barriers
         pinned = pin(cpus, me, saved[me])
@@ -289,7 +286,14 @@ def _thread(cq, ck, cv, co, cg, cu, cd, cout, ckv, act, gelu, tid, shared,
             out_norm, w_out, out_rows, logits):
     """Thread tid's part of _layers: its private copy of the residual stream through layers l0..l1-1, its
     share of each step's work, a barrier after every step whose results other threads read."""
-    (q_raw, k_raw, v_raw, q, k, v, attn, o, gate, up, hidden, hq, hdd, hs, qq, qd, qs, scores, vrow) = shared
+    # borrowed (sync.borrowed): every thread slices these, and a view of an array with a reference count costs
+    # two atomic operations on its shared cache line (per weight row, per cached position)
+    q_raw, k_raw, v_raw = borrowed(shared[0]), borrowed(shared[1]), borrowed(shared[2])
+    q, k, v = borrowed(shared[3]), borrowed(shared[4]), borrowed(shared[5])
+    attn, o = borrowed(shared[6]), borrowed(shared[7])
+    gate, up, hidden = borrowed(shared[8]), borrowed(shared[9]), borrowed(shared[10])
+    hq, hdd, hs = borrowed(shared[11]), borrowed(shared[12]), borrowed(shared[13])
+    qq, qd, qs = borrowed(shared[14]), borrowed(shared[15]), borrowed(shared[16])
     n_tok, d = x.shape
     n_kv = wk[l0].shape[0] // hd
     n_ff = wg[l0].shape[0]
@@ -316,6 +320,7 @@ def _thread(cq, ck, cv, co, cg, cu, cd, cout, ckv, act, gelu, tid, shared,
     tmp = np.empty((1, n_head * hd), np.float32)
     for layer in range(l0, l1):
         r, grp = rope_of[layer], group_of[layer]
+        Kl, Vl = borrowed(K[layer]), borrowed(V[layer])  # this layer's cache blocks
         # Q, K, V
         _normed(xp, attn_norm[layer], eps, a)
         _quantize(cq, a, sq)
@@ -326,9 +331,9 @@ def _thread(cq, ck, cv, co, cg, cu, cd, cout, ckv, act, gelu, tid, shared,
         xk = sq if ck == cq else sk
         xv = sq if cv == cq else (sk if cv == ck else sv)
         g0, g1 = _share(n_qkv, tid, threads)
-        _stacked_rows(cq, wq[layer], a, sq, q_raw, 0, g0, g1, pq, ps, pdm)
-        _stacked_rows(ck, wk[layer], a, xk, k_raw, n_head * hd, g0, g1, pq, ps, pdm)
-        _stacked_rows(cv, wv[layer], a, xv, v_raw, (n_head + n_kv) * hd, g0, g1, pq, ps, pdm)
+        _stacked_rows(cq, borrowed(wq[layer]), a, sq, q_raw, 0, g0, g1, pq, ps, pdm)
+        _stacked_rows(ck, borrowed(wk[layer]), a, xk, k_raw, n_head * hd, g0, g1, pq, ps, pdm)
+        _stacked_rows(cv, borrowed(wv[layer]), a, xv, v_raw, (n_head + n_kv) * hd, g0, g1, pq, ps, pdm)
         barrier(sync, threads)
         # bias, QK-norm, RoPE of each head; keys and values into the cache
         for job in range(tid, n_tok * (n_head + n_kv), threads):
@@ -341,18 +346,18 @@ def _thread(cq, ck, cv, co, cg, cu, cd, cout, ckv, act, gelu, tid, shared,
                 _head(k_raw[t], bk[layer], k_norm[layer], eps, h, hd, tmp, k[t, h])
                 rope(k[t:t + 1, h:h + 1], cos[r, t:t + 1], sin[r, t:t + 1], neox)
                 _head(v_raw[t], bv[layer], none, eps, h, hd, tmp, v[t, h])
-                _store_kv(ckv, k[t, h:h + 1], v[t, h:h + 1], K[layer][blk[grp, t], h, slot[grp, t]:slot[grp, t] + 1],
-                          V[layer][blk[grp, t], h, slot[grp, t]:slot[grp, t] + 1])
+                _store_kv(ckv, k[t, h:h + 1], v[t, h:h + 1], Kl[blk[grp, t], h, slot[grp, t]:slot[grp, t] + 1],
+                          Vl[blk[grp, t], h, slot[grp, t]:slot[grp, t] + 1])
         barrier(sync, threads)
         for job in range(tid, n_tok * n_head // per, threads):
-            _attend_kv(ckv, job, per, q, K[layer], V[layer], tables[grp], seq, pos, scale, windows[layer], cap,
-                       qq, qd, qs, scores, vrow, attn)
+            _attend_kv(ckv, job, per, q, Kl, Vl, tables[grp], seq, pos, scale, windows[layer], cap,
+                       qq, qd, qs, attn)
         barrier(sync, threads)
         # output projection, residual
         flat = attn.reshape(n_tok, n_head * hd)
         _quantize(co, flat, so)
         r0, r1 = _share(d, tid, threads)
-        _rows(co, wo[layer], flat, so, o, r0, r1, pq, ps, pdm)
+        _rows(co, borrowed(wo[layer]), flat, so, o, r0, r1, pq, ps, pdm)
         barrier(sync, threads)
         _normed(o, post_attn_norm[layer], eps, post)
         _add(xp, post)
@@ -363,8 +368,8 @@ def _thread(cq, ck, cv, co, cg, cu, cd, cout, ckv, act, gelu, tid, shared,
             _quantize(cu, a, su)
         xu = sg if cu == cg else su
         g0, g1 = _share(2 * n_ff, tid, threads)
-        _stacked_rows(cg, wg[layer], a, sg, gate, 0, g0, g1, pq, ps, pdm)
-        _stacked_rows(cu, wu[layer], a, xu, up, n_ff, g0, g1, pq, ps, pdm)
+        _stacked_rows(cg, borrowed(wg[layer]), a, sg, gate, 0, g0, g1, pq, ps, pdm)
+        _stacked_rows(cu, borrowed(wu[layer]), a, xu, up, n_ff, g0, g1, pq, ps, pdm)
         barrier(sync, threads)
         block = activation_block(cd)
         b0, b1 = _share(-(-n_ff // block), tid, threads)
@@ -376,7 +381,7 @@ def _thread(cq, ck, cv, co, cg, cu, cd, cout, ckv, act, gelu, tid, shared,
                     quantize_activation(cd, hidden[t][c0:c1], hq[t][c0:c1], hdd[t][c0 // block:c1 // block],
                                         hs[t][c0 // 16:c1 // 16])
         barrier(sync, threads)
-        _rows(cd, wd[layer], hidden, (hq, hdd, hs), o, r0, r1, pq, ps, pdm)
+        _rows(cd, borrowed(wd[layer]), hidden, (hq, hdd, hs), o, r0, r1, pq, ps, pdm)
         barrier(sync, threads)
         _normed(o, post_ffn_norm[layer], eps, post)
         _add(xp, post)

@@ -268,8 +268,6 @@ class Model:
         n_act = hd if pool.qtype.activation else 0  # queries quantized as the key type's dot wants them
         q_act = (np.empty((n_tok, H, n_act), np.int8), np.empty((n_tok, H, n_act // 32), np.float32),
                  np.empty((n_tok, H, n_act // 16), np.int16))
-        scores = np.empty((n_tok, H, int(pos.max()) + 1), np.float32)  # (T, H, S) attention weights
-        v_row = np.empty((n_tok, H, hd), np.float32)  # (T, H, hd) a dequantized value row per task
         attn = np.empty((n_tok, H, hd), np.float32)  # (T, H, hd)
 
         for i, L in enumerate(self.layers):
@@ -287,7 +285,7 @@ class Model:
             K, V, where = batch.layer(i)  # this layer's blocks; where the rows go, the block tables to read
             store_rows(code, K, V, where.blocks, where.slots, k, v)
             attend(code, q, K, V, where.tables, seq, pos, np.float32(c.attn_scale), L.window,
-                   np.float32(c.attn_softcap), q_act, scores, v_row, attn)
+                   np.float32(c.attn_softcap), q_act, attn)
             o = _linear(L.wo, attn.reshape(n_tok, H * hd), None, decode)  # (T, D)
             x += _normed(o, L.post_attn_norm, eps, o)
 
