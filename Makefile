@@ -67,6 +67,7 @@ check-aarch64: models-all
 # SIGILL). --no-cache-dir: pip's wheel cache ignores CMAKE_ARGS and could hand back a wheel built for another CPU.
 FIXTURES_VENV ?= .fixtures-venv
 LLAMA_CPP_PYTHON ?= llama-cpp-python==0.3.36
+NPROC := $(shell nproc 2>/dev/null || echo 2)
 HAS_AVX512 := $(shell grep -qs avx512f /proc/cpuinfo && echo ON || echo OFF)
 HAS_AVX512_VNNI := $(shell grep -qs avx512_vnni /proc/cpuinfo && echo ON || echo OFF)
 FIXTURES_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=$(HAS_AVX512) \
@@ -91,6 +92,22 @@ $(FIXTURES_VENV)/.fixtures-installed:
 	CMAKE_ARGS="$(FIXTURES_CMAKE_ARGS)" $(FIXTURES_VENV)/bin/python -m pip install -q --disable-pip-version-check \
 		--no-cache-dir --force-reinstall "$(LLAMA_CPP_PYTHON)" gguf transformers==4.57.6
 	touch $@
+
+# llama.cpp's own llama-server, for scripts/bench_serve.py's comparison (never used by tests or the runtime): built
+# from the llama.cpp sources inside the same pinned llama-cpp-python sdist, with the same CPU flags, no web UI.
+LLAMA_SERVER_DIR ?= $(FIXTURES_VENV)/llama-server
+.PHONY: llama-server
+llama-server: $(LLAMA_SERVER_DIR)/build/bin/llama-server
+
+$(LLAMA_SERVER_DIR)/build/bin/llama-server:
+	rm -rf $(LLAMA_SERVER_DIR) && mkdir -p $(LLAMA_SERVER_DIR)/src
+	$(PYTHON) -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: "$(LLAMA_CPP_PYTHON)" \
+		-d $(LLAMA_SERVER_DIR)/src
+	tar xzf $(LLAMA_SERVER_DIR)/src/*.tar.gz -C $(LLAMA_SERVER_DIR)/src
+	cmake -S $(LLAMA_SERVER_DIR)/src/llama_cpp_python-*/vendor/llama.cpp -B $(LLAMA_SERVER_DIR)/build \
+		-DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_UI=OFF \
+		-DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF $(FIXTURES_CMAKE_ARGS)
+	cmake --build $(LLAMA_SERVER_DIR)/build --target llama-server -j $(NPROC)
 
 fixtures: fixtures-env models-all
 	$(FIXTURES_VENV)/bin/python scripts/make_fixtures.py tokenizer

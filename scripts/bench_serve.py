@@ -3,7 +3,8 @@
 the same run against llama-cpp-python's own server (`llama_cpp.server`) on the same file and threads.
 
     .venv/bin/python scripts/bench_serve.py [-m smollm2-135m] [-t 2] [-c 1 -c 4 -c 8 -c 16] [--n-gen 64]
-        [--requests 2] [--llama-python .fixtures-venv/bin/python] [--llama-max-clients 8] [--json]
+        [--requests 2] [--llama-python .fixtures-venv/bin/python] [--llama-max-clients 8]
+        [--llama-server .fixtures-venv/llama-server/build/bin/llama-server] [--llama-server-slots 8] [--json]
 
 Each of N clients sends `--requests` streaming chat requests one after another (distinct questions, greedy,
 at most n-gen tokens). Reported per server and N: aggregate generated tokens/s (all tokens / wall time of the
@@ -21,6 +22,11 @@ llama_cpp.server runs one sequence at a time (one Llama object behind a lock): m
 started with --interrupt_requests False, because its default ends a running stream (a bare [DONE], no
 finish_reason) as soon as another request arrives; and measured at the -c values up to --llama-max-clients.
 The fixtures venv needs its server dependencies (`make fixtures-env` installs them).
+
+llama.cpp's own `llama-server` (continuous batching over `--llama-server-slots` slots, `-np 8` by default, each
+slot with --n-ctx positions) is measured at every -c value when it is built: `make llama-server` compiles it from
+the llama.cpp sources inside the pinned llama-cpp-python sdist (PyPI), with the fixtures' CPU flags (~7 min on
+2 cores). Where it is not built the script says so and measures the others.
 """
 
 from __future__ import annotations
@@ -175,10 +181,14 @@ def summary(rows: list[dict]) -> int:
                                                            f"{r['requests']})" for r in failures))
         return 1
     ours = {r["clients"]: r for r in rows if r["server"] == "gguf-runtime serve"}
-    theirs = {r["clients"]: r for r in rows if r["server"] == "llama_cpp.server"}
+    others = {}
+    for r in rows:
+        if r["server"] != "gguf-runtime serve":
+            others.setdefault(r["server"], {})[r["clients"]] = r
     if 1 in ours:
         for n, r in ours.items():
-            versus = f"  vs llama_cpp.server {r['tok_s'] / theirs[n]['tok_s']:.2f}x" if n in theirs else ""
+            versus = "".join(f"  vs {name} {r['tok_s'] / theirs[n]['tok_s']:.2f}x"
+                             for name, theirs in others.items() if n in theirs)
             print(f"N={n:>2}: {r['tok_s'] / ours[1]['tok_s']:.2f}x our single-client throughput{versus}")
     return 0
 
@@ -194,7 +204,10 @@ def main() -> None:
     ap.add_argument("--llama-python", default=str(ROOT / ".fixtures-venv" / "bin" / "python"))
     ap.add_argument("--llama-max-clients", type=int, default=8,
                     help="measure llama_cpp.server at the -c values up to this (it serves one request at a time)")
-    ap.add_argument("--skip-llama", action="store_true")
+    ap.add_argument("--llama-server", default=str(ROOT / ".fixtures-venv" / "llama-server" / "build" / "bin" / "llama-server"),
+                    help="llama.cpp's llama-server binary (make llama-server)")
+    ap.add_argument("--llama-server-slots", type=int, default=8, help="its -np")
+    ap.add_argument("--skip-llama", action="store_true", help="measure neither llama_cpp.server nor llama-server")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     args.concurrency = args.concurrency or [1, 4, 8, 16]
@@ -218,6 +231,16 @@ def main() -> None:
                                                   "--n_threads_batch", str(args.threads), "--n_ctx", str(args.n_ctx),
                                                   "--interrupt_requests", "False"],
                              port, path.name, args, llama_concurrency, usage=False)
+    if not args.skip_llama and Path(args.llama_server).is_file():
+        port = free_port()
+        slots = args.llama_server_slots
+        rows += bench_server(f"llama-server -np {slots}", [args.llama_server, "-m", str(path), "--host", "127.0.0.1",
+                                                           "--port", str(port), "-t", str(args.threads), "-tb",
+                                                           str(args.threads), "-np", str(slots), "-c",
+                                                           str(args.n_ctx * slots), "--no-webui"],
+                             port, path.name, args, args.concurrency, usage=True)
+    elif not args.skip_llama:
+        print(f"llama-server: not measured, {args.llama_server} is not built (make llama-server)")
     print()
     status = summary(rows)
     if args.json:
