@@ -398,6 +398,20 @@ def madd_v(typingctx, a, b):
 
 
 @intrinsic
+def prefetch(typingctx, arr, off):
+    """A hint to bring the cache line of arr[off] toward L1 (for reading, kept in every level)."""
+    _check_array(arr)
+
+    def codegen(context, builder, sig, args):
+        ptr = _pointer(context, builder, sig.args[0], args[0], args[1], _I8)
+        hint = ir.FunctionType(ir.VoidType(), [ptr.type, _I32, _I32, _I32])  # address, read, keep in all, data
+        fn = cgutils.get_or_insert_function(builder.module, hint, "llvm.prefetch.p0")
+        builder.call(fn, [ptr, _I32(0), _I32(3), _I32(1)])
+        return context.get_dummy_value()
+    return types.none(arr, types.intp), codegen
+
+
+@intrinsic
 def lane(typingctx, v, i):
     """Lane i of a 16 x i16 vector, sign-extended."""
     def codegen(context, builder, sig, args):
