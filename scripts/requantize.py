@@ -22,6 +22,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gguf_runtime.catalog import resolve_model  # noqa: E402
+from gguf_runtime.errors import UserInputError  # noqa: E402
+from gguf_runtime.gguf_file import GGUFFile  # noqa: E402
 from gguf_runtime.quants import dequantize, quantize  # noqa: E402
 from gguf_runtime.quants.registry import QTYPES  # noqa: E402
 
@@ -77,9 +79,13 @@ def main() -> None:
     target = gguf.GGMLQuantizationType.__members__.get(args.type.upper())
     if target is None or int(target) not in QTYPES:
         sys.exit(f"requantize: {args.type} is not a type this runtime quantizes")
-    src = resolve_model(args.model)
     t0 = time.perf_counter()
-    counts = requantize(src, args.out, int(target))
+    try:
+        src = resolve_model(args.model)
+        GGUFFile(src).close()  # our reader's checks first (bounds, overlaps, types): a hostile file is one line
+        counts = requantize(src, args.out, int(target))
+    except (UserInputError, OSError) as e:
+        sys.exit(f"requantize: {e}")
     print(f"{args.out}: {args.out.stat().st_size / 1e6:.1f} MB (from {src.stat().st_size / 1e6:.1f} MB) in "
           f"{time.perf_counter() - t0:.1f} s; tensors by type: {counts}")
 

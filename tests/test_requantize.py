@@ -46,8 +46,9 @@ def test_requantized_smollm2_keeps_metadata_and_predictions(smollm2_path, tmp_pa
     assert after.pop("general.file_type") == int(gguf.LlamaFileType.MOSTLY_Q8_0)
     before.pop("general.file_type")
     assert after == before
-    ids = LLM(str(smollm2_path), n_ctx=64).tokenize("The capital of France is Paris. The capital of Italy is")
-    a = LLM(str(smollm2_path), n_ctx=64, n_threads=1).logits(ids)
+    original = LLM(str(smollm2_path), n_ctx=64, n_threads=1)
+    ids = original.tokenize("The capital of France is Paris. The capital of Italy is")
+    a = original.logits(ids)
     b = LLM(str(out), n_ctx=64, n_threads=1).logits(ids)
     assert np.array_equal(a.argmax(axis=1), b.argmax(axis=1))
     p, q = _softmax(a), _softmax(b)

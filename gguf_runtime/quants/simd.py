@@ -405,7 +405,8 @@ def prefetch(typingctx, arr, off):
     def codegen(context, builder, sig, args):
         ptr = _pointer(context, builder, sig.args[0], args[0], args[1], _I8)
         hint = ir.FunctionType(ir.VoidType(), [ptr.type, _I32, _I32, _I32])  # address, read, keep in all, data
-        fn = cgutils.get_or_insert_function(builder.module, hint, "llvm.prefetch.p0")
+        # llvmlite names the overload for its pointer type (typed before LLVM 15, which upgrades the name)
+        fn = builder.module.declare_intrinsic("llvm.prefetch", [ptr.type], hint)
         builder.call(fn, [ptr, _I32(0), _I32(3), _I32(1)])
         return context.get_dummy_value()
     return types.none(arr, types.intp), codegen
