@@ -35,7 +35,7 @@ from numba.extending import overload
 from . import quants as _quants  # noqa: F401  (sets NUMBA_CACHE_DIR before the first compile)
 from .attention import _heads_per_task, attend_task, attend_task_f32, quantize_row
 from .ops import ACTIVATIONS, gated, rms_norm, rope, table_for
-from .quants.kernels import (GEMM_MIN_TOKENS, PANEL_BYTES, ROW_BLOCK_BYTES, _qtype_of, _row_block, panel, panel_floats,
+from .quants.kernels import (GEMM_MIN_TOKENS, PANEL_BYTES, ROW_BLOCK_BYTES, _qtype_of, _row_block, panel, panel_scratch,
                              quantize_activation)
 from .quants.registry import ACT_F32, ACT_Q8_K, F16, F32, Q8_0
 from .sync import MASK_WORDS, barrier, borrowed, concurrent_layer, new_barrier, pin, placement, unpin
@@ -106,7 +106,7 @@ def _panels(code, W, X, scratch, out, r0, r1, pq, ps, pdm):
     """out[:, r0:r1] by the integer GEMM's panels (kernels._matmul_panels' blocks of rows and tokens)."""
     xq, xd, xs = scratch
     n_tok = X.shape[0]
-    step = max(1, ROW_BLOCK_BYTES // W.shape[1])
+    step = -(-max(1, ROW_BLOCK_BYTES // W.shape[1]) // 8) * 8  # whole groups of 8 (super-block panels)
     panel_tokens = max(2, PANEL_BYTES // xq.shape[1])
     for b0 in range(r0, r1, step):
         b1 = min(r1, b0 + step)
@@ -314,9 +314,7 @@ def _thread(cq, ck, cv, co, cg, cu, cd, cout, ckv, act, gelu, tid, shared,
     so = _act_scratch(co, n_tok, n_head * hd, False)
     sg = _act_scratch(cg, n_tok, d, False)
     su = _act_scratch(cu, n_tok, d, cu == cg)
-    pq = np.empty(width, np.uint8)  # a weight row unpacked by the GEMM panels
-    ps = np.empty(144 * (width // 256), np.int16)
-    pdm = np.empty(panel_floats(width, n_tok), np.float32)
+    pq, ps, pdm = panel_scratch(width, n_tok)  # weights unpacked by the GEMM panels
     tmp = np.empty((1, n_head * hd), np.float32)
     for layer in range(l0, l1):
         r, grp = rope_of[layer], group_of[layer]

@@ -146,15 +146,36 @@ def test_generic_ir_dot_matches_fast_path(t, generic_ir):
 
 
 @pytest.mark.parametrize("t", sorted(GEMM_SUPERBLOCKS), ids=[GT(t).name for t in sorted(GEMM_SUPERBLOCKS)])
-def test_generic_ir_gemm_unpack_matches_fast_path(t, generic_ir):
-    """The GEMM's super-block unpacking (vector stores, scale vectors) is the same on the portable IR."""
-    raw = quantize(np.random.default_rng(t).standard_normal((1, 512)).astype(np.float32), t)[0]
-    unpack = GEMM_SUPERBLOCKS[t]
-    generic = fresh(unpack)
-    for o in (0, QTYPES[t].type_size):
-        q, s, q2, s2 = np.zeros(256, np.uint8), np.zeros(144, np.int16), np.ones(256, np.uint8), np.ones(144, np.int16)
-        assert generic(raw, o, q, s) == unpack(raw, o, q2, s2)
-        assert np.array_equal(q, q2) and np.array_equal(s, s2)
+def test_generic_ir_gemm_interleave_matches_fast_path(t, generic_ir):
+    """The GEMM's interleaving of 8 rows' super-blocks (transposes, scale vectors) is the same on the portable
+    IR, and puts value 4g + b of row k at byte 32g + 4k + b (checked against the dequantized values)."""
+    k, size = 512, QTYPES[t].type_size
+    raw = quantize(np.random.default_rng(t).standard_normal((8, k)).astype(np.float32), t)
+    flat, rows = raw.reshape(-1), tuple(r * raw.shape[1] for r in range(8))
+    interleave = GEMM_SUPERBLOCKS[t].interleave_superblock
+    generic = fresh(interleave)
+    for o in (0, size):
+        q, s, f = np.zeros(2048, np.uint8), np.zeros(384, np.int16), np.zeros(16, np.float32)
+        q2, s2, f2 = np.ones(2048, np.uint8), np.ones(384, np.int16), np.ones(16, np.float32)
+        generic(flat, rows, o, q, 0, s, 0, f, 0)
+        interleave(flat, rows, o, q2, 0, s2, 0, f2, 0)
+        used = 16 * (64 // GEMM_SUPERBLOCKS[t].GEMM_SCALE_GROUPS + 8)
+        assert np.array_equal(q, q2) and np.array_equal(s[:used], s2[:used]) and np.array_equal(f, f2)
+        # the rows' values, as the GEMM multiplies them: (value - offset) * per-value scale * d, minus the min
+        values = q.reshape(64, 8, 4).transpose(1, 0, 2).reshape(8, 256).astype(np.int64)
+        assert values.max() <= (15 if t == GT.Q4_K else 63)
+        block = o // size
+        exact = dequantize(raw, t)[:, 256 * block:256 * (block + 1)]
+        per_scale = 4 * GEMM_SUPERBLOCKS[t].GEMM_SCALE_GROUPS
+        scales = s[:16 * (256 // per_scale)].reshape(-1, 8, 2)[:, :, 0].T.astype(np.int64)  # (8 rows, scales)
+        bias = s[used - 128:used].reshape(8, 8, 2).transpose(1, 0, 2).reshape(8, 16).astype(np.float32)
+        d, m = f[:8], f[8:]
+        integer = values * np.repeat(scales, per_scale, axis=1)
+        if t == GT.Q4_K:  # w = d*sc*q - dmin*m: the min's weight sits under each pair of block sums
+            approx = d[:, None] * integer + m[:, None] * np.repeat(bias[:, ::2], 32, axis=1)
+        else:  # w = d*sc*(q - 32): the bias is the scale of each 16 values, times -32*d
+            approx = d[:, None] * integer + m[:, None] * np.repeat(bias, 16, axis=1)
+        assert np.allclose(approx, exact, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("t", [GT.Q6_K, GT.F16], ids=["Q6_K", "F16"])

@@ -19,8 +19,9 @@ from numba.extending import overload
 from . import q4_0, q4_1, q4_k, q5_0, q5_1, q6_k, q8_0
 from .activation import dequantize_into, quantize_q8_0, quantize_q8_k
 from .registry import ACT_F32, ACT_Q8_0, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q6_K, Q8_0, QTYPES
-from .simd import (dot4, dot4_s8, f16_at, f32_at, fadd, fmadd_i, fmul_s, fzero, hsum, iadd, izero, load_f32x8, load_i16x16,
-                   load_u8x32, madd_v, maddubs, prefetch, store_f32x8, store_u8x32)
+from .simd import (broadcast4, broadcast_pair, dot4, dot4_s8, dots_add, f16_at, f32_at, fadd, fma_i, fmadd_i, fmul_s,
+                   fzero, hsum, iadd, izero, load_f32x8, load_i16x16, load_u8x32, madd_v, maddubs_v, prefetch,
+                   store_f32x8, store_u8x32)
 
 ROW_BLOCK_BYTES = 1 << 16     # weight bytes per parallel task: fits L2 beside the activations
 PARALLEL_MIN_BYTES = 1 << 16  # below this (weight bytes x tokens) a call runs on one thread
@@ -28,13 +29,13 @@ PANEL_BYTES = 1 << 18         # quantized activation bytes per token panel of th
 
 # Types with an integer GEMM (`matmul_panels`), by how a row unpacks for it. K-quants: super-blocks of unsigned
 # bytes times per-32 scales. Legacy blocks of 32: their values as bytes, signed, or unsigned plus a min (True).
-GEMM_SUPERBLOCKS = {Q4_K: q4_k.unpack_superblock, Q6_K: q6_k.unpack_superblock}
+GEMM_SUPERBLOCKS = {Q4_K: q4_k, Q6_K: q6_k}  # modules with interleave_superblock, GEMM_SCALE/CHUNK_GROUPS
 GEMM_BLOCKS = {Q4_0: (q4_0.block_weights, False), Q5_0: (q5_0.block_weights, False), Q8_0: (q8_0.block_weights, False),
                Q4_1: (q4_1.block_weights, True), Q5_1: (q5_1.block_weights, True)}
 GEMM_TYPES = frozenset(GEMM_SUPERBLOCKS) | frozenset(GEMM_BLOCKS)
 # From this many tokens the GEMM beats the row kernels (`bench_kernels.py --crossover`): K-quants re-unpack
 # every super-block per token in dot_row; for blocks of 32 unpacking is cheap and the copy pays off later.
-GEMM_MIN_TOKENS = {**{t: 2 for t in GEMM_SUPERBLOCKS}, **{t: 4 for t in GEMM_BLOCKS}}
+GEMM_MIN_TOKENS = {**{t: 4 for t in GEMM_SUPERBLOCKS}, **{t: 4 for t in GEMM_BLOCKS}}
 
 
 def _qtype_of(code):
@@ -64,9 +65,19 @@ def dequantize_activation(code, xq, xd, out):
     raise NotImplementedError
 
 
-def unpack_superblock(code, w, o, q, s):
-    """Super-block at w[o] of a GEMM_TYPES type -> q (256 unsigned bytes), s (8 scale vectors, then the 16
-    block-sum weights); returns the float factors (d, m) of the integer dot and of the block-sum term."""
+def interleave_superblock(code, flat, rows, o, q, qo, s, so, f, fo):
+    """The super-block at byte o of 8 rows (byte offsets `rows` in flat) in the GEMM's interleaved form, one
+    row per 32-bit lane (the type's own interleave_superblock says where each part goes)."""
+    raise NotImplementedError
+
+
+def scale_groups(code):
+    """How many groups of 4 values of a GEMM_SUPERBLOCKS type share one scale (a compile-time constant)."""
+    raise NotImplementedError
+
+
+def chunk_groups(code):
+    """How many groups' i16 pair sums the GEMM adds before one scale multiply (fits i16; a constant)."""
     raise NotImplementedError
 
 
@@ -96,10 +107,22 @@ def _gemm_code(code, table):
     return code.literal_value
 
 
-@overload(unpack_superblock, prefer_literal=True)
-def _unpack_superblock(code, w, o, q, s):
-    kernel = GEMM_SUPERBLOCKS[_gemm_code(code, GEMM_SUPERBLOCKS)]
-    return lambda code, w, o, q, s: kernel(w, o, q, s)
+@overload(interleave_superblock, prefer_literal=True)
+def _interleave_superblock(code, flat, rows, o, q, qo, s, so, f, fo):
+    kernel = GEMM_SUPERBLOCKS[_gemm_code(code, GEMM_SUPERBLOCKS)].interleave_superblock
+    return lambda code, flat, rows, o, q, qo, s, so, f, fo: kernel(flat, rows, o, q, qo, s, so, f, fo)
+
+
+@overload(scale_groups, prefer_literal=True)
+def _scale_groups(code):
+    groups = GEMM_SUPERBLOCKS[_gemm_code(code, GEMM_SUPERBLOCKS)].GEMM_SCALE_GROUPS
+    return lambda code: groups
+
+
+@overload(chunk_groups, prefer_literal=True)
+def _chunk_groups(code):
+    groups = GEMM_SUPERBLOCKS[_gemm_code(code, GEMM_SUPERBLOCKS)].GEMM_CHUNK_GROUPS
+    return lambda code: groups
 
 
 @overload(block_weights, prefer_literal=True)
@@ -251,55 +274,98 @@ def _matmul_rows_group(code, Ws, X, xq, xd, xs, outs, threads):
             base += rows
 
 
-@njit(cache=True, fastmath=False)
-def _half_isum(q, s, i, xq, xo, j0):
-    """Half the integer part of super-block i's dot with one token: sum_j scale_j * (q_j . xq_j) over the
-    sub-blocks j0..j0+3, in 8 lanes. In halves, two tokens' work needs only 8 weight and scale registers
-    (a whole super-block for two tokens spills; measured 5-25% slower)."""
-    isum = izero()
-    for j in range(j0, j0 + 4):
-        p = maddubs(load_u8x32(q, 256 * i + 32 * j), xq, xo + 32 * j)
-        isum = iadd(isum, madd_v(p, load_i16x16(s, 144 * i + 16 * j)))
-    return isum
+@njit(cache=True, fastmath=False, inline="always")
+def _superblock_totals4(code, q, s, qo, so, xq, xo, xs, bo, kq, ks):
+    """The integer totals of one interleaved super-block (8 rows) with four tokens (each weight vector loaded
+    once for all four): per row (lane) the scaled dot sum_s sc_s*(q.xq)_s and the block-sum term
+    sum_p w_p . (bsum_2p, bsum_2p+1), exactly dot_row's two integers. The first token's 256 activation bytes
+    are xq[xo:] and its 16 block sums xs[bo:]; the others follow every kq and ks."""
+    per_scale, per_chunk = scale_groups(code), chunk_groups(code)
+    t0, t1, t2, t3 = izero(), izero(), izero(), izero()
+    for c in range(64 // per_chunk):
+        g = c * per_chunk
+        v = load_u8x32(q, qo + 32 * g)
+        x = xo + 4 * g
+        p0, p1 = maddubs_v(v, broadcast4(xq, x)), maddubs_v(v, broadcast4(xq, x + kq))
+        p2, p3 = maddubs_v(v, broadcast4(xq, x + 2 * kq)), maddubs_v(v, broadcast4(xq, x + 3 * kq))
+        for h in range(1, per_chunk):
+            v = load_u8x32(q, qo + 32 * (g + h))
+            x = xo + 4 * (g + h)
+            p0 = dots_add(p0, maddubs_v(v, broadcast4(xq, x)))
+            p1 = dots_add(p1, maddubs_v(v, broadcast4(xq, x + kq)))
+            p2 = dots_add(p2, maddubs_v(v, broadcast4(xq, x + 2 * kq)))
+            p3 = dots_add(p3, maddubs_v(v, broadcast4(xq, x + 3 * kq)))
+        scale = load_i16x16(s, so + 16 * (g // per_scale))
+        t0, t1 = iadd(t0, madd_v(p0, scale)), iadd(t1, madd_v(p1, scale))
+        t2, t3 = iadd(t2, madd_v(p2, scale)), iadd(t3, madd_v(p3, scale))
+    s0, s1, s2, s3 = izero(), izero(), izero(), izero()
+    for p in range(8):
+        w = load_i16x16(s, so + 16 * (64 // per_scale + p))
+        b = bo + 2 * p
+        s0, s1 = iadd(s0, madd_v(w, broadcast_pair(xs, b))), iadd(s1, madd_v(w, broadcast_pair(xs, b + ks)))
+        s2 = iadd(s2, madd_v(w, broadcast_pair(xs, b + 2 * ks)))
+        s3 = iadd(s3, madd_v(w, broadcast_pair(xs, b + 3 * ks)))
+    return t0, t1, t2, t3, s0, s1, s2, s3
+
+
+@njit(cache=True, fastmath=False, inline="always")
+def _token_update(acc, total, sums, f, i, dx):
+    """dot_row's two float steps of super-block i for one token (dx its scale), on 8 rows' lanes."""
+    return fma_i(fma_i(acc, total, fmul_s(load_f32x8(f, 16 * i), dx)), sums, fmul_s(load_f32x8(f, 16 * i + 8), dx))
 
 
 @njit(cache=True, fastmath=False)
-def _superblock_update(acc, isum, s, i, dm, xd, xs, so):
-    """acc + isum * (d*xd) + (bias . block sums) * (m*xd): dot_row's float steps, in its order."""
-    acc = fmadd_i(acc, isum, dm[2 * i] * xd)
-    return fmadd_i(acc, madd_v(load_i16x16(s, 144 * i + 128), load_i16x16(xs, so)), dm[2 * i + 1] * xd)
+def _four_tokens_eight_rows(code, q, s, f, n_super, xqf, xdf, xsf, kd, t, lanes):
+    """Four tokens' (t..t+3) dots with the 8 rows interleaved in q, s, f, into lanes[8j:8j+8] for token t+j:
+    lane k is row k's dot_row, bit for bit (the same integers, then the same two float steps per super-block,
+    each rounded once, in its order). xqf, xdf, xsf: the (T, ...) activations as flat arrays, kd the length
+    of a token's row of xd."""
+    stride = 16 * (64 // scale_groups(code) + 8)
+    kq, ks = 256 * n_super, 16 * n_super
+    a0, a1, a2, a3 = fzero(), fzero(), fzero(), fzero()
+    for i in range(n_super):
+        t0, t1, t2, t3, s0, s1, s2, s3 = _superblock_totals4(code, q, s, 2048 * i, stride * i, xqf, t * kq + 256 * i,
+                                                             xsf, t * ks + 16 * i, kq, ks)
+        d = t * kd + i
+        a0, a1 = _token_update(a0, t0, s0, f, i, xdf[d]), _token_update(a1, t1, s1, f, i, xdf[d + kd])
+        a2, a3 = _token_update(a2, t2, s2, f, i, xdf[d + 2 * kd]), _token_update(a3, t3, s3, f, i, xdf[d + 3 * kd])
+    store_f32x8(lanes, 0, a0)
+    store_f32x8(lanes, 8, a1)
+    store_f32x8(lanes, 16, a2)
+    store_f32x8(lanes, 24, a3)
 
 
 @njit(cache=True, fastmath=False)
-def _panel_superblocks(code, W, xq, xd, xs, out, r0, r1, t0, t1, q, s, dm):
-    """out[t, r] for rows r0..r1 and tokens t0..t1. Each row is unpacked once (q, s, dm: its super-blocks in
-    the GEMM form, in L1), then every token of the panel passes over it, two at a time so each weight load
-    serves both. Per token the lanes and float steps are dot_row's, so results match it bitwise."""
+def _panel_superblocks(code, W, xq, xd, xs, out, r0, r1, t0, t1, q, s, f):
+    """out[t, r] for rows r0..r1 and tokens t0..t1, by 8 rows at a time: their super-blocks interleaved once
+    (interleave_superblock: one row per 32-bit lane, in L1/L2), then every token of the panel passes over
+    them, each 4-value group of its activation broadcast to all 8 lanes, four tokens per weight vector
+    loaded. Per (row, super-block) that is 64 byte dots (vpmaddubsw) for 8 rows at once and one scale
+    multiply per sub-block (vpmaddwd), where a row at a time paid for the scale per row and ran the float
+    steps per row. The last group of rows repeats the last row where fewer than 8 are left. The last four
+    tokens end at t1, redoing (to the same bits) some of the four before: a panel needs t1 >= 4
+    (GEMM_MIN_TOKENS), and its last four may reach back before t0. Lanes are dot_row's own arithmetic in its
+    order, so results match it bitwise. q, s, f: scratch of panel_scratch."""
     n_super = xq.shape[1] // 256
     type_size = W.shape[1] // n_super
-    flat = W.reshape(-1)
-    for r in range(r0, r1):
-        _ask_ahead(flat, r, W.shape[1])  # as the row kernels do: a batched decode step streams the weights too
-        w = W[r]
+    stride = 16 * (64 // scale_groups(code) + 8)
+    flat, xqf, xdf, xsf = W.reshape(-1), xq.reshape(-1), xd.reshape(-1), xs.reshape(-1)
+    lanes = f[16 * n_super:16 * n_super + 32]
+    last = r1 - 1
+    for r in range(r0, r1, 8):
+        rows = (min(r, last) * W.shape[1], min(r + 1, last) * W.shape[1], min(r + 2, last) * W.shape[1],
+                min(r + 3, last) * W.shape[1], min(r + 4, last) * W.shape[1], min(r + 5, last) * W.shape[1],
+                min(r + 6, last) * W.shape[1], min(r + 7, last) * W.shape[1])
+        for row in range(r, min(r + 8, r1)):
+            _ask_ahead(flat, row, W.shape[1])  # as the row kernels do: a batched decode step streams the weights
         for i in range(n_super):
-            dm[2 * i], dm[2 * i + 1] = unpack_superblock(code, w, i * type_size, q[256 * i:], s[144 * i:])
-        for t in range(t0, t1 - 1, 2):
-            x0, x1, s0, s1, d0, d1 = xq[t], xq[t + 1], xs[t], xs[t + 1], xd[t], xd[t + 1]
-            acc0, acc1 = fzero(), fzero()
-            for i in range(n_super):
-                low0, low1 = _half_isum(q, s, i, x0, 256 * i, 0), _half_isum(q, s, i, x1, 256 * i, 0)
-                high0, high1 = _half_isum(q, s, i, x0, 256 * i, 4), _half_isum(q, s, i, x1, 256 * i, 4)
-                acc0 = _superblock_update(acc0, iadd(low0, high0), s, i, dm, d0[i], s0, 16 * i)
-                acc1 = _superblock_update(acc1, iadd(low1, high1), s, i, dm, d1[i], s1, 16 * i)
-            out[t, r] = hsum(acc0)
-            out[t + 1, r] = hsum(acc1)
-        if (t1 - t0) % 2:
-            t = t1 - 1
-            acc = fzero()
-            for i in range(n_super):
-                isum = iadd(_half_isum(q, s, i, xq[t], 256 * i, 0), _half_isum(q, s, i, xq[t], 256 * i, 4))
-                acc = _superblock_update(acc, isum, s, i, dm, xd[t, i], xs[t], 16 * i)
-            out[t, r] = hsum(acc)
+            interleave_superblock(code, flat, rows, i * type_size, q, 2048 * i, s, stride * i, f, 16 * i)
+        for t in range(t0, t1, 4):
+            t = min(t, t1 - 4)
+            _four_tokens_eight_rows(code, q, s, f, n_super, xqf, xdf, xsf, xd.shape[1], t, lanes)
+            for g in range(4):
+                for j in range(min(8, r1 - r)):
+                    out[t + g, r + j] = lanes[8 * g + j]
 
 
 @njit(cache=True, fastmath=False)
@@ -322,8 +388,17 @@ def _padded(tokens):
 @njit(cache=True, fastmath=False)
 def panel_floats(k, tokens):
     """Length of the float32 scratch `dm` a GEMM panel of up to `tokens` tokens of width k takes (see
-    _panel_blocks for its layout; _panel_superblocks uses its first 2 * k/256)."""
+    _panel_blocks for its layout; _panel_superblocks uses its first 16 * k/256 + 32)."""
     return (k // 32) * (10 + 2 * _padded(tokens)) + 8
+
+
+@njit(cache=True, fastmath=False)
+def panel_scratch(k, tokens):
+    """Scratch for a GEMM panel of up to `tokens` tokens of width k, for any GEMM type: (q, s, dm) = the
+    unpacked weights (8 interleaved rows of super-blocks, or one row of blocks), the super-blocks' scale
+    vectors (at most 24 per super-block), and the float scales (panel_floats)."""
+    return (np.empty(8 * k, np.uint8), np.empty(384 * (k // 256) + 16, np.int16),
+            np.empty(panel_floats(k, tokens), np.float32))
 
 
 @njit(cache=True, fastmath=False)
@@ -419,14 +494,12 @@ def _matmul_panels(code, W, X, xq, xd, xs, out, threads):
     the block's rows (also in L2) pass over them."""
     for t in prange(X.shape[0]):
         quantize_activation(code, X[t], xq[t], xd[t], xs[t])
-    rows_per_block = _rows_per_task(W.shape[0], W.shape[1], threads)
+    rows_per_block = -(-_rows_per_task(W.shape[0], W.shape[1], threads) // 8) * 8  # the super-blocks' groups
     n_blocks = (W.shape[0] + rows_per_block - 1) // rows_per_block
     panel_tokens = max(2, PANEL_BYTES // xq.shape[1])
     k = xq.shape[1]
     for block in prange(n_blocks):
-        q = np.empty(k, np.uint8)  # one row unpacked
-        s = np.empty(144 * (k // 256), np.int16)
-        dm = np.empty(panel_floats(k, min(X.shape[0], panel_tokens)), np.float32)
+        q, s, dm = panel_scratch(k, min(X.shape[0], panel_tokens))
         r0 = np.int64(block) * rows_per_block
         r1 = min(W.shape[0], r0 + rows_per_block)
         for t0 in range(0, X.shape[0], panel_tokens):

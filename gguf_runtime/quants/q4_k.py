@@ -10,8 +10,8 @@ from numba import njit
 from .blocks import nearest_int
 from .halves import store_f16
 from .kquants import make_qkx2_quants, pack_scale_min_k4, scale_min_k4, scales_mins_k4
-from .simd import (f16_at, fmadd_i, fzero, hsum, iadd, izero, lane, load_i16x16, load_u8x32, madd, madd_v, maddubs,
-                   scale_pair, store_i16x16, store_scaled, store_u8x32, vand, vshr)
+from .simd import (f16_at, fma32, iadd, ihsum, izero, lane, load_i16x16, load_u8x32, madd, madd_v, maddubs, pairs_low,
+                   store_scaled, store_transposed, vand, vshr)
 
 BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 256, 144, "q8_K"
 
@@ -33,9 +33,11 @@ def dequantize_row(w, y):
 
 @njit(cache=True, fastmath=False, inline="always")  # see kernels._dot_row: too big for LLVM to inline into the matvec driver
 def dot_row(w, x, xq, xd, xs):
-    """Per super-block: d*dx*sum_s sc_s*(q.xq)_s - dmin*dx*sum_s m_s*bsum_s, integer sums inside. The scales
-    sit in both halves of one vector, so each sub-block's scale is one in-lane shuffle (vpshufb)."""
-    acc = fzero()
+    """Per super-block two integer totals, sum_s sc_s*(q.xq)_s and sum_s m_s*bsum_s, then two float steps each
+    rounded once: acc += total*(d*dx), acc += mins*(-dmin*dx). One float chain per row in super-block order,
+    so the GEMM (kernels._panel_superblocks, one row per lane) gives the same bits. The scales sit in both
+    halves of one vector, so each sub-block's scale is one in-lane shuffle (vpshufb)."""
+    acc = np.float32(0)
     for i in range(w.shape[0] // TYPE_SIZE):
         o, xo = i * TYPE_SIZE, i * 256
         scales, mins2 = scales_mins_k4(w, o + 4)
@@ -45,26 +47,47 @@ def dot_row(w, x, xq, xd, xs):
             lo = madd(maddubs(vand(q, 15), xq, xo + 64 * j), lane(scales, 2 * j), lane(scales, 2 * j + 8))
             hi = madd(maddubs(vshr(q, 4), xq, xo + 64 * j + 32), lane(scales, 2 * j + 1), lane(scales, 2 * j + 9))
             isum = iadd(isum, iadd(lo, hi))
-        acc = fmadd_i(acc, isum, f16_at(w, o) * xd[i])
-        acc = fmadd_i(acc, madd_v(mins2, load_i16x16(xs, 16 * i)), -(f16_at(w, o + 2) * xd[i]))
-    return hsum(acc)
+        dx = xd[i]
+        acc = fma32(np.float32(ihsum(isum)), f16_at(w, o) * dx, acc)
+        acc = fma32(np.float32(ihsum(madd_v(mins2, load_i16x16(xs, 16 * i)))), -f16_at(w, o + 2) * dx, acc)
+    return acc
+
+
+# The GEMM's interleaved form (kernels._panel_superblocks): one scale per 8 groups of 4 values (a sub-block of
+# 32), and the i16 sums of all 8 groups of a sub-block fit before the scale multiplies them (8*2*15*127 < 2^15).
+GEMM_SCALE_GROUPS, GEMM_CHUNK_GROUPS = 8, 8
 
 
 @njit(cache=True, fastmath=False)
-def unpack_superblock(w, o, q, s):
-    """Super-block at w[o] in the integer GEMM's form (kernels.py): q = its 256 nibbles, s[16j:16j+16] = the
-    scale of sub-block j in every lane, s[128:144] = the mins (each twice, for the block sums); returns
-    (d, -dmin). The GEMM then computes what dot_row does, in the same lanes and float order."""
-    scales, mins2 = scales_mins_k4(w, o + 4)
+def interleave_superblock(flat, rows, o, q, qo, s, so, f, fo):
+    """The super-block at byte o of the 8 rows starting at the byte offsets `rows` in the GEMM's interleaved
+    form: q[qo + 32g:] = values 4g..4g+3 of each row, row k in 32-bit lane k; s[so + 16j:] = the scale of
+    sub-block j and s[so + 128 + 16p:] its min (against the block sums 2p, 2p+1), row k's in lanes 2k, 2k+1;
+    f[fo + k] = d and f[fo + 8 + k] = -dmin of row k: what dot_row multiplies, one row per lane."""
+    b0, b1, b2, b3, b4, b5, b6, b7 = (rows[0] + o, rows[1] + o, rows[2] + o, rows[3] + o,
+                                      rows[4] + o, rows[5] + o, rows[6] + o, rows[7] + o)
     for j in range(4):
-        qv = load_u8x32(w, o + 16 + 32 * j)
-        store_u8x32(q, 64 * j, vand(qv, 15))
-        store_u8x32(q, 64 * j + 32, vshr(qv, 4))
-        s0, s1 = lane(scales, 2 * j), lane(scales, 2 * j + 1)
-        store_i16x16(s, 32 * j, scale_pair(s0, s0))
-        store_i16x16(s, 32 * j + 16, scale_pair(s1, s1))
-    store_i16x16(s, 128, mins2)
-    return f16_at(w, o), -f16_at(w, o + 2)
+        c = 16 + 32 * j
+        v0, v1, v2, v3 = load_u8x32(flat, b0 + c), load_u8x32(flat, b1 + c), load_u8x32(flat, b2 + c), load_u8x32(flat, b3 + c)
+        v4, v5, v6, v7 = load_u8x32(flat, b4 + c), load_u8x32(flat, b5 + c), load_u8x32(flat, b6 + c), load_u8x32(flat, b7 + c)
+        store_transposed(q, qo + 512 * j, vand(v0, 15), vand(v1, 15), vand(v2, 15), vand(v3, 15),
+                         vand(v4, 15), vand(v5, 15), vand(v6, 15), vand(v7, 15))
+        store_transposed(q, qo + 512 * j + 256, vshr(v0, 4), vshr(v1, 4), vshr(v2, 4), vshr(v3, 4),
+                         vshr(v4, 4), vshr(v5, 4), vshr(v6, 4), vshr(v7, 4))
+    s0, m0 = scales_mins_k4(flat, b0 + 4)
+    s1, m1 = scales_mins_k4(flat, b1 + 4)
+    s2, m2 = scales_mins_k4(flat, b2 + 4)
+    s3, m3 = scales_mins_k4(flat, b3 + 4)
+    s4, m4 = scales_mins_k4(flat, b4 + 4)
+    s5, m5 = scales_mins_k4(flat, b5 + 4)
+    s6, m6 = scales_mins_k4(flat, b6 + 4)
+    s7, m7 = scales_mins_k4(flat, b7 + 4)
+    store_transposed(s, so, pairs_low(s0), pairs_low(s1), pairs_low(s2), pairs_low(s3),
+                     pairs_low(s4), pairs_low(s5), pairs_low(s6), pairs_low(s7))
+    store_transposed(s, so + 128, m0, m1, m2, m3, m4, m5, m6, m7)
+    for k in range(8):
+        f[fo + k] = f16_at(flat, rows[k] + o)
+        f[fo + 8 + k] = -f16_at(flat, rows[k] + o + 2)
 
 
 @njit(cache=True, fastmath=False)

@@ -10,8 +10,8 @@ from numba import njit
 from .blocks import nearest_int
 from .halves import store_f16
 from .kquants import GROUP_MAX_EPS, make_qx_quants
-from .simd import (f16_at, fmadd_i, fzero, hsum, iadd, izero, lane, load_i16x16, load_u8x32, madd, madd_v, maddubs,
-                   scale_pair, store_i16x16, store_scaled, store_u8x32, vand, vor, vshl, vshr, vsub, widen_s8)
+from .simd import (f16_at, fma32, iadd, ihsum, izero, lane, load_i16x16, load_u8x32, madd, madd_v, maddubs, pairs_high,
+                   pairs_low, store_scaled, store_transposed, vand, vor, vshl, vshr, vsub, widen_s8)
 
 BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 256, 210, "q8_K"
 
@@ -41,8 +41,10 @@ def dequantize_row(w, y):
 
 @njit(cache=True, fastmath=False)
 def dot_row(w, x, xq, xd, xs):
-    """d*dx*(sum_s sc_s*(q.xq)_s - 32*sum_s sc_s*bsum_s) per super-block; q stays unsigned (0..63)."""
-    acc = fzero()
+    """Per super-block the integer totals sum_s sc_s*(q.xq)_s and sum_s sc_s*bsum_s (q stays unsigned, 0..63),
+    then two float steps each rounded once: acc += total*(d*dx), acc += sums*(-32*d*dx), as the GEMM
+    (kernels._panel_superblocks) computes each of its lanes."""
+    acc = np.float32(0)
     for i in range(w.shape[0] // TYPE_SIZE):
         o, xo = i * TYPE_SIZE, i * 256
         scales = widen_s8(w, o + 192)
@@ -54,28 +56,48 @@ def dot_row(w, x, xq, xd, xs):
                 s = 8 * n + 2 * grp
                 p = maddubs(_six_bit(ql0, ql1, qh, grp), xq, xo + 128 * n + 32 * grp)
                 isum = iadd(isum, madd(p, lane(scales, s), lane(scales, s + 1)))
-        d = f16_at(w, o + 208)
-        acc = fmadd_i(acc, isum, d * xd[i])
-        acc = fmadd_i(acc, madd_v(scales, load_i16x16(xs, 16 * i)), (np.float32(-32) * d) * xd[i])
-    return hsum(acc)
+        d, dx = f16_at(w, o + 208), xd[i]
+        acc = fma32(np.float32(ihsum(isum)), d * dx, acc)
+        acc = fma32(np.float32(ihsum(madd_v(scales, load_i16x16(xs, 16 * i)))), (np.float32(-32) * d) * dx, acc)
+    return acc
+
+
+# The GEMM's interleaved form (kernels._panel_superblocks): one scale per 4 groups of 4 values (16 values);
+# two groups' i16 sums fit before a scale multiplies them (2*2*63*127 < 2^15), four would not.
+GEMM_SCALE_GROUPS, GEMM_CHUNK_GROUPS = 4, 2
 
 
 @njit(cache=True, fastmath=False)
-def unpack_superblock(w, o, q, s):
-    """Super-block at w[o] in the integer GEMM's form (kernels.py): q = its 256 unsigned 6-bit values,
-    s[16j:16j+16] = the two scales of group j (8 lanes each), s[128:144] = the 16 scales (for -32 * block
-    sums); returns (d, -32*d), the factors dot_row applies."""
-    scales = widen_s8(w, o + 192)
+def _six_bits_of(flat, b, n, grp):
+    return _six_bit(load_u8x32(flat, b + 64 * n), load_u8x32(flat, b + 64 * n + 32), load_u8x32(flat, b + 128 + 32 * n),
+                    grp)
+
+
+@njit(cache=True, fastmath=False)
+def interleave_superblock(flat, rows, o, q, qo, s, so, f, fo):
+    """The super-block at byte o of the 8 rows starting at the byte offsets `rows` in the GEMM's interleaved
+    form: q[qo + 32g:] = values 4g..4g+3 of each row (6-bit, unsigned), row k in 32-bit lane k; s[so + 16j:] =
+    scale j (values 16j..16j+15) and s[so + 256 + 16p:] scales 2p, 2p+1 (against the block sums 2p, 2p+1),
+    row k's in lanes 2k, 2k+1; f[fo + k] = d and f[fo + 8 + k] = -32*d of row k."""
+    b0, b1, b2, b3, b4, b5, b6, b7 = (rows[0] + o, rows[1] + o, rows[2] + o, rows[3] + o,
+                                      rows[4] + o, rows[5] + o, rows[6] + o, rows[7] + o)
     for n in range(2):
-        ql0, ql1 = load_u8x32(w, o + 64 * n), load_u8x32(w, o + 64 * n + 32)
-        qh = load_u8x32(w, o + 128 + 32 * n)
         for grp in range(4):
-            j = 4 * n + grp
-            store_u8x32(q, 32 * j, _six_bit(ql0, ql1, qh, grp))
-            store_i16x16(s, 16 * j, scale_pair(lane(scales, 2 * j), lane(scales, 2 * j + 1)))
-    store_i16x16(s, 128, scales)
-    d = f16_at(w, o + 208)
-    return d, np.float32(-32) * d
+            store_transposed(q, qo + 256 * (4 * n + grp), _six_bits_of(flat, b0, n, grp), _six_bits_of(flat, b1, n, grp),
+                             _six_bits_of(flat, b2, n, grp), _six_bits_of(flat, b3, n, grp),
+                             _six_bits_of(flat, b4, n, grp), _six_bits_of(flat, b5, n, grp),
+                             _six_bits_of(flat, b6, n, grp), _six_bits_of(flat, b7, n, grp))
+    s0, s1, s2, s3 = widen_s8(flat, b0 + 192), widen_s8(flat, b1 + 192), widen_s8(flat, b2 + 192), widen_s8(flat, b3 + 192)
+    s4, s5, s6, s7 = widen_s8(flat, b4 + 192), widen_s8(flat, b5 + 192), widen_s8(flat, b6 + 192), widen_s8(flat, b7 + 192)
+    store_transposed(s, so, pairs_low(s0), pairs_low(s1), pairs_low(s2), pairs_low(s3),
+                     pairs_low(s4), pairs_low(s5), pairs_low(s6), pairs_low(s7))
+    store_transposed(s, so + 128, pairs_high(s0), pairs_high(s1), pairs_high(s2), pairs_high(s3),
+                     pairs_high(s4), pairs_high(s5), pairs_high(s6), pairs_high(s7))
+    store_transposed(s, so + 256, s0, s1, s2, s3, s4, s5, s6, s7)
+    for k in range(8):
+        d = f16_at(flat, rows[k] + o + 208)
+        f[fo + k] = d
+        f[fo + 8 + k] = np.float32(-32) * d
 
 
 @njit(cache=True, fastmath=False)

@@ -130,6 +130,14 @@ def _pairwise_add(builder, v, lanes_out: int):
     return builder.add(even, odd)
 
 
+def _lane_sum(builder, add, x):
+    """The sum of the 8 lanes of x by `add`, as a tree: halves, then quarters, then the last two."""
+    half = lambda v, idx: builder.shuffle_vector(v, v, _vec(_I32, idx))  # noqa: E731
+    s4 = add(half(x, [0, 1, 2, 3]), half(x, [4, 5, 6, 7]))
+    s2 = add(half(s4, [0, 1]), half(s4, [2, 3]))
+    return add(builder.extract_element(s2, ir.Constant(_I32, 0)), builder.extract_element(s2, ir.Constant(_I32, 1)))
+
+
 def _call(builder, name: str, ret: ir.Type, args):
     """A call to the LLVM target intrinsic `name` (x86 or AArch64 instructions)."""
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, [a.type for a in args]), name)
@@ -366,6 +374,99 @@ def madd(typingctx, p, s0, s1):
 
 
 @intrinsic
+def maddubs_v(typingctx, u, xv):
+    """maddubs on two vector values: u (unsigned bytes) times xv (signed bytes), partial sums for madd_v."""
+    def codegen(context, builder, sig, args):
+        if USE_ARM_DOTPROD:
+            return _sdot(builder, args[0], args[1])
+        return _byte_pairs(builder, args[0], args[1], False)
+    return ByteDots(U8x32, U8x32), codegen
+
+
+@intrinsic
+def dots_add(typingctx, a, b):
+    """a + b for two maddubs results (lane-wise, wrapping: the callers bound the sums to fit i16)."""
+    _check_dots(a)
+
+    def codegen(context, builder, sig, args):
+        return builder.add(args[0], args[1])
+    return ByteDots(ByteDots, ByteDots), codegen
+
+
+def _broadcast_word(dtypes, vtype):
+    def typer(typingctx, arr, off):
+        """The 4 bytes at arr[off] (element offset) in every 32-bit lane."""
+        _check_array(arr, dtypes)
+
+        def codegen(context, builder, sig, args):
+            word = builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], _I32), align=1)
+            return builder.bitcast(_splat(builder, word, I32x8.llvm_type), vtype.llvm_type)
+        return vtype(arr, types.intp), codegen
+    return typer
+
+
+# the 4 activation bytes (or two int16 block sums) at arr[off] in all 8 lanes: vpbroadcastd, for weights
+# interleaved 8 rows to a vector (one row per 32-bit lane)
+broadcast4 = intrinsic(_broadcast_word((types.int8,), U8x32))
+broadcast_pair = intrinsic(_broadcast_word((types.int16,), I16x16))
+
+
+@intrinsic
+def store_transposed(typingctx, arr, off, v0, v1, v2, v3, v4, v5, v6, v7):
+    """Store the 8 x 8 transpose of eight 256-bit vectors as 32-bit words: the 32 bytes at arr[off + 32 * j
+    bytes] get word j of v0, v1, ..., v7 in turn. Eight rows' bytes (or scales) in, one vector per 4
+    columns out, with row r in lane r: the interleaved form of the integer GEMM. Three stages of in-lane
+    shuffles (vpunpck*dq, vpunpck*qdq, vperm2i128 on x86)."""
+    _check_array(arr, _BYTES + (types.int16,))
+    vs = (v0, v1, v2, v3, v4, v5, v6, v7)
+    if len(set(vs)) != 1 or v0 not in (U8x32, I16x16, I32x8):
+        raise TypingError("simd: store_transposed takes eight vectors of one 256-bit type")
+
+    def codegen(context, builder, sig, args):
+        words = [builder.bitcast(a, I32x8.llvm_type) for a in args[2:]]
+
+        def mix(a, b, idx):
+            return builder.shuffle_vector(a, b, _vec(_I32, idx))
+        # stage 1: pairs of rows, words interleaved within each 128-bit half
+        s1 = []
+        for k in range(0, 8, 2):
+            s1 += [mix(words[k], words[k + 1], [0, 8, 1, 9, 4, 12, 5, 13]),
+                   mix(words[k], words[k + 1], [2, 10, 3, 11, 6, 14, 7, 15])]
+        # stage 2: four rows, 64-bit pairs within each half
+        s2 = []
+        for a, b in ((0, 2), (1, 3), (4, 6), (5, 7)):
+            s2 += [mix(s1[a], s1[b], [0, 1, 8, 9, 4, 5, 12, 13]), mix(s1[a], s1[b], [2, 3, 10, 11, 6, 7, 14, 15])]
+        # s2[0..3]: rows 0-3 of words (0,4) (1,5) (2,6) (3,7); s2[4..7]: rows 4-7 of the same
+        byte_off = args[1]
+        itemsize = context.get_abi_sizeof(context.get_data_type(sig.args[0].dtype))
+        for j in range(4):
+            low = mix(s2[j], s2[4 + j], [0, 1, 2, 3, 8, 9, 10, 11])    # word j of every row
+            high = mix(s2[j], s2[4 + j], [4, 5, 6, 7, 12, 13, 14, 15])  # word j + 4
+            for word, value in ((j, low), (j + 4, high)):
+                off = builder.add(byte_off, byte_off.type(32 * word // itemsize))
+                builder.store(value, _pointer(context, builder, sig.args[0], args[0], off, I32x8.llvm_type),
+                              align=1)
+        return context.get_dummy_value()
+    return types.none(arr, types.intp, *vs), codegen
+
+
+def _pairs_of(half: int):
+    def typer(typingctx, v):
+        """16 x i16 with lanes 2j and 2j+1 both lane 8*half + j of v: eight scales, each in one 32-bit word."""
+        if v != I16x16:
+            raise TypingError("simd: expected an I16x16")
+
+        def codegen(context, builder, sig, args):
+            return builder.shuffle_vector(args[0], args[0], _vec(_I32, [8 * half + i // 2 for i in range(16)]))
+        return I16x16(I16x16), codegen
+    return typer
+
+
+pairs_low = intrinsic(_pairs_of(0))   # lanes 0..7 of v, each twice
+pairs_high = intrinsic(_pairs_of(1))  # lanes 8..15 of v, each twice
+
+
+@intrinsic
 def lookup16(typingctx, table, idx):
     """table[idx & 15] per byte; table's bytes 16..31 must repeat bytes 0..15 (x86 shuffles each half alone)."""
     def codegen(context, builder, sig, args):
@@ -484,6 +585,14 @@ def iadd(typingctx, a, b):
     return I32x8(I32x8, I32x8), codegen
 
 
+@intrinsic
+def ihsum(typingctx, v):
+    """Sum of the 8 lanes of an I32x8 (exact: the callers' sums fit 32 bits)."""
+    def codegen(context, builder, sig, args):
+        return builder.sext(_lane_sum(builder, builder.add, args[0]), ir.IntType(64))
+    return types.int64(I32x8), codegen
+
+
 # ----------------------------------------------------------------------------------------- float lanes
 
 @intrinsic
@@ -501,6 +610,16 @@ def fmadd_i(typingctx, acc, v, s):
         scaled = builder.fmul(builder.sitofp(args[1], t), _splat(builder, args[2], t), flags=_CONTRACT)
         return builder.fadd(args[0], scaled, flags=_CONTRACT)
     return F32x8(F32x8, I32x8, types.float32), codegen
+
+
+@intrinsic
+def fma_i(typingctx, acc, v, s):
+    """acc + float(v) * s lane-wise, rounded once (llvm.fma): lane r is exactly the scalar
+    fma32(float32(v[r]), s[r], acc[r]), so a GEMM with one row per lane matches the row kernel bit for bit."""
+    def codegen(context, builder, sig, args):
+        t = F32x8.llvm_type
+        return _call(builder, "llvm.fma.v8f32", t, [builder.sitofp(args[1], t), args[2], args[0]])
+    return F32x8(F32x8, I32x8, F32x8), codegen
 
 
 @intrinsic
@@ -636,12 +755,7 @@ def store_scaled(typingctx, y, off, q, d0, m0, d1, m1):
 def hsum(typingctx, v):
     """Sum of the 8 lanes."""
     def codegen(context, builder, sig, args):
-        x = args[0]
-        half = lambda v, idx: builder.shuffle_vector(v, v, _vec(_I32, idx))  # noqa: E731
-        s4 = builder.fadd(half(x, [0, 1, 2, 3]), half(x, [4, 5, 6, 7]))
-        s2 = builder.fadd(half(s4, [0, 1]), half(s4, [2, 3]))
-        return builder.fadd(builder.extract_element(s2, ir.Constant(_I32, 0)),
-                            builder.extract_element(s2, ir.Constant(_I32, 1)))
+        return _lane_sum(builder, builder.fadd, args[0])
     return types.float32(F32x8), codegen
 
 
