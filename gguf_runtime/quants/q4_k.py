@@ -10,8 +10,8 @@ from numba import njit
 from .blocks import nearest_int
 from .halves import store_f16
 from .kquants import make_qkx2_quants, pack_scale_min_k4, scale_min_k4, scales_mins_k4
-from .simd import (f16_at, fma32, iadd, ihsum, izero, lane, load_i16x16, load_u8x32, madd, madd_v, maddubs, pairs_low,
-                   store_scaled, store_transposed, vand, vshr)
+from .simd import (f16_at, fma32, iadd, ihsum2, izero, lane, load_halves, load_i16x16, load_u8x32, madd, madd_v, maddubs,
+                   pairs_low, store_scaled, store_transposed, store_transposed4, vand, vshr)
 
 BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 256, 144, "q8_K"
 
@@ -47,9 +47,10 @@ def dot_row(w, x, xq, xd, xs):
             lo = madd(maddubs(vand(q, 15), xq, xo + 64 * j), lane(scales, 2 * j), lane(scales, 2 * j + 8))
             hi = madd(maddubs(vshr(q, 4), xq, xo + 64 * j + 32), lane(scales, 2 * j + 1), lane(scales, 2 * j + 9))
             isum = iadd(isum, iadd(lo, hi))
+        total, sums = ihsum2(isum, madd_v(mins2, load_i16x16(xs, 16 * i)))
         dx = xd[i]
-        acc = fma32(np.float32(ihsum(isum)), f16_at(w, o) * dx, acc)
-        acc = fma32(np.float32(ihsum(madd_v(mins2, load_i16x16(xs, 16 * i)))), -f16_at(w, o + 2) * dx, acc)
+        acc = fma32(np.float32(total), f16_at(w, o) * dx, acc)
+        acc = fma32(np.float32(sums), -f16_at(w, o + 2) * dx, acc)
     return acc
 
 
@@ -67,13 +68,12 @@ def interleave_superblock(flat, rows, o, q, qo, s, so, f, fo):
     b0, b1, b2, b3, b4, b5, b6, b7 = (rows[0] + o, rows[1] + o, rows[2] + o, rows[3] + o,
                                       rows[4] + o, rows[5] + o, rows[6] + o, rows[7] + o)
     for j in range(4):
-        c = 16 + 32 * j
-        v0, v1, v2, v3 = load_u8x32(flat, b0 + c), load_u8x32(flat, b1 + c), load_u8x32(flat, b2 + c), load_u8x32(flat, b3 + c)
-        v4, v5, v6, v7 = load_u8x32(flat, b4 + c), load_u8x32(flat, b5 + c), load_u8x32(flat, b6 + c), load_u8x32(flat, b7 + c)
-        store_transposed(q, qo + 512 * j, vand(v0, 15), vand(v1, 15), vand(v2, 15), vand(v3, 15),
-                         vand(v4, 15), vand(v5, 15), vand(v6, 15), vand(v7, 15))
-        store_transposed(q, qo + 512 * j + 256, vshr(v0, 4), vshr(v1, 4), vshr(v2, 4), vshr(v3, 4),
-                         vshr(v4, 4), vshr(v5, 4), vshr(v6, 4), vshr(v7, 4))
+        for h in range(2):  # bytes 16h..16h+15 of the chunk: groups 16j + 4h.. (low nibbles), 16j + 8 + 4h.. (high)
+            c = 16 + 32 * j + 16 * h
+            v0, v1 = load_halves(flat, b0 + c, b4 + c), load_halves(flat, b1 + c, b5 + c)
+            v2, v3 = load_halves(flat, b2 + c, b6 + c), load_halves(flat, b3 + c, b7 + c)
+            store_transposed4(q, qo + 512 * j + 128 * h, vand(v0, 15), vand(v1, 15), vand(v2, 15), vand(v3, 15))
+            store_transposed4(q, qo + 512 * j + 256 + 128 * h, vshr(v0, 4), vshr(v1, 4), vshr(v2, 4), vshr(v3, 4))
     s0, m0 = scales_mins_k4(flat, b0 + 4)
     s1, m1 = scales_mins_k4(flat, b1 + 4)
     s2, m2 = scales_mins_k4(flat, b2 + 4)

@@ -10,8 +10,9 @@ from numba import njit
 from .blocks import nearest_int
 from .halves import store_f16
 from .kquants import GROUP_MAX_EPS, make_qx_quants
-from .simd import (f16_at, fma32, iadd, ihsum, izero, lane, load_i16x16, load_u8x32, madd, madd_v, maddubs, pairs_high,
-                   pairs_low, store_scaled, store_transposed, vand, vor, vshl, vshr, vsub, widen_s8)
+from .simd import (f16_at, fma32, iadd, ihsum2, izero, lane, load_halves, load_i16x16, load_u8x32, madd, madd_v, maddubs,
+                   pairs_high, pairs_low, store_scaled, store_transposed, store_transposed4, vand, vor, vshl, vshr,
+                   vsub, widen_s8)
 
 BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 256, 210, "q8_K"
 
@@ -56,9 +57,10 @@ def dot_row(w, x, xq, xd, xs):
                 s = 8 * n + 2 * grp
                 p = maddubs(_six_bit(ql0, ql1, qh, grp), xq, xo + 128 * n + 32 * grp)
                 isum = iadd(isum, madd(p, lane(scales, s), lane(scales, s + 1)))
+        total, sums = ihsum2(isum, madd_v(scales, load_i16x16(xs, 16 * i)))
         d, dx = f16_at(w, o + 208), xd[i]
-        acc = fma32(np.float32(ihsum(isum)), d * dx, acc)
-        acc = fma32(np.float32(ihsum(madd_v(scales, load_i16x16(xs, 16 * i)))), (np.float32(-32) * d) * dx, acc)
+        acc = fma32(np.float32(total), d * dx, acc)
+        acc = fma32(np.float32(sums), (np.float32(-32) * d) * dx, acc)
     return acc
 
 
@@ -68,9 +70,11 @@ GEMM_SCALE_GROUPS, GEMM_CHUNK_GROUPS = 4, 2
 
 
 @njit(cache=True, fastmath=False)
-def _six_bits_of(flat, b, n, grp):
-    return _six_bit(load_u8x32(flat, b + 64 * n), load_u8x32(flat, b + 64 * n + 32), load_u8x32(flat, b + 128 + 32 * n),
-                    grp)
+def _six_bits_of(flat, lo, hi, n, grp, h):
+    """Bytes 16h..16h+15 of group grp's 6-bit values in half n of two super-blocks (at lo and hi), side by side."""
+    c = 64 * n + 16 * h
+    return _six_bit(load_halves(flat, lo + c, hi + c), load_halves(flat, lo + c + 32, hi + c + 32),
+                    load_halves(flat, lo + 128 + 32 * n + 16 * h, hi + 128 + 32 * n + 16 * h), grp)
 
 
 @njit(cache=True, fastmath=False)
@@ -83,10 +87,10 @@ def interleave_superblock(flat, rows, o, q, qo, s, so, f, fo):
                                       rows[4] + o, rows[5] + o, rows[6] + o, rows[7] + o)
     for n in range(2):
         for grp in range(4):
-            store_transposed(q, qo + 256 * (4 * n + grp), _six_bits_of(flat, b0, n, grp), _six_bits_of(flat, b1, n, grp),
-                             _six_bits_of(flat, b2, n, grp), _six_bits_of(flat, b3, n, grp),
-                             _six_bits_of(flat, b4, n, grp), _six_bits_of(flat, b5, n, grp),
-                             _six_bits_of(flat, b6, n, grp), _six_bits_of(flat, b7, n, grp))
+            for h in range(2):
+                store_transposed4(q, qo + 256 * (4 * n + grp) + 128 * h, _six_bits_of(flat, b0, b4, n, grp, h),
+                                  _six_bits_of(flat, b1, b5, n, grp, h), _six_bits_of(flat, b2, b6, n, grp, h),
+                                  _six_bits_of(flat, b3, b7, n, grp, h))
     s0, s1, s2, s3 = widen_s8(flat, b0 + 192), widen_s8(flat, b1 + 192), widen_s8(flat, b2 + 192), widen_s8(flat, b3 + 192)
     s4, s5, s6, s7 = widen_s8(flat, b4 + 192), widen_s8(flat, b5 + 192), widen_s8(flat, b6 + 192), widen_s8(flat, b7 + 192)
     store_transposed(s, so, pairs_low(s0), pairs_low(s1), pairs_low(s2), pairs_low(s3),

@@ -412,6 +412,55 @@ broadcast_pair = intrinsic(_broadcast_word((types.int16,), I16x16))
 
 
 @intrinsic
+def load_halves(typingctx, arr, lo, hi):
+    """32 bytes: arr[lo:lo+16], then arr[hi:hi+16] (two rows' bytes side by side, for store_transposed4)."""
+    _check_array(arr, _BYTES)
+
+    def codegen(context, builder, sig, args):
+        v16 = ir.VectorType(_I8, 16)
+        a = _load(context, builder, sig.args[0], args[0], args[1], v16)
+        b = _load(context, builder, sig.args[0], args[0], args[2], v16)
+        return _concat(builder, a, b)
+    return U8x32(arr, types.intp, types.intp), codegen
+
+
+def _transpose_words(builder, words):
+    """Within each 128-bit half, the 4 x 4 transpose of four I32x8 as 32-bit words: out[j] holds word j of
+    each half of words[0..3] in turn (in-lane shuffles only: vpunpck*dq, vpunpck*qdq on x86)."""
+    def mix(a, b, idx):
+        return builder.shuffle_vector(a, b, _vec(_I32, idx))
+    lo01, hi01 = mix(words[0], words[1], [0, 8, 1, 9, 4, 12, 5, 13]), mix(words[0], words[1], [2, 10, 3, 11, 6, 14, 7, 15])
+    lo23, hi23 = mix(words[2], words[3], [0, 8, 1, 9, 4, 12, 5, 13]), mix(words[2], words[3], [2, 10, 3, 11, 6, 14, 7, 15])
+    return [mix(lo01, lo23, [0, 1, 8, 9, 4, 5, 12, 13]), mix(lo01, lo23, [2, 3, 10, 11, 6, 7, 14, 15]),
+            mix(hi01, hi23, [0, 1, 8, 9, 4, 5, 12, 13]), mix(hi01, hi23, [2, 3, 10, 11, 6, 7, 14, 15])]
+
+
+def _store_words(context, builder, sig, args, values):
+    """Store the I32x8 `values` at 32-byte steps from arr[off] (args[0], args[1])."""
+    itemsize = context.get_abi_sizeof(context.get_data_type(sig.args[0].dtype))
+    for word, value in enumerate(values):
+        off = builder.add(args[1], args[1].type(32 * word // itemsize))
+        builder.store(value, _pointer(context, builder, sig.args[0], args[0], off, I32x8.llvm_type), align=1)
+
+
+@intrinsic
+def store_transposed4(typingctx, arr, off, v0, v1, v2, v3):
+    """store_transposed for vectors that hold two rows each, rows k and k+4 in the halves of vk (load_halves):
+    the 32 bytes at arr[off + 32 * j bytes] get word j of rows 0..7 in turn, j < 4. Only in-lane shuffles:
+    8 for 4 outputs where store_transposed needs 24 for 8."""
+    _check_array(arr, _BYTES + (types.int16,))
+    vs = (v0, v1, v2, v3)
+    if len(set(vs)) != 1 or v0 not in (U8x32, I16x16, I32x8):
+        raise TypingError("simd: store_transposed4 takes four vectors of one 256-bit type")
+
+    def codegen(context, builder, sig, args):
+        words = [builder.bitcast(a, I32x8.llvm_type) for a in args[2:]]
+        _store_words(context, builder, sig, args, _transpose_words(builder, words))
+        return context.get_dummy_value()
+    return types.none(arr, types.intp, *vs), codegen
+
+
+@intrinsic
 def store_transposed(typingctx, arr, off, v0, v1, v2, v3, v4, v5, v6, v7):
     """Store the 8 x 8 transpose of eight 256-bit vectors as 32-bit words: the 32 bytes at arr[off + 32 * j
     bytes] get word j of v0, v1, ..., v7 in turn. Eight rows' bytes (or scales) in, one vector per 4
@@ -424,28 +473,12 @@ def store_transposed(typingctx, arr, off, v0, v1, v2, v3, v4, v5, v6, v7):
 
     def codegen(context, builder, sig, args):
         words = [builder.bitcast(a, I32x8.llvm_type) for a in args[2:]]
-
-        def mix(a, b, idx):
-            return builder.shuffle_vector(a, b, _vec(_I32, idx))
-        # stage 1: pairs of rows, words interleaved within each 128-bit half
-        s1 = []
-        for k in range(0, 8, 2):
-            s1 += [mix(words[k], words[k + 1], [0, 8, 1, 9, 4, 12, 5, 13]),
-                   mix(words[k], words[k + 1], [2, 10, 3, 11, 6, 14, 7, 15])]
-        # stage 2: four rows, 64-bit pairs within each half
-        s2 = []
-        for a, b in ((0, 2), (1, 3), (4, 6), (5, 7)):
-            s2 += [mix(s1[a], s1[b], [0, 1, 8, 9, 4, 5, 12, 13]), mix(s1[a], s1[b], [2, 3, 10, 11, 6, 7, 14, 15])]
-        # s2[0..3]: rows 0-3 of words (0,4) (1,5) (2,6) (3,7); s2[4..7]: rows 4-7 of the same
-        byte_off = args[1]
-        itemsize = context.get_abi_sizeof(context.get_data_type(sig.args[0].dtype))
-        for j in range(4):
-            low = mix(s2[j], s2[4 + j], [0, 1, 2, 3, 8, 9, 10, 11])    # word j of every row
-            high = mix(s2[j], s2[4 + j], [4, 5, 6, 7, 12, 13, 14, 15])  # word j + 4
-            for word, value in ((j, low), (j + 4, high)):
-                off = builder.add(byte_off, byte_off.type(32 * word // itemsize))
-                builder.store(value, _pointer(context, builder, sig.args[0], args[0], off, I32x8.llvm_type),
-                              align=1)
+        low, high = _transpose_words(builder, words[:4]), _transpose_words(builder, words[4:])
+        # low[j]: rows 0-3 of words j (first half) and j + 4 (second half); high[j]: rows 4-7 of the same
+        halves = lambda a, b, idx: builder.shuffle_vector(a, b, _vec(_I32, idx))  # noqa: E731
+        _store_words(context, builder, sig, args,
+                     [halves(low[j], high[j], [0, 1, 2, 3, 8, 9, 10, 11]) for j in range(4)] +
+                     [halves(low[j], high[j], [4, 5, 6, 7, 12, 13, 14, 15]) for j in range(4)])
         return context.get_dummy_value()
     return types.none(arr, types.intp, *vs), codegen
 
@@ -586,11 +619,18 @@ def iadd(typingctx, a, b):
 
 
 @intrinsic
-def ihsum(typingctx, v):
-    """Sum of the 8 lanes of an I32x8 (exact: the callers' sums fit 32 bits)."""
+def ihsum2(typingctx, a, b):
+    """(sum of a's 8 lanes, sum of b's) for two I32x8, in one shuffle tree (exact: the sums fit 32 bits)."""
     def codegen(context, builder, sig, args):
-        return builder.sext(_lane_sum(builder, builder.add, args[0]), ir.IntType(64))
-    return types.int64(I32x8), codegen
+        pick = lambda u, v, idx: builder.shuffle_vector(u, v, _vec(_I32, idx))  # noqa: E731
+        a4 = builder.add(pick(args[0], args[0], [0, 1, 2, 3]), pick(args[0], args[0], [4, 5, 6, 7]))
+        b4 = builder.add(pick(args[1], args[1], [0, 1, 2, 3]), pick(args[1], args[1], [4, 5, 6, 7]))
+        ab2 = builder.add(pick(a4, b4, [0, 2, 4, 6]), pick(a4, b4, [1, 3, 5, 7]))
+        ab = builder.add(pick(ab2, ab2, [0, 2]), pick(ab2, ab2, [1, 3]))
+        i64 = ir.IntType(64)
+        sums = [builder.sext(builder.extract_element(ab, ir.Constant(_I32, k)), i64) for k in range(2)]
+        return context.make_tuple(builder, sig.return_type, sums)
+    return types.UniTuple(types.int64, 2)(I32x8, I32x8), codegen
 
 
 # ----------------------------------------------------------------------------------------- float lanes
