@@ -12,6 +12,15 @@ from gguf_runtime.fetch import is_fetched
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
+def pytest_configure(config):
+    """Drop cached kernels compiled from other sources, as runtime.setup() does for every real entry point:
+    numba itself checks only the file defining each kernel, so after an edit of simd.py (say) the tests would
+    run the drivers' stale compiled code."""
+    from gguf_runtime.quants import cachedir
+
+    cachedir.configure()
+
+
 def _require(name: str) -> Path:
     if not is_fetched(CATALOG[name]):
         pytest.fail(f"model {name} is not fetched; run `make models-all` (or `gguf-runtime pull {name}`)",
