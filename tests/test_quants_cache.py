@@ -71,7 +71,7 @@ def test_warmup_compiles_what_a_model_runs(smollm2_path: Path):
 
 @pytest.mark.parametrize("t", [GT.Q4_0, GT.Q4_K], ids=["Q4_0", "Q4_K"])
 def test_warm_up_compiles_the_integer_gemm(t):
-    """Both GEMM forms (blocks of 32 start at 4 tokens, super-blocks at 2) are ready after warm-up."""
+    """Both GEMM forms (both start at GEMM_MIN_TOKENS, 4 tokens) are ready after warm-up."""
     warm_up(t)
     assert any(key[0] == t for key in kernels.matmul_panels._entries)
 

@@ -33,8 +33,9 @@ GEMM_SUPERBLOCKS = {Q4_K: q4_k, Q6_K: q6_k}  # modules with interleave_superbloc
 GEMM_BLOCKS = {Q4_0: (q4_0.block_weights, False), Q5_0: (q5_0.block_weights, False), Q8_0: (q8_0.block_weights, False),
                Q4_1: (q4_1.block_weights, True), Q5_1: (q5_1.block_weights, True)}
 GEMM_TYPES = frozenset(GEMM_SUPERBLOCKS) | frozenset(GEMM_BLOCKS)
-# From this many tokens the GEMM beats the row kernels (`bench_kernels.py --crossover`): K-quants re-unpack
-# every super-block per token in dot_row; for blocks of 32 unpacking is cheap and the copy pays off later.
+# From this many tokens the GEMM beats the row kernels (`bench_kernels.py --crossover`): the super-block panel
+# goes four tokens at a time (Q4_K 8960x1536 at 2 threads, 2026-12-03: rows 0.43-0.48 ms at T=2, 0.64-0.72 at
+# T=3; the GEMM 0.64-0.71 at T=4); for blocks of 32 unpacking is cheap and the copy pays off from 4 tokens.
 GEMM_MIN_TOKENS = {**{t: 4 for t in GEMM_SUPERBLOCKS}, **{t: 4 for t in GEMM_BLOCKS}}
 
 
@@ -489,9 +490,9 @@ def _panel_blocks(code, W, xq, xd, xs, out, r0, r1, t0, t1, q, dm):
 
 @njit(parallel=True, cache=True, fastmath=False)
 def _matmul_panels(code, W, X, xq, xd, xs, out, threads):
-    """out = X @ W.T by the integer GEMM (GEMM_TYPES): bit-identical per row to _matmul_rows, faster from two
-    tokens on. Blocks of rows in parallel; within a block, panels of tokens whose activations stay in L2 while
-    the block's rows (also in L2) pass over them."""
+    """out = X @ W.T by the integer GEMM (GEMM_TYPES): bit-identical per row to _matmul_rows, faster from four
+    tokens on (GEMM_MIN_TOKENS). Blocks of rows in parallel; within a block, panels of tokens whose activations
+    stay in L2 while the block's rows (also in L2) pass over them."""
     for t in prange(X.shape[0]):
         quantize_activation(code, X[t], xq[t], xd[t], xs[t])
     rows_per_block = -(-_rows_per_task(W.shape[0], W.shape[1], threads) // 8) * 8  # the super-blocks' groups

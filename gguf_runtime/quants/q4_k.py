@@ -10,8 +10,8 @@ from numba import njit
 from .blocks import nearest_int
 from .halves import store_f16
 from .kquants import make_qkx2_quants, pack_scale_min_k4, scale_min_k4, scales_mins_k4
-from .simd import (f16_at, fma32, iadd, ihsum2, izero, lane, load_halves, load_i16x16, load_u8x32, madd, madd_v, maddubs,
-                   pairs_low, store_scaled, store_transposed, store_transposed4, vand, vshr)
+from .simd import (f16_at, fma32, iadd, ihsum2, izero, lane, load_halves, load_i16x16, load_u8x32, madd, madd_v,
+                   maddubs, pairs_low, store_scaled, store_transposed, store_transposed4, vand, vshr)
 
 BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 256, 144, "q8_K"
 

@@ -10,9 +10,9 @@ from numba import njit
 from .blocks import nearest_int
 from .halves import store_f16
 from .kquants import GROUP_MAX_EPS, make_qx_quants
-from .simd import (f16_at, fma32, iadd, ihsum2, izero, lane, load_halves, load_i16x16, load_u8x32, madd, madd_v, maddubs,
-                   pairs_high, pairs_low, store_scaled, store_transposed, store_transposed4, vand, vor, vshl, vshr,
-                   vsub, widen_s8)
+from .simd import (f16_at, fma32, iadd, ihsum2, izero, lane, load_halves, load_i16x16, load_u8x32, madd, madd_v,
+                   maddubs, pairs_high, pairs_low, store_scaled, store_transposed, store_transposed4, vand, vor, vshl,
+                   vshr, vsub, widen_s8)
 
 BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 256, 210, "q8_K"
 
@@ -91,8 +91,10 @@ def interleave_superblock(flat, rows, o, q, qo, s, so, f, fo):
                 store_transposed4(q, qo + 256 * (4 * n + grp) + 128 * h, _six_bits_of(flat, b0, b4, n, grp, h),
                                   _six_bits_of(flat, b1, b5, n, grp, h), _six_bits_of(flat, b2, b6, n, grp, h),
                                   _six_bits_of(flat, b3, b7, n, grp, h))
-    s0, s1, s2, s3 = widen_s8(flat, b0 + 192), widen_s8(flat, b1 + 192), widen_s8(flat, b2 + 192), widen_s8(flat, b3 + 192)
-    s4, s5, s6, s7 = widen_s8(flat, b4 + 192), widen_s8(flat, b5 + 192), widen_s8(flat, b6 + 192), widen_s8(flat, b7 + 192)
+    s0, s1, s2, s3 = (widen_s8(flat, b0 + 192), widen_s8(flat, b1 + 192), widen_s8(flat, b2 + 192),
+                      widen_s8(flat, b3 + 192))
+    s4, s5, s6, s7 = (widen_s8(flat, b4 + 192), widen_s8(flat, b5 + 192), widen_s8(flat, b6 + 192),
+                      widen_s8(flat, b7 + 192))
     store_transposed(s, so, pairs_low(s0), pairs_low(s1), pairs_low(s2), pairs_low(s3),
                      pairs_low(s4), pairs_low(s5), pairs_low(s6), pairs_low(s7))
     store_transposed(s, so + 128, pairs_high(s0), pairs_high(s1), pairs_high(s2), pairs_high(s3),

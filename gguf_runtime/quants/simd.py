@@ -429,8 +429,9 @@ def _transpose_words(builder, words):
     each half of words[0..3] in turn (in-lane shuffles only: vpunpck*dq, vpunpck*qdq on x86)."""
     def mix(a, b, idx):
         return builder.shuffle_vector(a, b, _vec(_I32, idx))
-    lo01, hi01 = mix(words[0], words[1], [0, 8, 1, 9, 4, 12, 5, 13]), mix(words[0], words[1], [2, 10, 3, 11, 6, 14, 7, 15])
-    lo23, hi23 = mix(words[2], words[3], [0, 8, 1, 9, 4, 12, 5, 13]), mix(words[2], words[3], [2, 10, 3, 11, 6, 14, 7, 15])
+    low, high = [0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15]
+    lo01, hi01 = mix(words[0], words[1], low), mix(words[0], words[1], high)
+    lo23, hi23 = mix(words[2], words[3], low), mix(words[2], words[3], high)
     return [mix(lo01, lo23, [0, 1, 8, 9, 4, 5, 12, 13]), mix(lo01, lo23, [2, 3, 10, 11, 6, 7, 14, 15]),
             mix(hi01, hi23, [0, 1, 8, 9, 4, 5, 12, 13]), mix(hi01, hi23, [2, 3, 10, 11, 6, 7, 14, 15])]
 
