@@ -12,6 +12,7 @@ from gguf_runtime.gguf_file import GGUFFile
 from gguf_runtime.quants import (QTYPES, QMatrix, UnsupportedQuantError, dequantize, embed_rows, get_qtype,
                                  quantize, set_threads)
 from gguf_runtime.quants.activation import quantize_q8_0, quantize_q8_k
+from gguf_runtime.quants import kernels
 from gguf_runtime.quants.kernels import GEMM_MIN_TOKENS, GEMM_TYPES, PANEL_BYTES, ROW_BLOCK_BYTES
 from gguf_runtime.quants.qmatrix import INTEGER_PATH_MAX_TOKENS, matmul_many
 from gguf_runtime.quants.registry import ACT_F32, ACT_Q8_0
@@ -240,6 +241,20 @@ def test_gemm_bit_identical_to_matvec(t, threads):
             assert same_bits(m.matmul_integer(X[:n_tokens]), expected[:n_tokens])
     finally:
         set_threads(2)
+
+
+@pytest.mark.parametrize("t", sorted(GEMM_TYPES), ids=ids(sorted(GEMM_TYPES)))
+def test_gemm_below_its_crossover_still_exact(t):
+    """Called directly with fewer tokens than GEMM_MIN_TOKENS (1-3, under a group of 4), the GEMM stays inside
+    its inputs and still gives matvec's bits: a short group repeats its last token."""
+    rng = np.random.default_rng(40 + t)
+    m = QMatrix(quantize(weights(rng, 13, 512), t), t, "w")
+    X = rng.standard_normal((3, 512)).astype(np.float32)
+    expected = np.stack([m.matvec(x) for x in X])
+    for n in (1, 2, 3):
+        out = np.full((n, 13), np.nan, np.float32)
+        m._run(kernels.matmul_panels, X[:n], m._activation_scratch(n), out)
+        assert same_bits(out, expected[:n])
 
 
 def test_matmul_threads():

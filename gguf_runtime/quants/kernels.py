@@ -36,7 +36,7 @@ GEMM_TYPES = frozenset(GEMM_SUPERBLOCKS) | frozenset(GEMM_BLOCKS)
 # From this many tokens the GEMM beats the row kernels (`bench_kernels.py --crossover`): the super-block panel
 # goes four tokens at a time (Q4_K 8960x1536 at 2 threads, 2026-12-03: rows 0.43-0.48 ms at T=2, 0.64-0.72 at
 # T=3; the GEMM 0.64-0.71 at T=4); for blocks of 32 unpacking is cheap and the copy pays off from 4 tokens.
-GEMM_MIN_TOKENS = {**{t: 4 for t in GEMM_SUPERBLOCKS}, **{t: 4 for t in GEMM_BLOCKS}}
+GEMM_MIN_TOKENS = {t: 4 for t in GEMM_TYPES}
 
 
 def _qtype_of(code):
@@ -276,36 +276,34 @@ def _matmul_rows_group(code, Ws, X, xq, xd, xs, outs, threads):
 
 
 @njit(cache=True, fastmath=False, inline="always")
-def _superblock_totals4(code, q, s, qo, so, xq, xo, xs, bo, kq, ks):
+def _superblock_totals4(code, q, s, qo, so, xq, xs, xo, bo):
     """The integer totals of one interleaved super-block (8 rows) with four tokens (each weight vector loaded
     once for all four): per row (lane) the scaled dot sum_s sc_s*(q.xq)_s and the block-sum term
-    sum_p w_p . (bsum_2p, bsum_2p+1), exactly dot_row's two integers. The first token's 256 activation bytes
-    are xq[xo:] and its 16 block sums xs[bo:]; the others follow every kq and ks."""
+    sum_p w_p . (bsum_2p, bsum_2p+1), exactly dot_row's two integers. Token j's 256 activation bytes are
+    xq[xo[j]:] and its 16 block sums xs[bo[j]:]."""
     per_scale, per_chunk = scale_groups(code), chunk_groups(code)
     t0, t1, t2, t3 = izero(), izero(), izero(), izero()
     for c in range(64 // per_chunk):
         g = c * per_chunk
         v = load_u8x32(q, qo + 32 * g)
-        x = xo + 4 * g
-        p0, p1 = maddubs_v(v, broadcast4(xq, x)), maddubs_v(v, broadcast4(xq, x + kq))
-        p2, p3 = maddubs_v(v, broadcast4(xq, x + 2 * kq)), maddubs_v(v, broadcast4(xq, x + 3 * kq))
-        for h in range(1, per_chunk):
-            v = load_u8x32(q, qo + 32 * (g + h))
-            x = xo + 4 * (g + h)
-            p0 = dots_add(p0, maddubs_v(v, broadcast4(xq, x)))
-            p1 = dots_add(p1, maddubs_v(v, broadcast4(xq, x + kq)))
-            p2 = dots_add(p2, maddubs_v(v, broadcast4(xq, x + 2 * kq)))
-            p3 = dots_add(p3, maddubs_v(v, broadcast4(xq, x + 3 * kq)))
+        p0, p1 = maddubs_v(v, broadcast4(xq, xo[0] + 4 * g)), maddubs_v(v, broadcast4(xq, xo[1] + 4 * g))
+        p2, p3 = maddubs_v(v, broadcast4(xq, xo[2] + 4 * g)), maddubs_v(v, broadcast4(xq, xo[3] + 4 * g))
+        for h in range(g + 1, g + per_chunk):
+            v = load_u8x32(q, qo + 32 * h)
+            p0 = dots_add(p0, maddubs_v(v, broadcast4(xq, xo[0] + 4 * h)))
+            p1 = dots_add(p1, maddubs_v(v, broadcast4(xq, xo[1] + 4 * h)))
+            p2 = dots_add(p2, maddubs_v(v, broadcast4(xq, xo[2] + 4 * h)))
+            p3 = dots_add(p3, maddubs_v(v, broadcast4(xq, xo[3] + 4 * h)))
         scale = load_i16x16(s, so + 16 * (g // per_scale))
         t0, t1 = iadd(t0, madd_v(p0, scale)), iadd(t1, madd_v(p1, scale))
         t2, t3 = iadd(t2, madd_v(p2, scale)), iadd(t3, madd_v(p3, scale))
     s0, s1, s2, s3 = izero(), izero(), izero(), izero()
     for p in range(8):
         w = load_i16x16(s, so + 16 * (64 // per_scale + p))
-        b = bo + 2 * p
-        s0, s1 = iadd(s0, madd_v(w, broadcast_pair(xs, b))), iadd(s1, madd_v(w, broadcast_pair(xs, b + ks)))
-        s2 = iadd(s2, madd_v(w, broadcast_pair(xs, b + 2 * ks)))
-        s3 = iadd(s3, madd_v(w, broadcast_pair(xs, b + 3 * ks)))
+        s0 = iadd(s0, madd_v(w, broadcast_pair(xs, bo[0] + 2 * p)))
+        s1 = iadd(s1, madd_v(w, broadcast_pair(xs, bo[1] + 2 * p)))
+        s2 = iadd(s2, madd_v(w, broadcast_pair(xs, bo[2] + 2 * p)))
+        s3 = iadd(s3, madd_v(w, broadcast_pair(xs, bo[3] + 2 * p)))
     return t0, t1, t2, t3, s0, s1, s2, s3
 
 
@@ -316,20 +314,22 @@ def _token_update(acc, total, sums, f, i, dx):
 
 
 @njit(cache=True, fastmath=False)
-def _four_tokens_eight_rows(code, q, s, f, n_super, xqf, xdf, xsf, kd, t, lanes):
-    """Four tokens' (t..t+3) dots with the 8 rows interleaved in q, s, f, into lanes[8j:8j+8] for token t+j:
-    lane k is row k's dot_row, bit for bit (the same integers, then the same two float steps per super-block,
-    each rounded once, in its order). xqf, xdf, xsf: the (T, ...) activations as flat arrays, kd the length
-    of a token's row of xd."""
+def _four_tokens_eight_rows(code, q, s, f, n_super, xqf, xdf, xsf, kd, ts, lanes):
+    """Four tokens' (ts, indices into the activations) dots with the 8 rows interleaved in q, s, f, into
+    lanes[8j:8j+8] for token ts[j]: lane k is row k's dot_row, bit for bit (the same integers, then the same two
+    float steps per super-block, each rounded once, in its order). xqf, xdf, xsf: the (T, ...) activations as
+    flat arrays, kd the length of a token's row of xd."""
     stride = 16 * (64 // scale_groups(code) + 8)
     kq, ks = 256 * n_super, 16 * n_super
     a0, a1, a2, a3 = fzero(), fzero(), fzero(), fzero()
     for i in range(n_super):
-        t0, t1, t2, t3, s0, s1, s2, s3 = _superblock_totals4(code, q, s, 2048 * i, stride * i, xqf, t * kq + 256 * i,
-                                                             xsf, t * ks + 16 * i, kq, ks)
-        d = t * kd + i
-        a0, a1 = _token_update(a0, t0, s0, f, i, xdf[d]), _token_update(a1, t1, s1, f, i, xdf[d + kd])
-        a2, a3 = _token_update(a2, t2, s2, f, i, xdf[d + 2 * kd]), _token_update(a3, t3, s3, f, i, xdf[d + 3 * kd])
+        xo = (ts[0] * kq + 256 * i, ts[1] * kq + 256 * i, ts[2] * kq + 256 * i, ts[3] * kq + 256 * i)
+        bo = (ts[0] * ks + 16 * i, ts[1] * ks + 16 * i, ts[2] * ks + 16 * i, ts[3] * ks + 16 * i)
+        t0, t1, t2, t3, s0, s1, s2, s3 = _superblock_totals4(code, q, s, 2048 * i, stride * i, xqf, xsf, xo, bo)
+        a0 = _token_update(a0, t0, s0, f, i, xdf[ts[0] * kd + i])
+        a1 = _token_update(a1, t1, s1, f, i, xdf[ts[1] * kd + i])
+        a2 = _token_update(a2, t2, s2, f, i, xdf[ts[2] * kd + i])
+        a3 = _token_update(a3, t3, s3, f, i, xdf[ts[3] * kd + i])
     store_f32x8(lanes, 0, a0)
     store_f32x8(lanes, 8, a1)
     store_f32x8(lanes, 16, a2)
@@ -343,10 +343,9 @@ def _panel_superblocks(code, W, xq, xd, xs, out, r0, r1, t0, t1, q, s, f):
     them, each 4-value group of its activation broadcast to all 8 lanes, four tokens per weight vector
     loaded. Per (row, super-block) that is 64 byte dots (vpmaddubsw) for 8 rows at once and one scale
     multiply per sub-block (vpmaddwd), where a row at a time paid for the scale per row and ran the float
-    steps per row. The last group of rows repeats the last row where fewer than 8 are left. The last four
-    tokens end at t1, redoing (to the same bits) some of the four before: a panel needs t1 >= 4
-    (GEMM_MIN_TOKENS), and its last four may reach back before t0. Lanes are dot_row's own arithmetic in its
-    order, so results match it bitwise. q, s, f: scratch of panel_scratch."""
+    steps per row. The last group of rows repeats the last row where fewer than 8 are left, and the last
+    group of tokens the last token. Lanes are dot_row's own arithmetic in its order, so results match it
+    bitwise. q, s, f: scratch of panel_scratch."""
     n_super = xq.shape[1] // 256
     type_size = W.shape[1] // n_super
     stride = 16 * (64 // scale_groups(code) + 8)
@@ -362,9 +361,9 @@ def _panel_superblocks(code, W, xq, xd, xs, out, r0, r1, t0, t1, q, s, f):
         for i in range(n_super):
             interleave_superblock(code, flat, rows, i * type_size, q, 2048 * i, s, stride * i, f, 16 * i)
         for t in range(t0, t1, 4):
-            t = min(t, t1 - 4)
-            _four_tokens_eight_rows(code, q, s, f, n_super, xqf, xdf, xsf, xd.shape[1], t, lanes)
-            for g in range(4):
+            ts = (t, min(t + 1, t1 - 1), min(t + 2, t1 - 1), min(t + 3, t1 - 1))  # a short last four repeat t1 - 1
+            _four_tokens_eight_rows(code, q, s, f, n_super, xqf, xdf, xsf, xd.shape[1], ts, lanes)
+            for g in range(min(4, t1 - t)):
                 for j in range(min(8, r1 - r)):
                     out[t + g, r + j] = lanes[8 * g + j]
 

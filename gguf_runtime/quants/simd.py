@@ -436,6 +436,14 @@ def _transpose_words(builder, words):
             mix(hi01, hi23, [0, 1, 8, 9, 4, 5, 12, 13]), mix(hi01, hi23, [2, 3, 10, 11, 6, 7, 14, 15])]
 
 
+def _transposable(arr, vs):
+    """The store_transposed* arguments checked: a byte or int16 array, and vectors of one 256-bit type."""
+    _check_array(arr, _BYTES + (types.int16,))
+    if len(set(vs)) != 1 or vs[0] not in (U8x32, I16x16, I32x8):
+        raise TypingError(f"simd: expected {len(vs)} vectors of one 256-bit type, got {vs}")
+    return vs
+
+
 def _store_words(context, builder, sig, args, values):
     """Store the I32x8 `values` at 32-byte steps from arr[off] (args[0], args[1])."""
     itemsize = context.get_abi_sizeof(context.get_data_type(sig.args[0].dtype))
@@ -449,10 +457,7 @@ def store_transposed4(typingctx, arr, off, v0, v1, v2, v3):
     """store_transposed for vectors that hold two rows each, rows k and k+4 in the halves of vk (load_halves):
     the 32 bytes at arr[off + 32 * j bytes] get word j of rows 0..7 in turn, j < 4. Only in-lane shuffles:
     8 for 4 outputs where store_transposed needs 24 for 8."""
-    _check_array(arr, _BYTES + (types.int16,))
-    vs = (v0, v1, v2, v3)
-    if len(set(vs)) != 1 or v0 not in (U8x32, I16x16, I32x8):
-        raise TypingError("simd: store_transposed4 takes four vectors of one 256-bit type")
+    vs = _transposable(arr, (v0, v1, v2, v3))
 
     def codegen(context, builder, sig, args):
         words = [builder.bitcast(a, I32x8.llvm_type) for a in args[2:]]
@@ -467,10 +472,7 @@ def store_transposed(typingctx, arr, off, v0, v1, v2, v3, v4, v5, v6, v7):
     bytes] get word j of v0, v1, ..., v7 in turn. Eight rows' bytes (or scales) in, one vector per 4
     columns out, with row r in lane r: the interleaved form of the integer GEMM. Three stages of in-lane
     shuffles (vpunpck*dq, vpunpck*qdq, vperm2i128 on x86)."""
-    _check_array(arr, _BYTES + (types.int16,))
-    vs = (v0, v1, v2, v3, v4, v5, v6, v7)
-    if len(set(vs)) != 1 or v0 not in (U8x32, I16x16, I32x8):
-        raise TypingError("simd: store_transposed takes eight vectors of one 256-bit type")
+    vs = _transposable(arr, (v0, v1, v2, v3, v4, v5, v6, v7))
 
     def codegen(context, builder, sig, args):
         words = [builder.bitcast(a, I32x8.llvm_type) for a in args[2:]]
