@@ -20,7 +20,7 @@ from . import q4_0, q4_1, q4_k, q5_0, q5_1, q6_k, q8_0
 from .activation import dequantize_into, quantize_q8_0, quantize_q8_k
 from .registry import ACT_F32, ACT_Q8_0, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q6_K, Q8_0, QTYPES
 from .simd import (broadcast4, broadcast_pair, dots_add, f16_at, f32_at, fadd, fma_i, fma_s, fmul_s, fzero, iadd,
-                   iadd_s, izero, load_f16_at8, load_f32x8, load_i16x16, load_u8x32, madd_v, maddubs_v, prefetch, scale_pair,
+                   iadd_s, izero, load_f32x8, load_i16x16, load_u8x32, madd_v, maddubs_v, prefetch, scale_pair,
                    store_f32x8, store_transposed)
 
 ROW_BLOCK_BYTES = 1 << 16     # weight bytes per parallel task: fits L2 beside the activations
@@ -411,11 +411,10 @@ def _interleave_blocks(code, flat, rows, n_blocks, type_size, q, f):
         store_transposed(q, qo, v0[0], v1[0], v2[0], v3[0], v4[0], v5[0], v6[0], v7[0])
         if planes == 2:
             store_transposed(q, qo + 256, v0[1], v1[1], v2[1], v3[1], v4[1], v5[1], v6[1], v7[1])
-        at = (rows[0] + o, rows[1] + o, rows[2] + o, rows[3] + o, rows[4] + o, rows[5] + o, rows[6] + o, rows[7] + o)
-        store_f32x8(f, 16 * b, load_f16_at8(flat, at))
-        if with_min:
-            at2 = (at[0] + 2, at[1] + 2, at[2] + 2, at[3] + 2, at[4] + 2, at[5] + 2, at[6] + 2, at[7] + 2)
-            store_f32x8(f, 16 * b + 8, load_f16_at8(flat, at2))
+        for k in range(8):
+            f[16 * b + k] = f16_at(flat, rows[k] + o)
+            if with_min:
+                f[16 * b + 8 + k] = f16_at(flat, rows[k] + o + 2)
 
 
 @njit(cache=True, fastmath=False, inline="always")

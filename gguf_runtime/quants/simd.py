@@ -788,33 +788,10 @@ def load_f16_strided(typingctx, arr, off, stride):
             at = builder.add(args[1], builder.mul(args[2], args[2].type(j)))
             h = builder.load(_pointer(context, builder, sig.args[0], args[0], at, _I16), align=1)
             bits = builder.insert_element(bits, h, ir.Constant(_I32, j))
-        return _halves_to_f32(builder, bits)
+        if USE_NATIVE_F16:
+            return builder.fpext(builder.bitcast(bits, ir.VectorType(ir.HalfType(), 8)), F32x8.llvm_type)
+        return _f16_bits_to_f32(builder, builder.zext(bits, ir.VectorType(_I32, 8)))
     return F32x8(arr, types.intp, types.intp), codegen
-
-
-@intrinsic
-def load_f16_at8(typingctx, arr, offs):
-    """The IEEE halves at arr[offs[j]] (bytes; offs a tuple of 8) as float32 lanes (exact): one scale from
-    each of eight rows."""
-    _check_array(arr, _BYTES)
-    if not (isinstance(offs, types.UniTuple) and offs.count == 8 and isinstance(offs.dtype, types.Integer)):
-        raise TypingError(f"simd: expected a tuple of 8 integer offsets, got {offs}")
-
-    def codegen(context, builder, sig, args):
-        bits = ir.Constant(ir.VectorType(_I16, 8), None)
-        for j in range(8):
-            at = builder.extract_value(args[1], j)
-            h = builder.load(_pointer(context, builder, sig.args[0], args[0], at, _I16), align=1)
-            bits = builder.insert_element(bits, h, ir.Constant(_I32, j))
-        return _halves_to_f32(builder, bits)
-    return F32x8(arr, offs), codegen
-
-
-def _halves_to_f32(builder, bits):
-    """8 x i16 half bits -> F32x8 (exact): in hardware where the target has it."""
-    if USE_NATIVE_F16:
-        return builder.fpext(builder.bitcast(bits, ir.VectorType(ir.HalfType(), 8)), F32x8.llvm_type)
-    return _f16_bits_to_f32(builder, builder.zext(bits, ir.VectorType(_I32, 8)))
 
 
 @intrinsic
