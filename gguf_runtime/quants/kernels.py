@@ -19,23 +19,23 @@ from numba.extending import overload
 from . import q4_0, q4_1, q4_k, q5_0, q5_1, q6_k, q8_0
 from .activation import dequantize_into, quantize_q8_0, quantize_q8_k
 from .registry import ACT_F32, ACT_Q8_0, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q6_K, Q8_0, QTYPES
-from .simd import (broadcast4, broadcast_pair, dots_add, f16_at, f32_at, fadd, fma_i, fma_s, fmul_s, fzero, iadd,
-                   iadd_s, izero, load_f32x8, load_i16x16, load_u8x32, madd_v, maddubs_v, prefetch, scale_pair,
-                   store_f32x8, store_transposed)
+from .simd import (broadcast4, broadcast_pair, dot4, dot4_s8, dots_add, f16_at, f32_at, fadd, fma_i, fmadd_i, fmul_s,
+                   fzero, hsum, iadd, izero, load_f32x8, load_i16x16, load_u8x32, madd_v, maddubs_v, prefetch,
+                   store_f32x8, store_u8x32)
 
 ROW_BLOCK_BYTES = 1 << 16     # weight bytes per parallel task: fits L2 beside the activations
 PARALLEL_MIN_BYTES = 1 << 16  # below this (weight bytes x tokens) a call runs on one thread
 PANEL_BYTES = 1 << 18         # quantized activation bytes per token panel of the GEMM: stays in L2
 
 # Types with an integer GEMM (`matmul_panels`), by how a row unpacks for it. K-quants: super-blocks of unsigned
-# bytes times per-32 scales. Legacy blocks of 32: each type's gemm_planes (its values as unsigned bytes, in one
-# or two planes) and GEMM_PLANES, GEMM_CHUNK_GROUPS, GEMM_OFFSET, GEMM_MIN (block_form, _block_totals4).
+# bytes times per-32 scales. Legacy blocks of 32: their values as bytes, signed, or unsigned plus a min (True).
 GEMM_SUPERBLOCKS = {Q4_K: q4_k, Q6_K: q6_k}  # modules with interleave_superblock, GEMM_SCALE/CHUNK_GROUPS
-GEMM_BLOCKS = {Q4_0: q4_0, Q4_1: q4_1, Q5_0: q5_0, Q5_1: q5_1, Q8_0: q8_0}
+GEMM_BLOCKS = {Q4_0: (q4_0.block_weights, False), Q5_0: (q5_0.block_weights, False), Q8_0: (q8_0.block_weights, False),
+               Q4_1: (q4_1.block_weights, True), Q5_1: (q5_1.block_weights, True)}
 GEMM_TYPES = frozenset(GEMM_SUPERBLOCKS) | frozenset(GEMM_BLOCKS)
-# From this many tokens the GEMM beats the row kernels (`bench_kernels.py --crossover`): a panel goes four
-# tokens at a time (Q4_K 8960x1536 at 2 threads, 2026-12-03: rows 0.43-0.48 ms at T=2, 0.64-0.72 at T=3; the
-# GEMM 0.64-0.71 at T=4).
+# From this many tokens the GEMM beats the row kernels (`bench_kernels.py --crossover`): the super-block panel
+# goes four tokens at a time (Q4_K 8960x1536 at 2 threads, 2026-12-03: rows 0.43-0.48 ms at T=2, 0.64-0.72 at
+# T=3; the GEMM 0.64-0.71 at T=4); for blocks of 32 unpacking is cheap and the copy pays off from 4 tokens.
 GEMM_MIN_TOKENS = {t: 4 for t in GEMM_TYPES}
 
 
@@ -82,13 +82,18 @@ def chunk_groups(code):
     raise NotImplementedError
 
 
-def gemm_planes(code, w, o):
-    """The GEMM_BLOCKS block at w[o] as (plane 0, plane 1) of unsigned bytes (the type's gemm_planes)."""
+def block_weights(code, w, o):
+    """The 32 values of the GEMM_BLOCKS block at w[o] as bytes (signed, or unsigned for types with a min)."""
     raise NotImplementedError
 
 
-def block_form(code):
-    """(planes, groups per i16 chunk, offset, has a min) of a GEMM_BLOCKS type: compile-time constants."""
+def block_isum(code, v, xq, xo):
+    """v (block_weights) . xq[xo:xo+32] in 8 lanes, as the type's dot_row sums it."""
+    raise NotImplementedError
+
+
+def has_min(code):
+    """Whether a GEMM_BLOCKS type adds min * (block sum of the activation) per block."""
     raise NotImplementedError
 
 
@@ -121,17 +126,24 @@ def _chunk_groups(code):
     return lambda code: groups
 
 
-@overload(gemm_planes, prefer_literal=True)
-def _gemm_planes(code, w, o):
-    kernel = GEMM_BLOCKS[_gemm_code(code, GEMM_BLOCKS)].gemm_planes
+@overload(block_weights, prefer_literal=True)
+def _block_weights(code, w, o):
+    kernel = GEMM_BLOCKS[_gemm_code(code, GEMM_BLOCKS)][0]
     return lambda code, w, o: kernel(w, o)
 
 
-@overload(block_form, prefer_literal=True)
-def _block_form(code):
-    m = GEMM_BLOCKS[_gemm_code(code, GEMM_BLOCKS)]
-    form = (m.GEMM_PLANES, m.GEMM_CHUNK_GROUPS, m.GEMM_OFFSET, m.GEMM_MIN)
-    return lambda code: form
+@overload(block_isum, prefer_literal=True)
+def _block_isum(code, v, xq, xo):
+    if GEMM_BLOCKS[_gemm_code(code, GEMM_BLOCKS)][1]:
+        return lambda code, v, xq, xo: dot4(v, xq, xo)
+    return lambda code, v, xq, xo: dot4_s8(v, xq, xo)
+
+
+@overload(has_min, prefer_literal=True)
+def _has_min(code):
+    if GEMM_BLOCKS[_gemm_code(code, GEMM_BLOCKS)][1]:
+        return lambda code: True
+    return lambda code: False
 
 
 @overload(panel, prefer_literal=True)
@@ -140,7 +152,7 @@ def _panel_of(code, W, xq, xd, xs, out, r0, r1, t0, t1, q, s, dm):
         return lambda code, W, xq, xd, xs, out, r0, r1, t0, t1, q, s, dm: _panel_superblocks(
             code, W, xq, xd, xs, out, r0, r1, t0, t1, q, s, dm)
     return lambda code, W, xq, xd, xs, out, r0, r1, t0, t1, q, s, dm: _panel_blocks(
-        code, W, xq, xd, xs, out, r0, r1, t0, t1, q, s, dm)
+        code, W, xq, xd, xs, out, r0, r1, t0, t1, q, dm)
 
 
 # Inlined into the drivers at numba IR level: left to LLVM, a big row kernel (Q4_K) stayed a call, and each row
@@ -264,24 +276,6 @@ def _matmul_rows_group(code, Ws, X, xq, xd, xs, outs, threads):
 
 
 @njit(cache=True, fastmath=False, inline="always")
-def _chunk_dots4(q, qo, g, groups, xq, xo):
-    """Groups g..g+groups of interleaved weights (q[qo + 32 g:], one row per 32-bit lane) times four tokens'
-    activations xq[xo[j]:], as vpmaddubsw pair sums added in i16 (the callers bound `groups` so they fit):
-    each weight vector is loaded once for the four tokens, each 4-value group of a token broadcast to all 8
-    lanes."""
-    v = load_u8x32(q, qo + 32 * g)
-    p0, p1 = maddubs_v(v, broadcast4(xq, xo[0] + 4 * g)), maddubs_v(v, broadcast4(xq, xo[1] + 4 * g))
-    p2, p3 = maddubs_v(v, broadcast4(xq, xo[2] + 4 * g)), maddubs_v(v, broadcast4(xq, xo[3] + 4 * g))
-    for h in range(g + 1, g + groups):
-        v = load_u8x32(q, qo + 32 * h)
-        p0 = dots_add(p0, maddubs_v(v, broadcast4(xq, xo[0] + 4 * h)))
-        p1 = dots_add(p1, maddubs_v(v, broadcast4(xq, xo[1] + 4 * h)))
-        p2 = dots_add(p2, maddubs_v(v, broadcast4(xq, xo[2] + 4 * h)))
-        p3 = dots_add(p3, maddubs_v(v, broadcast4(xq, xo[3] + 4 * h)))
-    return p0, p1, p2, p3
-
-
-@njit(cache=True, fastmath=False, inline="always")
 def _superblock_totals4(code, q, s, qo, so, xq, xs, xo, bo):
     """The integer totals of one interleaved super-block (8 rows) with four tokens (each weight vector loaded
     once for all four): per row (lane) the scaled dot sum_s sc_s*(q.xq)_s and the block-sum term
@@ -291,7 +285,15 @@ def _superblock_totals4(code, q, s, qo, so, xq, xs, xo, bo):
     t0, t1, t2, t3 = izero(), izero(), izero(), izero()
     for c in range(64 // per_chunk):
         g = c * per_chunk
-        p0, p1, p2, p3 = _chunk_dots4(q, qo, g, per_chunk, xq, xo)
+        v = load_u8x32(q, qo + 32 * g)
+        p0, p1 = maddubs_v(v, broadcast4(xq, xo[0] + 4 * g)), maddubs_v(v, broadcast4(xq, xo[1] + 4 * g))
+        p2, p3 = maddubs_v(v, broadcast4(xq, xo[2] + 4 * g)), maddubs_v(v, broadcast4(xq, xo[3] + 4 * g))
+        for h in range(g + 1, g + per_chunk):
+            v = load_u8x32(q, qo + 32 * h)
+            p0 = dots_add(p0, maddubs_v(v, broadcast4(xq, xo[0] + 4 * h)))
+            p1 = dots_add(p1, maddubs_v(v, broadcast4(xq, xo[1] + 4 * h)))
+            p2 = dots_add(p2, maddubs_v(v, broadcast4(xq, xo[2] + 4 * h)))
+            p3 = dots_add(p3, maddubs_v(v, broadcast4(xq, xo[3] + 4 * h)))
         scale = load_i16x16(s, so + 16 * (g // per_scale))
         t0, t1 = iadd(t0, madd_v(p0, scale)), iadd(t1, madd_v(p1, scale))
         t2, t3 = iadd(t2, madd_v(p2, scale)), iadd(t3, madd_v(p3, scale))
@@ -334,18 +336,6 @@ def _four_tokens_eight_rows(code, q, s, f, n_super, xqf, xdf, xsf, kd, ts, lanes
     store_f32x8(lanes, 24, a3)
 
 
-@njit(cache=True, fastmath=False, inline="always")
-def _eight_rows(flat, row_bytes, r, r1):
-    """The byte offsets in flat of rows r..r+7, the last row r1 - 1 repeated past it, with prefetch hints for
-    rows r..min(r+8, r1) as the row kernels give (a batched decode step streams the weights)."""
-    for row in range(r, min(r + 8, r1)):
-        _ask_ahead(flat, row, row_bytes)
-    last = r1 - 1
-    return (min(r, last) * row_bytes, min(r + 1, last) * row_bytes, min(r + 2, last) * row_bytes,
-            min(r + 3, last) * row_bytes, min(r + 4, last) * row_bytes, min(r + 5, last) * row_bytes,
-            min(r + 6, last) * row_bytes, min(r + 7, last) * row_bytes)
-
-
 @njit(cache=True, fastmath=False)
 def _panel_superblocks(code, W, xq, xd, xs, out, r0, r1, t0, t1, q, s, f):
     """out[t, r] for rows r0..r1 and tokens t0..t1, by 8 rows at a time: their super-blocks interleaved once
@@ -361,8 +351,13 @@ def _panel_superblocks(code, W, xq, xd, xs, out, r0, r1, t0, t1, q, s, f):
     stride = 16 * (64 // scale_groups(code) + 8)
     flat, xqf, xdf, xsf = W.reshape(-1), xq.reshape(-1), xd.reshape(-1), xs.reshape(-1)
     lanes = f[16 * n_super:16 * n_super + 32]
+    last = r1 - 1
     for r in range(r0, r1, 8):
-        rows = _eight_rows(flat, W.shape[1], r, r1)
+        rows = (min(r, last) * W.shape[1], min(r + 1, last) * W.shape[1], min(r + 2, last) * W.shape[1],
+                min(r + 3, last) * W.shape[1], min(r + 4, last) * W.shape[1], min(r + 5, last) * W.shape[1],
+                min(r + 6, last) * W.shape[1], min(r + 7, last) * W.shape[1])
+        for row in range(r, min(r + 8, r1)):
+            _ask_ahead(flat, row, W.shape[1])  # as the row kernels do: a batched decode step streams the weights
         for i in range(n_super):
             interleave_superblock(code, flat, rows, i * type_size, q, 2048 * i, s, stride * i, f, 16 * i)
         for t in range(t0, t1, 4):
@@ -374,147 +369,122 @@ def _panel_superblocks(code, W, xq, xd, xs, out, r0, r1, t0, t1, q, s, f):
 
 
 @njit(cache=True, fastmath=False)
+def _blocks_token(code, q, dm, n_blocks, x, d, xs):
+    """One token's dot with a row unpacked by _panel_blocks, in dot_row's order."""
+    acc = fzero()
+    mins = np.float32(0)
+    for b in range(n_blocks):
+        acc = fmadd_i(acc, block_isum(code, load_u8x32(q, 32 * b), x, 32 * b), dm[2 * b] * d[b])
+        if has_min(code):
+            mins += dm[2 * b + 1] * f32_at(xs, 2 * b)
+    return hsum(acc) + mins if has_min(code) else hsum(acc)
+
+
+@njit(cache=True, fastmath=False)
 def _padded(tokens):
     return -(-tokens // 8) * 8
 
 
 @njit(cache=True, fastmath=False)
-def panel_floats(k):
-    """Length of the float32 scratch `f` a GEMM panel of width k takes: the scales of 8 rows (16 per block of
-    32; a super-block's panel uses 16 per 256 values) and 288 for the lanes of four tokens."""
-    return 16 * (k // 32) + 288
+def panel_floats(k, tokens):
+    """Length of the float32 scratch `dm` a GEMM panel of up to `tokens` tokens of width k takes (see
+    _panel_blocks for its layout; _panel_superblocks uses its first 16 * k/256 + 32)."""
+    return (k // 32) * (10 + 2 * _padded(tokens)) + 8
 
 
 @njit(cache=True, fastmath=False)
 def panel_scratch(k, tokens):
-    """Scratch for a GEMM panel of up to `tokens` tokens of width k, for any GEMM type: (q, s, f) = the
-    unpacked weights of 8 interleaved rows (one or two planes of bytes), int16 (the super-blocks' scale
-    vectors, at most 24 per super-block; or the activations' block sums of up to `tokens` tokens), and the
-    float scales (panel_floats)."""
-    return (np.empty(16 * k, np.uint8), np.empty(max(384 * (k // 256) + 16, _padded(tokens) * (k // 32)), np.int16),
-            np.empty(panel_floats(k), np.float32))
+    """Scratch for a GEMM panel of up to `tokens` tokens of width k, for any GEMM type: (q, s, dm) = the
+    unpacked weights (8 interleaved rows of super-blocks, or one row of blocks), the super-blocks' scale
+    vectors (at most 24 per super-block), and the float scales (panel_floats)."""
+    return (np.empty(8 * k, np.uint8), np.empty(384 * (k // 256) + 16, np.int16),
+            np.empty(panel_floats(k, tokens), np.float32))
 
 
 @njit(cache=True, fastmath=False)
-def _interleave_blocks(code, flat, rows, n_blocks, type_size, q, f):
-    """Blocks 0..n_blocks of 8 rows (byte offsets `rows` in flat) in the GEMM's interleaved form, one row per
-    32-bit lane: q[(planes * b + p) * 256 + 32 g:] = values 4g..4g+3 of plane p of block b of each row,
-    f[16 b + k] = d and f[16 b + 8 + k] = m of row k (for the types with a min)."""
-    planes, _, _, with_min = block_form(code)
+def _transposed_scales(code, xd, xs, t0, t1, xdT, xsT):
+    """xdT[b, t - t0] = xd[t, b] and, for the types with a min, xsT[b, t - t0] = the block sum of xs[t]: each
+    block's values of the panel's tokens side by side, so eight tokens' scale products are one vector
+    multiply. Columns past t1 (to the next multiple of 8) are zero."""
+    for b in range(xd.shape[1]):
+        for t in range(t0, t0 + xdT.shape[1]):
+            inside = t < t1
+            xdT[b, t - t0] = xd[t, b] if inside else np.float32(0)
+            if has_min(code):
+                xsT[b, t - t0] = f32_at(xs[t], 2 * b) if inside else np.float32(0)
+
+
+@njit(cache=True, fastmath=False)
+def _group_scales(code, dm, xdT, xsT, c, sc):
+    """For the eight tokens in columns c..c+8: sc[8b + g] = d_w(b) * d_x(token g, b), the product dot_row
+    takes per block, and (types with a min) the eight sums over b of m_w(b) * s_x(token g, b), each in dot_row's
+    order. Lane-wise float multiplies and adds round as dot_row's scalar ones do, so every lane is bitwise what
+    dot_row computes for its token. A loop of its own, before the integer loop: fused into it, LLVM keeps sc in
+    registers and broadcasts each lane with a shuffle, which costs more than reloading it."""
+    mins = fzero()
+    for b in range(xdT.shape[0]):
+        store_f32x8(sc, 8 * b, fmul_s(load_f32x8(xdT[b], c), dm[2 * b]))
+        if has_min(code):
+            mins = fadd(mins, fmul_s(load_f32x8(xsT[b], c), dm[2 * b + 1]))
+    return mins
+
+
+@njit(cache=True, fastmath=False, inline="always")
+def _four_tokens(code, q, n_blocks, sc, mn, lane, xq, t, out, r):
+    """out[t:t+4, r] for the row unpacked in q: four FMA chains over its blocks, the tokens' scale products at
+    sc[8b + lane...] and their min sums at mn[lane...] (_group_scales)."""
+    x0, x1, x2, x3 = xq[t], xq[t + 1], xq[t + 2], xq[t + 3]
+    a0, a1, a2, a3 = fzero(), fzero(), fzero(), fzero()
     for b in range(n_blocks):
-        o = b * type_size
-        v0, v1 = gemm_planes(code, flat, rows[0] + o), gemm_planes(code, flat, rows[1] + o)
-        v2, v3 = gemm_planes(code, flat, rows[2] + o), gemm_planes(code, flat, rows[3] + o)
-        v4, v5 = gemm_planes(code, flat, rows[4] + o), gemm_planes(code, flat, rows[5] + o)
-        v6, v7 = gemm_planes(code, flat, rows[6] + o), gemm_planes(code, flat, rows[7] + o)
-        qo = planes * 256 * b
-        store_transposed(q, qo, v0[0], v1[0], v2[0], v3[0], v4[0], v5[0], v6[0], v7[0])
-        if planes == 2:
-            store_transposed(q, qo + 256, v0[1], v1[1], v2[1], v3[1], v4[1], v5[1], v6[1], v7[1])
-        for k in range(8):
-            f[16 * b + k] = f16_at(flat, rows[k] + o)
-            if with_min:
-                f[16 * b + 8 + k] = f16_at(flat, rows[k] + o + 2)
-
-
-@njit(cache=True, fastmath=False, inline="always")
-def _plane_totals4(code, q, qo, xq, xo, scale):
-    """One plane of an interleaved block (8 rows) times four tokens' activations xq[xo[j]:], exact, times
-    `scale` (16 x i16): a chunk of GEMM_CHUNK_GROUPS groups adds its pairs in i16 before one vpmaddwd."""
-    _, per_chunk, _, _ = block_form(code)
-    t0, t1, t2, t3 = izero(), izero(), izero(), izero()
-    for c in range(8 // per_chunk):
-        p0, p1, p2, p3 = _chunk_dots4(q, qo, c * per_chunk, per_chunk, xq, xo)
-        t0, t1 = iadd(t0, madd_v(p0, scale)), iadd(t1, madd_v(p1, scale))
-        t2, t3 = iadd(t2, madd_v(p2, scale)), iadd(t3, madd_v(p3, scale))
-    return t0, t1, t2, t3
-
-
-@njit(cache=True, fastmath=False, inline="always")
-def _block_totals4(code, q, qo, xq, xo):
-    """Block totals of 8 interleaved rows (lanes) with four tokens: plane 0, plus plane 1 times 16 (Q8_0),
-    each exactly dot_row's integer once the caller subtracts GEMM_OFFSET * sum(x)."""
-    planes, _, _, _ = block_form(code)
-    t0, t1, t2, t3 = _plane_totals4(code, q, qo, xq, xo, scale_pair(1, 1))
-    if planes == 2:
-        h0, h1, h2, h3 = _plane_totals4(code, q, qo + 256, xq, xo, scale_pair(16, 16))
-        t0, t1, t2, t3 = iadd(t0, h0), iadd(t1, h1), iadd(t2, h2), iadd(t3, h3)
-    return t0, t1, t2, t3
+        v, o = load_u8x32(q, 32 * b), 8 * b + lane
+        a0 = fmadd_i(a0, block_isum(code, v, x0, 32 * b), sc[o])
+        a1 = fmadd_i(a1, block_isum(code, v, x1, 32 * b), sc[o + 1])
+        a2 = fmadd_i(a2, block_isum(code, v, x2, 32 * b), sc[o + 2])
+        a3 = fmadd_i(a3, block_isum(code, v, x3, 32 * b), sc[o + 3])
+    out[t, r], out[t + 1, r], out[t + 2, r], out[t + 3, r] = hsum(a0), hsum(a1), hsum(a2), hsum(a3)
+    if has_min(code):
+        for g in range(4):
+            out[t + g, r] += mn[lane + g]
 
 
 @njit(cache=True, fastmath=False)
-def _four_tokens_blocks(code, q, f, n_blocks, xqf, xdf, xsf, sums, t0, ts, lanes):
-    """Four tokens' (ts) dots with the 8 rows interleaved in q, f, into lanes[256 + 8j:] for token ts[j]: lane
-    k is row k's dot_row bit for bit. dot_row keeps block b's float steps in lane b % 8 of its accumulator;
-    here class c (the blocks b % 8 == c) has one accumulator per token with the rows in its lanes, the same
-    steps in the same order; the 8 classes are then summed in hsum's tree. xqf, xdf, xsf: the activations as
-    flat arrays; sums[(t - t0) * n_blocks + b]: the block sums of xq for the types with an offset."""
-    planes, _, offset, with_min = block_form(code)
-    k, kd, ks = 32 * n_blocks, n_blocks, 2 * n_blocks
-    for c in range(8):
-        a0, a1, a2, a3 = fzero(), fzero(), fzero(), fzero()
-        for b in range(c, n_blocks, 8):
-            xo = (ts[0] * k + 32 * b, ts[1] * k + 32 * b, ts[2] * k + 32 * b, ts[3] * k + 32 * b)
-            i0, i1, i2, i3 = _block_totals4(code, q, planes * 256 * b, xqf, xo)
-            if offset:
-                i0 = iadd_s(i0, -offset * np.int64(sums[(ts[0] - t0) * n_blocks + b]))
-                i1 = iadd_s(i1, -offset * np.int64(sums[(ts[1] - t0) * n_blocks + b]))
-                i2 = iadd_s(i2, -offset * np.int64(sums[(ts[2] - t0) * n_blocks + b]))
-                i3 = iadd_s(i3, -offset * np.int64(sums[(ts[3] - t0) * n_blocks + b]))
-            d = load_f32x8(f, 16 * b)
-            a0 = fma_i(a0, i0, fmul_s(d, xdf[ts[0] * kd + b]))
-            a1 = fma_i(a1, i1, fmul_s(d, xdf[ts[1] * kd + b]))
-            a2 = fma_i(a2, i2, fmul_s(d, xdf[ts[2] * kd + b]))
-            a3 = fma_i(a3, i3, fmul_s(d, xdf[ts[3] * kd + b]))
-            if with_min:  # xs holds d_x * sum(xq) as a float32 per block (activation.py)
-                m = load_f32x8(f, 16 * b + 8)
-                a0 = fma_s(a0, m, f32_at(xsf, ts[0] * ks + 2 * b))
-                a1 = fma_s(a1, m, f32_at(xsf, ts[1] * ks + 2 * b))
-                a2 = fma_s(a2, m, f32_at(xsf, ts[2] * ks + 2 * b))
-                a3 = fma_s(a3, m, f32_at(xsf, ts[3] * ks + 2 * b))
-        store_f32x8(lanes, 8 * c, a0)
-        store_f32x8(lanes, 64 + 8 * c, a1)
-        store_f32x8(lanes, 128 + 8 * c, a2)
-        store_f32x8(lanes, 192 + 8 * c, a3)
-    for j in range(4):  # hsum's tree: ((c0 + c4) + (c2 + c6)) + ((c1 + c5) + (c3 + c7))
-        o = 64 * j
-        c04 = fadd(load_f32x8(lanes, o), load_f32x8(lanes, o + 32))
-        c15 = fadd(load_f32x8(lanes, o + 8), load_f32x8(lanes, o + 40))
-        c26 = fadd(load_f32x8(lanes, o + 16), load_f32x8(lanes, o + 48))
-        c37 = fadd(load_f32x8(lanes, o + 24), load_f32x8(lanes, o + 56))
-        store_f32x8(lanes, 256 + 8 * j, fadd(fadd(c04, c26), fadd(c15, c37)))
+def _panel_blocks(code, W, xq, xd, xs, out, r0, r1, t0, t1, q, dm):
+    """_panel_superblocks for the legacy blocks of 32. Each row's block values go to q and its scales (and
+    mins) to dm once; the tokens then pass in groups of eight (then four), whose per-block scale products
+    (and min sums) are made for the whole group first (_group_scales), so the integer loop (_four_tokens) is
+    per token and block only the byte dot (dot4), convert and FMA with a broadcast load: one FMA chain per token, in
+    dot_row's order. Tokens left over take _blocks_token.
 
-
-@njit(cache=True, fastmath=False)
-def _panel_blocks(code, W, xq, xd, xs, out, r0, r1, t0, t1, q, s, f):
-    """_panel_superblocks for the legacy blocks of 32: by 8 rows at a time, their blocks interleaved once
-    (_interleave_blocks: one row per 32-bit lane), then every token of the panel passes over them, four
-    tokens per weight vector loaded (_four_tokens_blocks). Per block and token that is 8 byte dots
-    (vpmaddubsw) for 8 rows at once, one vpmaddwd (two for 5 bits or two planes) and one or two FMAs, where a
-    row at a time paid a vpmaddwd, a convert and an FMA per 4-value group of each row. The last group of rows
-    repeats the last row where fewer than 8 are left, and the last group of tokens the last token. s: the
-    block sums of the panel's activations (types with an offset); q, s, f: scratch of panel_scratch."""
+    dm: float32 scratch of panel_floats(K, t1 - t0): [(scale, min) per block | sc, 8 per block | 8 min sums |
+    xdT, xsT: (blocks, t1 - t0 rounded up to 8) each]."""
     n_blocks = xq.shape[1] // 32
     type_size = W.shape[1] // n_blocks
-    _, _, offset, _ = block_form(code)
-    flat, xqf, xdf, xsf = W.reshape(-1), xq.reshape(-1), xd.reshape(-1), xs.reshape(-1)
-    lanes = f[16 * n_blocks:16 * n_blocks + 288]
-    if offset:
-        for t in range(t0, t1):
-            for b in range(n_blocks):
-                total = 0
-                for i in range(32 * b, 32 * b + 32):
-                    total += np.int32(xq[t, i])
-                s[(t - t0) * n_blocks + b] = total
-    for r in range(r0, r1, 8):
-        rows = _eight_rows(flat, W.shape[1], r, r1)
-        _interleave_blocks(code, flat, rows, n_blocks, type_size, q, f)
-        for t in range(t0, t1, 4):
-            ts = (t, min(t + 1, t1 - 1), min(t + 2, t1 - 1), min(t + 3, t1 - 1))  # a short last four repeat t1 - 1
-            _four_tokens_blocks(code, q, f, n_blocks, xqf, xdf, xsf, s, t0, ts, lanes)
-            for g in range(min(4, t1 - t)):
-                for j in range(min(8, r1 - r)):
-                    out[t + g, r + j] = lanes[256 + 8 * g + j]
+    width = _padded(t1 - t0)
+    sc = dm[2 * n_blocks:10 * n_blocks]
+    mn = dm[10 * n_blocks:10 * n_blocks + 8]
+    xdT = dm[10 * n_blocks + 8:10 * n_blocks + 8 + n_blocks * width].reshape(n_blocks, width)
+    xsT = dm[10 * n_blocks + 8 + n_blocks * width:10 * n_blocks + 8 + 2 * n_blocks * width].reshape(n_blocks, width)
+    _transposed_scales(code, xd, xs, t0, t1, xdT, xsT)
+    flat = W.reshape(-1)
+    for r in range(r0, r1):
+        _ask_ahead(flat, r, W.shape[1])
+        w = W[r]
+        for b in range(n_blocks):
+            o = b * type_size
+            store_u8x32(q, 32 * b, block_weights(code, w, o))
+            dm[2 * b], dm[2 * b + 1] = f16_at(w, o), f16_at(w, o + 2)  # scale, and the min where there is one
+        t = t0
+        while t + 8 <= t1:  # eight tokens' scales at a time, then their two halves
+            store_f32x8(mn, 0, _group_scales(code, dm, xdT, xsT, t - t0, sc))
+            _four_tokens(code, q, n_blocks, sc, mn, 0, xq, t, out, r)
+            _four_tokens(code, q, n_blocks, sc, mn, 4, xq, t + 4, out, r)
+            t += 8
+        if t + 4 <= t1:
+            store_f32x8(mn, 0, _group_scales(code, dm, xdT, xsT, t - t0, sc))
+            _four_tokens(code, q, n_blocks, sc, mn, 0, xq, t, out, r)
+            t += 4
+        for t in range(t, t1):
+            out[t, r] = _blocks_token(code, q, dm, n_blocks, xq[t], xd[t], xs[t])
 
 
 @njit(parallel=True, cache=True, fastmath=False)

@@ -22,17 +22,6 @@ def block_weights(w, o):
 dequantize_row, dot_row = row_kernels(__name__, block_weights, TYPE_SIZE, with_min=False)
 
 
-# The integer GEMM's form (kernels._panel_blocks): unsigned q, and w . x = q . x - 8 * sum(x)
-GEMM_PLANES, GEMM_CHUNK_GROUPS, GEMM_OFFSET, GEMM_MIN = 1, 8, 8, False
-
-
-@njit(cache=True, fastmath=False)
-def gemm_planes(w, o):
-    """The block's values as the GEMM multiplies them: q = w + 8 (a second plane unused)."""
-    q = load_nibbles(w, o + 2)
-    return q, q
-
-
 @njit(cache=True, fastmath=False)
 def quantize_rows(x, out):
     """quantize_row_q4_0_ref: d = (value of largest magnitude) / -8."""

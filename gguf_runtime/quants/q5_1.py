@@ -22,17 +22,6 @@ def block_weights(w, o):
 dequantize_row, dot_row = row_kernels(__name__, block_weights, TYPE_SIZE, with_min=True)
 
 
-# The integer GEMM's form (kernels._panel_blocks): q as they are (5 bits: 4 groups fit i16)
-GEMM_PLANES, GEMM_CHUNK_GROUPS, GEMM_OFFSET, GEMM_MIN = 1, 4, 0, True
-
-
-@njit(cache=True, fastmath=False)
-def gemm_planes(w, o):
-    """The block's values as the GEMM multiplies them: q (a second plane unused)."""
-    q = block_weights(w, o)
-    return q, q
-
-
 @njit(cache=True, fastmath=False)
 def quantize_rows(x, out):
     """quantize_row_q5_1_ref: d = (max - min) / 31, m = min."""

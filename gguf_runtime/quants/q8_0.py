@@ -8,7 +8,7 @@ from numba import njit
 from .blocks import inverse, round_half_away
 from .halves import store_f16
 from .qblocks import row_kernels
-from .simd import load_u8x32, vand, vshr, vsub
+from .simd import load_u8x32
 
 BLOCK_SIZE, TYPE_SIZE, ACTIVATION = 32, 34, "q8_0"
 
@@ -20,19 +20,6 @@ def block_weights(w, o):
 
 
 dequantize_row, dot_row = row_kernels(__name__, block_weights, TYPE_SIZE, with_min=False)
-
-
-# The integer GEMM's form (kernels._panel_blocks): vpmaddubsw takes unsigned bytes and would saturate on
-# w + 128, so the signed bytes go as two planes of nibbles, w = 16 * (h - 8) + l with l, h in 0..15:
-# w . x = l . x + 16 * (h . x) - 128 * sum(x)
-GEMM_PLANES, GEMM_CHUNK_GROUPS, GEMM_OFFSET, GEMM_MIN = 2, 8, 128, False
-
-
-@njit(cache=True, fastmath=False)
-def gemm_planes(w, o):
-    """The block's values as the GEMM multiplies them: (l, h) = (low nibbles, high nibbles + 8 mod 16)."""
-    v = load_u8x32(w, o + 2)
-    return vand(v, 15), vand(vsub(vshr(v, 4), 8), 15)
 
 
 @njit(cache=True, fastmath=False)

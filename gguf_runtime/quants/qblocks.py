@@ -16,13 +16,10 @@ import types
 import numpy as np
 from numba import njit
 
-from .simd import (dot4, dot4_s8, f16_at, f32_at, fma_f, fma_i, fmul, fzero, hsum, ihsum, lane_fma, load_f16_strided,
-                   load_f32x8, load_f32x8_at, store_scaled, sum_lanes8)
+from .simd import dot4, dot4_s8, f16_at, f32_at, fmadd_i, fzero, hsum, store_scaled
 
 TYPE_SIZE = 0          # each type's copy sees its own (row_kernels)
 block_weights = None   # likewise
-WITH_MIN = False       # likewise
-block_dot = None       # likewise: dot4 (unsigned values) or dot4_s8 (signed)
 
 
 def _dequantize_signed(w, y):
@@ -32,37 +29,12 @@ def _dequantize_signed(w, y):
         store_scaled(y, 32 * b, block_weights(w, o), d, np.float32(0), d, np.float32(0))
 
 
-def _dot(w, x, xq, xd, xs):
-    """sum_b d_w*d_x*(v.xq) [+ m_w*d_x*sum(xq)]: per block its exact integer dot, then its float steps (each
-    rounded once) in lane b % 8 of acc, eight blocks per vector step, then the 8 lanes summed (hsum).
-
-    A step takes blocks b..b+7 (b a multiple of 8), block b + j in lane j: their 8 partial sums become one
-    integer each (sum_lanes8), then acc = fma(total, d_w*d_x, acc) and, for the types with a min,
-    acc = fma(m_w, d_x*sum(xq), acc). The row's last blocks, fewer than 8, take the same steps one lane at a
-    time. The GEMM (kernels._panel_blocks) makes exactly these float steps with one weight row per lane, so its
-    results match bit for bit. (Before 2026-12-03 each lane summed a 4-value group of every block in float,
-    which the interleaved GEMM could only mirror with a float step per group.)"""
-    n = w.shape[0] // TYPE_SIZE
+def _dot_signed(w, x, xq, xd, xs):
+    """sum_b d_w*d_x*(v.xq), integer dot per block."""
     acc = fzero()
-    for b in range(0, n - n % 8, 8):
+    for b in range(w.shape[0] // TYPE_SIZE):
         o = b * TYPE_SIZE
-        totals = sum_lanes8(block_dot(block_weights(w, o), xq, 32 * b),
-                            block_dot(block_weights(w, o + TYPE_SIZE), xq, 32 * b + 32),
-                            block_dot(block_weights(w, o + 2 * TYPE_SIZE), xq, 32 * b + 64),
-                            block_dot(block_weights(w, o + 3 * TYPE_SIZE), xq, 32 * b + 96),
-                            block_dot(block_weights(w, o + 4 * TYPE_SIZE), xq, 32 * b + 128),
-                            block_dot(block_weights(w, o + 5 * TYPE_SIZE), xq, 32 * b + 160),
-                            block_dot(block_weights(w, o + 6 * TYPE_SIZE), xq, 32 * b + 192),
-                            block_dot(block_weights(w, o + 7 * TYPE_SIZE), xq, 32 * b + 224))
-        acc = fma_i(acc, totals, fmul(load_f16_strided(w, o, TYPE_SIZE), load_f32x8(xd, b)))
-        if WITH_MIN:  # xs holds d_x * sum(xq) as a float32 per block (activation.py)
-            acc = fma_f(acc, load_f16_strided(w, o + 2, TYPE_SIZE), load_f32x8_at(xs, 2 * b))
-    for b in range(n - n % 8, n):  # the last blocks, fewer than 8: one at a time, into lane b % 8 alone
-        o = b * TYPE_SIZE
-        total = np.float32(ihsum(block_dot(block_weights(w, o), xq, 32 * b)))  # exact: |total| < 2^24
-        acc = lane_fma(acc, b % 8, total, f16_at(w, o) * xd[b])
-        if WITH_MIN:
-            acc = lane_fma(acc, b % 8, f16_at(w, o + 2), f32_at(xs, 2 * b))
+        acc = fmadd_i(acc, dot4_s8(block_weights(w, o), xq, 32 * b), f16_at(w, o) * xd[b])
     return hsum(acc)
 
 
@@ -73,15 +45,26 @@ def _dequantize_with_min(w, y):
         store_scaled(y, 32 * b, block_weights(w, o), d, m, d, m)
 
 
-def _compiled(source, name: str, module: str, names: dict, **options):
-    fn = types.FunctionType(source.__code__, dict(globals(), **names), name)
+def _dot_with_min(w, x, xq, xd, xs):
+    """sum_b d_w*d_x*(q.xq) + m_w*d_x*sum(xq)."""
+    acc = fzero()
+    mins = np.float32(0)
+    for b in range(w.shape[0] // TYPE_SIZE):
+        o = b * TYPE_SIZE
+        acc = fmadd_i(acc, dot4(block_weights(w, o), xq, 32 * b), f16_at(w, o) * xd[b])
+        mins += f16_at(w, o + 2) * f32_at(xs, 2 * b)  # d_x * sum(xq), see activation.py
+    return hsum(acc) + mins
+
+
+def _compiled(source, name: str, module: str, weights, type_size: int):
+    fn = types.FunctionType(source.__code__, dict(globals(), block_weights=weights, TYPE_SIZE=type_size), name)
     fn.__qualname__ = f"{module.rsplit('.', 1)[-1]}.{name}"
     fn.__module__, fn.__doc__ = module, source.__doc__
-    return njit(cache=True, **options)(fn)
+    return njit(cache=True)(fn)
 
 
 def row_kernels(module: str, weights, type_size: int, with_min: bool):
     """(dequantize_row, dot_row) of the type defined in `module` (its __name__), with block_weights `weights`."""
-    names = dict(block_weights=weights, TYPE_SIZE=type_size, WITH_MIN=with_min, block_dot=dot4 if with_min else dot4_s8)
-    return (_compiled(_dequantize_with_min if with_min else _dequantize_signed, "dequantize_row", module, names),
-            _compiled(_dot, "dot_row", module, names, inline="always"))  # too big for LLVM to inline: kernels._dot_row
+    dequantize, dot = (_dequantize_with_min, _dot_with_min) if with_min else (_dequantize_signed, _dot_signed)
+    return (_compiled(dequantize, "dequantize_row", module, weights, type_size),
+            _compiled(dot, "dot_row", module, weights, type_size))

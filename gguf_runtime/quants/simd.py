@@ -622,14 +622,6 @@ def iadd(typingctx, a, b):
 
 
 @intrinsic
-def ihsum(typingctx, v):
-    """The sum of v's 8 lanes (exact: it fits 32 bits)."""
-    def codegen(context, builder, sig, args):
-        return builder.sext(_lane_sum(builder, builder.add, args[0]), ir.IntType(64))
-    return types.int64(I32x8), codegen
-
-
-@intrinsic
 def ihsum2(typingctx, a, b):
     """(sum of a's 8 lanes, sum of b's) for two I32x8, in one shuffle tree (exact: the sums fit 32 bits)."""
     def codegen(context, builder, sig, args):
@@ -642,36 +634,6 @@ def ihsum2(typingctx, a, b):
         sums = [builder.sext(builder.extract_element(ab, ir.Constant(_I32, k)), i64) for k in range(2)]
         return context.make_tuple(builder, sig.return_type, sums)
     return types.UniTuple(types.int64, 2)(I32x8, I32x8), codegen
-
-
-@intrinsic
-def iadd_s(typingctx, v, s):
-    """v + s in every lane (s a scalar integer, truncated to 32 bits)."""
-    def codegen(context, builder, sig, args):
-        t = I32x8.llvm_type
-        return builder.add(args[0], _splat(builder, builder.trunc(args[1], _I32), t))
-    return I32x8(I32x8, types.intp), codegen
-
-
-@intrinsic
-def sum_lanes8(typingctx, v0, v1, v2, v3, v4, v5, v6, v7):
-    """8 x i32 whose lane j is the sum of the 8 lanes of vj (exact: the sums fit 32 bits): eight blocks'
-    integer dots side by side. Two rounds of in-lane interleaves, each followed by an add (vpunpck*dq, then
-    vpunpck*qdq on x86: one cheap shuffle each, where vphaddd costs several), then one cross-half add."""
-    def codegen(context, builder, sig, args):
-        def mix(a, b, idx):
-            return builder.shuffle_vector(a, b, _vec(_I32, idx))
-
-        def fold(a, b, low, high):
-            return builder.add(mix(a, b, low), mix(a, b, high))
-        words = ([0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15])    # 32-bit interleave, per half
-        pairs = ([0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15])    # 64-bit interleave, per half
-        # fold(a, b, *words): a's and b's lanes two apart summed, interleaved; then fold(.., *pairs): lane j of
-        # each half holds the sum over that half of v_j (j < 4)
-        low = fold(fold(args[0], args[1], *words), fold(args[2], args[3], *words), *pairs)
-        high = fold(fold(args[4], args[5], *words), fold(args[6], args[7], *words), *pairs)
-        return fold(low, high, [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15])
-    return I32x8(*([I32x8] * 8)), codegen
 
 
 # ----------------------------------------------------------------------------------------- float lanes
@@ -704,24 +666,6 @@ def fma_i(typingctx, acc, v, s):
 
 
 @intrinsic
-def fma_f(typingctx, acc, a, b):
-    """acc + a * b lane-wise, rounded once (llvm.fma), whatever LLVM would contract: as fma_i, for float
-    factors."""
-    def codegen(context, builder, sig, args):
-        return _call(builder, "llvm.fma.v8f32", F32x8.llvm_type, [args[1], args[2], args[0]])
-    return F32x8(F32x8, F32x8, F32x8), codegen
-
-
-@intrinsic
-def fma_s(typingctx, acc, v, s):
-    """acc + v * s lane-wise for a float32 scalar s, rounded once (llvm.fma): as fma_f with s in every lane."""
-    def codegen(context, builder, sig, args):
-        t = F32x8.llvm_type
-        return _call(builder, "llvm.fma.v8f32", t, [args[1], _splat(builder, args[2], t), args[0]])
-    return F32x8(F32x8, F32x8, types.float32), codegen
-
-
-@intrinsic
 def ffma(typingctx, acc, a, b):
     """acc + a * b, lane-wise."""
     def codegen(context, builder, sig, args):
@@ -743,55 +687,6 @@ def fadd(typingctx, a, b):
     def codegen(context, builder, sig, args):
         return builder.fadd(args[0], args[1])
     return F32x8(F32x8, F32x8), codegen
-
-
-@intrinsic
-def lane_fma(typingctx, acc, j, a, b):
-    """acc with lane j (0..7) replaced by fma32(a, b, acc[j]) (rounded once), the other lanes as they are: what
-    a lane-wise FMA does to lane j, for one lane. A blend by a lane mask, not an insert at a run-time index
-    (which x86 does through memory, a stalled store-to-load forward)."""
-    def codegen(context, builder, sig, args):
-        t = F32x8.llvm_type
-        fused = _call(builder, "llvm.fma.v8f32", t, [_splat(builder, args[2], t), _splat(builder, args[3], t), args[0]])
-        lane = _splat(builder, builder.trunc(args[1], _I32), ir.VectorType(_I32, 8))
-        return builder.select(builder.icmp_signed("==", _vec(_I32, range(8)), lane), fused, args[0])
-    return F32x8(F32x8, types.intp, types.float32, types.float32), codegen
-
-
-@intrinsic
-def fmul(typingctx, a, b):
-    """a * b, lane-wise."""
-    def codegen(context, builder, sig, args):
-        return builder.fmul(args[0], args[1])
-    return F32x8(F32x8, F32x8), codegen
-
-
-@intrinsic
-def load_f32x8_at(typingctx, arr, off):
-    """The 8 float32s stored from element offset off of any 1-D array (as f32_at reads one)."""
-    _check_array(arr)
-
-    def codegen(context, builder, sig, args):
-        return builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], F32x8.llvm_type), align=1)
-    return F32x8(arr, types.intp), codegen
-
-
-@intrinsic
-def load_f16_strided(typingctx, arr, off, stride):
-    """The 8 IEEE halves at arr[off + j * stride] (bytes), j < 8, as float32 lanes (exact): one scale from each of
-    eight consecutive blocks."""
-    _check_array(arr, _BYTES)
-
-    def codegen(context, builder, sig, args):
-        bits = ir.Constant(ir.VectorType(_I16, 8), None)
-        for j in range(8):
-            at = builder.add(args[1], builder.mul(args[2], args[2].type(j)))
-            h = builder.load(_pointer(context, builder, sig.args[0], args[0], at, _I16), align=1)
-            bits = builder.insert_element(bits, h, ir.Constant(_I32, j))
-        if USE_NATIVE_F16:
-            return builder.fpext(builder.bitcast(bits, ir.VectorType(ir.HalfType(), 8)), F32x8.llvm_type)
-        return _f16_bits_to_f32(builder, builder.zext(bits, ir.VectorType(_I32, 8)))
-    return F32x8(arr, types.intp, types.intp), codegen
 
 
 @intrinsic
