@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import mmap
 import os
 from collections import OrderedDict
 
@@ -37,15 +38,16 @@ class BlockPool:
     """The blocks of one layer group: uint8 k, v (n_layers of the group, n_blocks, H_kv, block_tokens,
     row_bytes), with reference counts, free list and prefix-hash index.
 
-    np.zeros commits pages only when blocks are first written, so an idle pool costs address space only.
+    The storage is committed 4 KiB at a time as blocks are first written (`zeros_committed_on_write`), so an
+    idle pool costs address space only.
     """
 
     def __init__(self, layers: list[int], window: int, shape: tuple[int, ...]):
         self.layers = layers  # the model layers it stores, in order
         self.window = window  # positions its layers attend over; 0: the whole context (never lets go)
         self.n_blocks = shape[1]
-        self.k = np.zeros(shape, np.uint8)
-        self.v = np.zeros(shape, np.uint8)
+        self.k = zeros_committed_on_write(shape)
+        self.v = zeros_committed_on_write(shape)
         self.refs = np.zeros(self.n_blocks, np.int32)
         self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(self.n_blocks))  # oldest first
         self._by_hash: dict[bytes, int] = {}
@@ -191,6 +193,25 @@ class KVPool:
             g.prefix_caching = bool(on)
 
 
+def zeros_committed_on_write(shape: tuple[int, ...]) -> np.ndarray:
+    """A uint8 array of zeros whose memory the OS commits one 4 KiB page at a time, as it is first written.
+
+    np.zeros is lazy too, but NumPy advises Linux to back every array of 4 MiB or more with 2 MiB transparent
+    huge pages, and the pool is written sparsely: a layer's first block sits in its own 2 MiB, so the first
+    token of a prompt made the kernel zero and commit 2 MiB per layer for K and again for V. Measured
+    2026-12-07 (`gguf-runtime complete -n 1`, SmolLM2, n_ctx 2048, on a 2-core VM): peak RSS 381 MB
+    against 263 MB this way, and the first forward 0.15-0.49 s (the system time of zeroing those pages,
+    worst where the hypervisor must back fresh memory) against 0.10-0.15 s. An anonymous mapping gets no
+    such advice, and where the kernel puts huge pages on every mapping (THP "always") it is advised off."""
+    n = math.prod(shape)
+    if n == 0:
+        return np.zeros(shape, np.uint8)
+    buf = mmap.mmap(-1, n)  # private, anonymous, zero-filled on first touch
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):
+        buf.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(buf, np.uint8).reshape(shape)
+
+
 def sliding_blocks_per_sequence(window: int, max_rows: int, block_tokens: int) -> int:
     """Blocks a sliding layer group holds for one sequence at most: those of the W - 1 positions before the
     first row of a pass and of its max_rows rows, one more where they straddle block boundaries (the blocks
@@ -216,7 +237,7 @@ def available_memory() -> int:
 
 
 def _check_fits_in_memory(n_bytes: int, n_tokens: int, kv_type: str) -> None:
-    """Refuse a pool bigger than the available memory before allocating it: np.zeros would reserve it lazily
+    """Refuse a pool bigger than the available memory before allocating it: the pages are committed lazily
     and the process would be killed later, mid-generation, once the blocks fill."""
     free = available_memory()
     if n_bytes > free:
