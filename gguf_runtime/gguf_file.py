@@ -6,7 +6,7 @@ block `open()`); anything wrong with the file's *bytes* (including an empty file
 whose message says what is wrong and where (byte offset, key or tensor name). No other exception escapes
 parsing, and nothing is allocated before checking that the file is large enough to hold it.
 
-Block and type sizes of the tensor types come from `gguf.constants.GGML_QUANT_SIZES`.
+Block and type sizes of the tensor types come from gguf-py's `GGML_QUANT_SIZES` (see ggml_constants.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
+from .ggml_constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from .errors import GGUFError  # noqa: F401  (re-exported: its old home)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 import numpy as np
-from gguf.constants import GGUFValueType, LlamaFileType
+from ..ggml_constants import GGUFValueType, LlamaFileType
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from ..ggml_constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from ..errors import UnsupportedQuantError  # noqa: F401  (re-exported: its old home)
 
