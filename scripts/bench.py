@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """gguf-runtime vs llama.cpp, same model, same threads, one run: open time, prefill and decode tok/s,
-time to first token (cold and warm numba cache), peak RSS (against the file size).
+time to first token (cold and warm numba cache), peak RSS (against file + KV pool + 150 MB).
 
     .venv/bin/python scripts/bench.py [-m smollm2-135m -m qwen2.5-coder-1.5b] [-t 2] [--json]
         [--llama-python .fixtures-venv/bin/python]
@@ -81,7 +81,8 @@ def child_ours(model: str, threads: int, reps: int, ids: list[int] | None = None
         prefill.append(stats.prefill_tokens_per_second)
         decode.append(stats.decode_tokens_per_second)
     return {"open_s": open_s, "prefill_tps": statistics.median(prefill), "decode_tps": statistics.median(decode),
-            "peak_rss_mb": peak_rss_mb(), "threading_layer": numba.threading_layer()}
+            "peak_rss_mb": peak_rss_mb(), "kv_mb": llm.engine.kv.pool.nbytes / 2**20,
+            "threading_layer": numba.threading_layer()}
 
 
 def child_llama(model: str, threads: int, reps: int, ids: list[int] | None = None) -> dict:
@@ -203,6 +204,11 @@ def print_row(row: dict) -> None:
         theirs = ref.get(key) if ref else None
         ratio = "" if not theirs else f"{ours[key] / theirs:.2f}x"
         print(f"  {label:<14}{ours[key]:>14.3f}{theirs if theirs is not None else '':>12.5}{ratio:>8}")
+    if "kv_mb" in ours:  # #17's memory target: peak RSS within file + KV pool + 150 MB
+        budget = row["file_mb"] + ours["kv_mb"] + 150
+        verdict = "within" if ours["peak_rss_mb"] <= budget else "over"
+        print(f"  RSS budget: file {row['file_mb']:.0f} + KV pool {ours['kv_mb']:.0f} + 150 = {budget:.0f} MB; "
+              f"peak {ours['peak_rss_mb']:.0f} MB is {verdict}")
 
 
 if __name__ == "__main__":
