@@ -4,13 +4,21 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PROMPT ?= The three primary colours are
 
-.PHONY: setup run test models models-all browser warmup bench clean fuzz
+.PHONY: setup dev run test models models-all browser warmup bench clean fuzz
 
+# What running a model needs (~24 s of `make run` on a fresh machine); the test tools come with `make test`
+# (`dev`: pytest, hypothesis, the openai client, selenium...; another ~11 s).
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e .
+	touch $@
+
+dev: $(VENV)/.dev-installed
+
+$(VENV)/.dev-installed: $(VENV)/.installed pyproject.toml
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $@
 
@@ -39,7 +47,7 @@ browser:
 		$(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y chromium chromium-driver; }
 
 # The tests use every catalog model (real vocabularies and quant types), so fetch them all first.
-test: models-all browser
+test: dev models-all browser
 	$(BIN)/python -m pytest -q
 
 # Hostile model files, chat templates and KV-state files (tests/fuzz_harness.py), per mutation category; fails

@@ -6,6 +6,8 @@ the same run against llama-cpp-python's own server (`llama_cpp.server`) on the s
         [--requests 2] [--llama-python .fixtures-venv/bin/python] [--llama-max-clients 8]
         [--llama-server .fixtures-venv/llama-server/build/bin/llama-server] [--llama-server-slots 8] [--json]
 
+The clients are the official `openai` client, a test tool: `make dev` (or `make test`) installs it.
+
 Each of N clients sends `--requests` streaming chat requests one after another (distinct questions, greedy,
 at most n-gen tokens). Reported per server and N: aggregate generated tokens/s (all tokens / wall time of the
 round), p50 / p95 time to first token, p50 / p95 inter-token latency (gaps between streamed chunks).
