@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Mapping
+from array import array
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,7 +84,7 @@ class Vocab:
     pre_name: str
     tokens: list[str]
     token_to_id: dict[str, int]
-    scores: list[float]
+    scores: Sequence[float]  # array('f'): 4 bytes a token, where a list of floats takes 32 (8 MB for Gemma's 262k)
     attrs: list[int]
     merges: list[str]
     pre: PreTokenizer | None = None  # BPE only
@@ -140,7 +141,7 @@ def load_vocab(metadata: Mapping[str, Any]) -> Vocab:
 
     pre_name = get_str(metadata, KEY + "pre", "")
     vocab = Vocab(model=model, pre_name=pre_name, tokens=tokens, token_to_id=dict(zip(tokens, range(n))),
-                  scores=scores.astype(np.float32).tolist() if scores is not None else [0.0] * n, attrs=[],
+                  scores=_float32_array(scores, n), attrs=[],
                   merges=[])
     if model == "gpt2":
         merges = get_str_array(metadata, KEY + "merges", None)
@@ -167,6 +168,14 @@ def load_vocab(metadata: Mapping[str, Any]) -> Vocab:
     _apply_model_name_rules(vocab, get_str(metadata, "general.name", "").lower(), pre_name,
                             get_str(metadata, "general.architecture", ""))
     return vocab
+
+
+def _float32_array(values: np.ndarray | None, n: int) -> array:
+    """The per-token scores as an array('f'): each read gives the same Python float as a list of the float32
+    values would, at an eighth of the memory."""
+    if values is None:
+        return array("f", bytes(4 * n))
+    return array("f", np.ascontiguousarray(values, dtype=np.float32).tobytes())
 
 
 def _attrs_of_types(types: np.ndarray, tokens: list[str]) -> np.ndarray:
