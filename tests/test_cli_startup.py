@@ -98,3 +98,14 @@ def test_threading_layer_priority_and_blas_threads():
         assert seen["counts"] == [[1, 1], [2, 1]]
     else:  # another BLAS keeps its own setting
         assert seen["counts"] == [[1, None], [2, None]]
+
+
+def test_loading_a_model_does_not_import_gguf_py(smollm2_path):
+    """gguf-py's package imports its writer, vocab (with sentencepiece) and metadata (with yaml) modules: 57 ms
+    of a warm start, where only its constants are needed (ggml_constants.py)."""
+    seen = run_python(
+        "import json, sys\n"
+        "from gguf_runtime import LLM\n"
+        f"LLM({str(smollm2_path)!r}, n_ctx=64)\n"
+        "print(json.dumps({m: m in sys.modules for m in ('gguf', 'sentencepiece')}))\n")
+    assert seen == {"gguf": False, "sentencepiece": False}

@@ -298,3 +298,14 @@ def test_real_model_structure(fixture, arch, n_layers, n_vocab, types, request):
         if merges is not None:
             assert all(len(m.split(" ")) == 2 for m in merges[:1000])
         _assert_packed_like_llama_cpp(g)
+
+
+def test_our_copy_of_gguf_pys_constants_is_gguf_pys():
+    """ggml_constants.py runs gguf-py's constants module from its file (its package __init__ costs ~45 ms of a
+    start): the same tables, and enums that compare equal to gguf-py's."""
+    from gguf_runtime import ggml_constants as C
+
+    assert {int(t): s for t, s in C.GGML_QUANT_SIZES.items()} == {int(t): s for t, s in GGML_QUANT_SIZES.items()}
+    assert [(m.name, int(m)) for m in C.GGMLQuantizationType] == [(m.name, int(m)) for m in QT]
+    assert [(m.name, int(m)) for m in C.GGUFValueType] == [(m.name, int(m)) for m in VT]
+    assert C.GGUFValueType.ARRAY == VT.ARRAY and {VT.STRING: 1}[C.GGUFValueType.STRING] == 1
