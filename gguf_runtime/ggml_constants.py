@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 
 
 def _load():
@@ -21,8 +22,10 @@ def _load():
         import gguf.constants
 
         return gguf.constants
-    module_spec = importlib.util.spec_from_file_location(f"{__name__}._gguf_constants", path)
+    name = f"{__name__}._gguf_constants"
+    module_spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module  # as an import would: its enums pickle by reference (numba's cache keys do)
     module_spec.loader.exec_module(module)
     return module
 

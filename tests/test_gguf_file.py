@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -309,3 +310,4 @@ def test_our_copy_of_gguf_pys_constants_is_gguf_pys():
     assert [(m.name, int(m)) for m in C.GGMLQuantizationType] == [(m.name, int(m)) for m in QT]
     assert [(m.name, int(m)) for m in C.GGUFValueType] == [(m.name, int(m)) for m in VT]
     assert C.GGUFValueType.ARRAY == VT.ARRAY and {VT.STRING: 1}[C.GGUFValueType.STRING] == 1
+    assert pickle.loads(pickle.dumps(C.GGMLQuantizationType.Q4_1)) is C.GGMLQuantizationType.Q4_1  # numba's keys
