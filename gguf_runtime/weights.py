@@ -9,8 +9,8 @@ do not count ([576] and [576, 1] are the same vector).
 from __future__ import annotations
 
 import numpy as np
-from .ggml_constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
+from .ggml_constants import GGML_QUANT_SIZES, GGMLQuantizationType
 from .gguf_file import MAX_DIMS, GGUFError, GGUFFile, TensorInfo
 from .quants import QMatrix
 

@@ -7,13 +7,13 @@ from typing import Any
 
 import click
 import numpy as np
-from ..ggml_constants import GGUFValueType, LlamaFileType
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from ..archs import SUPPORTED_ARCHITECTURES
 from ..catalog import CATALOG, resolve_model
+from ..ggml_constants import GGUFValueType, LlamaFileType
 from ..gguf_file import GGUFError, GGUFFile, value_type_name
 from ._app import UserError, main
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from ..ggml_constants import GGML_QUANT_SIZES, GGMLQuantizationType
-
 from ..errors import UnsupportedQuantError  # noqa: F401  (re-exported: its old home)
+from ..ggml_constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from . import floats, iq4_nl, iq4_xs, q2_k, q3_k, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0
 
