@@ -99,11 +99,14 @@ class LLM:
     def __init__(self, model: str | os.PathLike | None = None, n_ctx: int = 2048, n_threads: int | None = None,
                  n_batch: int = 256, seed: int | None = None, max_model_len: int | None = None,
                  draft_model: str | os.PathLike | None = None, speculative: str | None = None,
-                 draft_max: int = 16, draft_min: int = 1, draft_p_min: float = 0.75, max_num_seqs: int = 8,
+                 draft_max: int = 16, draft_min: int = 1, draft_p_min: float = 0.75, adaptive_drafting: bool = True,
+                 max_num_seqs: int = 8,
                  kv_cache_dtype: str = "f32", kv_cache_tokens: int | None = None,
                  enable_prefix_caching: bool | None = True, swa_full: bool = False, **kwargs):
         """draft_model: a smaller model with the same vocabulary drafts tokens for speculative decoding;
         speculative="ngram" drafts by prompt lookup instead (no second model). Output is unchanged either way.
+        adaptive_drafting: pause drafting while it is measured slower per token than plain steps (see
+        engine/proposers.py: DraftPayoff); False drafts on every step.
 
         max_num_seqs: sequences `generate` decodes together (continuous batching). kv_cache_dtype: "f32"
         (closest to llama.cpp's logits here), "f16" (half the memory), "q8_0" (a quarter), or another llama.cpp
@@ -150,7 +153,8 @@ class LLM:
         self.speculative = "draft" if draft_model is not None and speculative is None else speculative
         new_proposer = None
         if self.speculative == "ngram":
-            new_proposer = lambda: NgramProposer(draft_max=draft_max, draft_min=draft_min)  # noqa: E731
+            new_proposer = lambda: NgramProposer(draft_max=draft_max, draft_min=draft_min,  # noqa: E731
+                                                 adaptive=adaptive_drafting)
             Proposer(draft_max, draft_min)  # validates the draft lengths now
         elif self.speculative == "draft":
             draft_path = resolve_model(draft_model)
@@ -163,7 +167,7 @@ class LLM:
             # a draft sequence mirrors a target sequence: a pool as large as the target's holds them all
             draft_pool = draft.new_pool(pool_tokens, "f32")
             new_proposer = lambda: DraftModelProposer(draft_runner, draft_pool, self.n_ctx, draft_max,  # noqa: E731
-                                                      draft_min, draft_p_min)
+                                                      draft_min, draft_p_min, adaptive_drafting)
         self.engine = Engine(ModelRunner(self.model, n_batch, n_threads), pool, self.tokenizer, self.n_ctx,
                              max_num_seqs, new_proposer)
         self.seed = seed

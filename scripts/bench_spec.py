@@ -53,7 +53,7 @@ def decode_rate(llm: LLM, prompt: str, params: SamplingParams) -> dict:
     if s.speculative is not None:
         out.update(acceptance=s.speculative.acceptance_rate, tokens_per_pass=s.speculative.tokens_per_pass,
                    mean_k=(sum(s.speculative.k_history) / len(s.speculative.k_history)
-                           if s.speculative.k_history else 0.0))
+                           if s.speculative.k_history else 0.0), paused=s.speculative.paused)
     return out
 
 
@@ -76,7 +76,7 @@ def main() -> None:
         rows.append(row)
         if not args.json:
             extra = (f"  α={row['acceptance']:.2f}  tokens/pass={row['tokens_per_pass']:.2f}  "
-                     f"mean k={row['mean_k']:.1f}" if "acceptance" in row else "")
+                     f"mean k={row['mean_k']:.1f}  paused={row['paused']:.1f}" if "acceptance" in row else "")
             print(f"{name:<28} T={temperature:<4} {row['decode_tps']:7.2f} tok/s{extra}", flush=True)
         return row
 

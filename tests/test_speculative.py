@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from gguf_runtime.api import CONVERSATION, LLM
-from gguf_runtime.engine.proposers import NgramProposer
+from gguf_runtime.engine.proposers import DraftPayoff, NgramProposer
 from gguf_runtime.errors import VocabMismatchError
 from gguf_runtime.sampling import Sampler, SamplingParams
 
@@ -46,7 +46,8 @@ def test_self_draft_accepts_everything_and_matches_greedy(smollm2_path):
     llm = LLM(smollm2_path, n_ctx=512)
     prompt = llm.tokenize("def fibonacci(n):", parse_special=True)
     plain = _run(llm, prompt, GREEDY)
-    spec = _run(LLM(smollm2_path, n_ctx=512, draft_model=smollm2_path, draft_max=8), prompt, GREEDY)
+    spec = _run(LLM(smollm2_path, n_ctx=512, draft_model=smollm2_path, draft_max=8, adaptive_drafting=False),
+                prompt, GREEDY)
     stats = spec.metrics.speculative
     assert spec.token_ids == plain.token_ids
     assert stats.drafted > 0
@@ -56,7 +57,7 @@ def test_self_draft_accepts_everything_and_matches_greedy(smollm2_path):
 
 
 def test_qwen_pair_greedy_identical(qwen05_path, qwen15_path):
-    target = LLM(qwen15_path, n_ctx=512, draft_model=qwen05_path)
+    target = LLM(qwen15_path, n_ctx=512, draft_model=qwen05_path, adaptive_drafting=False)
     prompt = target.tokenize("# Python: read a CSV file and print the sum of the second column\nimport csv\n",
                              parse_special=True)
     params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
@@ -67,7 +68,7 @@ def test_qwen_pair_greedy_identical(qwen05_path, qwen15_path):
 
 def test_rollback_after_rejections_matches_fresh_evaluation(tiny_pair):
     target_path, _, unrelated_path = tiny_pair
-    llm = LLM(target_path, n_ctx=256, draft_model=unrelated_path)
+    llm = LLM(target_path, n_ctx=256, draft_model=unrelated_path, adaptive_drafting=False)
     prompt = [1, 2, 3, 4]
     spec = _stream(llm, prompt, GREEDY)
     assert spec.stats.speculative.drafted > spec.stats.speculative.accepted  # the unrelated draft gets rejected
@@ -116,7 +117,8 @@ CHI2_CRIT_0001 = {d: c for d, c in zip(range(1, 31), (
 
 def test_sampling_distribution_is_preserved(tiny_pair):
     target_path, draft_path, _ = tiny_pair
-    llm = LLM(target_path, n_ctx=64, draft_model=draft_path, kv_cache_tokens=64 * 24)  # 8 requests at a time
+    llm = LLM(target_path, n_ctx=64, draft_model=draft_path, kv_cache_tokens=64 * 24,  # 8 requests at a time
+              adaptive_drafting=False)
     prompt = [5, 6, 7]
     params = SamplingParams(temperature=1.0, max_tokens=2, ignore_eos=True, seed=1234)
     exact = _exact_second_token_distribution(llm, prompt, params)
@@ -149,7 +151,7 @@ def test_ngram_drafter_proposes_what_followed_the_last_match():
 
 
 def test_ngram_speculation_is_exact(smollm2_path):
-    llm = LLM(smollm2_path, n_ctx=512, speculative="ngram")
+    llm = LLM(smollm2_path, n_ctx=512, speculative="ngram", adaptive_drafting=False)
     text = "def add(a, b):\n    return a + b\n\n# The same function again:\n"
     prompt = llm.tokenize(text, parse_special=True)
     params = SamplingParams(temperature=0, max_tokens=30, ignore_eos=True)
@@ -163,7 +165,8 @@ def test_incompatible_vocab_is_refused(smollm2_path, qwen05_path):
 
 
 def test_eight_ngram_speculative_prompts_in_one_batch_equal_each_alone(smollm2_path):
-    spec_llm = LLM(smollm2_path, n_ctx=512, speculative="ngram", max_num_seqs=8, kv_cache_tokens=8 * 512)
+    spec_llm = LLM(smollm2_path, n_ctx=512, speculative="ngram", max_num_seqs=8, kv_cache_tokens=8 * 512,
+                   adaptive_drafting=False)
     plain = LLM(smollm2_path, n_ctx=512)
     prompts = [f"{i}: " + ("def add(a, b):\n    return a + b\n" if i % 2 else "red green blue, red green ") * (1 + i % 2)
                for i in range(8)]
@@ -177,7 +180,7 @@ def test_eight_ngram_speculative_prompts_in_one_batch_equal_each_alone(smollm2_p
 
 def test_draft_model_requests_run_together_and_equal_plain_greedy(tiny_pair):
     target_path, draft_path, _ = tiny_pair
-    llm = LLM(target_path, n_ctx=256, draft_model=draft_path, kv_cache_tokens=4 * 256)
+    llm = LLM(target_path, n_ctx=256, draft_model=draft_path, kv_cache_tokens=4 * 256, adaptive_drafting=False)
     plain = LLM(target_path, n_ctx=256)
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8], [9], [3, 1, 4, 1, 5, 9, 2, 6]]
     outs = llm.generate(prompts, GREEDY)
@@ -185,3 +188,39 @@ def test_draft_model_requests_run_together_and_equal_plain_greedy(tiny_pair):
     assert sum(o.outputs[0].metrics.speculative.drafted for o in outs) > 0
     for prompt, out in zip(prompts, outs):
         assert out.outputs[0].token_ids == _run(plain, prompt, GREEDY).token_ids
+
+
+def test_drafting_pauses_while_it_is_slower_than_plain_steps():
+    """DraftPayoff's verdicts on made-up timings: 100 ms a token drafted against 50 ms plain loses, and pauses
+    drafting for 16 plain steps, then 32 after a second loss; a win keeps drafting, after one plain step."""
+    pay = DraftPayoff()
+    assert not pay.drafting  # the first steps are plain: they measure that side
+    for _ in range(DraftPayoff.PROBES):
+        pay.plain_step(0.05)
+    assert pay.drafting
+    verdicts = [pay.verify_pass(0.2, 2) for _ in range(DraftPayoff.WINDOW)]
+    assert verdicts == [False] * (DraftPayoff.WINDOW - 1) + [True]
+    for backoff in (16, 32):
+        for _ in range(backoff):
+            assert not pay.drafting
+            pay.plain_step(0.05)
+        assert pay.drafting
+        if backoff == 16:
+            assert [pay.verify_pass(0.2, 2) for _ in range(DraftPayoff.WINDOW)][-1]
+    assert not any(pay.verify_pass(0.06, 3) for _ in range(DraftPayoff.WINDOW))  # 20 ms a token: a win
+    assert not pay.drafting
+    pay.plain_step(0.05)
+    assert pay.drafting and pay.backoff == DraftPayoff.MIN_BACKOFF
+
+
+def test_a_draft_as_costly_as_the_target_gets_paused_and_output_is_unchanged(smollm2_path):
+    """SmolLM2 drafting for itself: each drafted token costs a whole step of the same model, so drafting can
+    never pay; the measured times must say so, and the tokens stay the plain greedy ones."""
+    prompt = LLM(smollm2_path, n_ctx=512).tokenize("def fibonacci(n):", parse_special=True)
+    params = SamplingParams(temperature=0, max_tokens=96, ignore_eos=True)
+    plain = _run(LLM(smollm2_path, n_ctx=512), prompt, params)
+    spec = _run(LLM(smollm2_path, n_ctx=512, draft_model=smollm2_path, draft_max=8), prompt, params)
+    stats = spec.metrics.speculative
+    assert spec.token_ids == plain.token_ids
+    assert stats.paused >= 1
+    assert stats.drafted < 0.75 * len(plain.token_ids)  # always drafting, nearly every token is a draft

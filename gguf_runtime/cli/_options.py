@@ -76,7 +76,11 @@ def model_options(func: Callable) -> Callable:
 
 
 def speculative_options(func: Callable) -> Callable:
-    """--draft MODEL, --spec ngram, --draft-max, --draft-min, --draft-p-min (output is unchanged by them)."""
+    """--draft MODEL, --spec ngram, --draft-max, --draft-min, --draft-p-min, --draft-always (output is unchanged
+    by them)."""
+    func = click.option("--draft-always", is_flag=True, default=False,
+                        help="Draft on every step, even while drafting is measured slower than plain decoding "
+                             "(by default it pauses then).")(func)
     func = click.option("--draft-p-min", type=click.FloatRange(0, 1), default=0.75, show_default=True,
                         help="Stop drafting when the draft model's top probability falls below this.")(func)
     func = click.option("--draft-min", type=click.IntRange(min=1), default=1, show_default=True,
@@ -96,6 +100,7 @@ def pop_speculative(kwargs: dict) -> dict:
     """The speculative flags, as LLM() keyword arguments."""
     spec = {k: kwargs.pop(k) for k in ("draft_model", "spec", "draft_max", "draft_min", "draft_p_min")}
     spec["speculative"] = spec.pop("spec")
+    spec["adaptive_drafting"] = not kwargs.pop("draft_always")
     if spec["draft_min"] > spec["draft_max"]:
         raise click.BadParameter(f"--draft-min {spec['draft_min']} is larger than --draft-max {spec['draft_max']}")
     return spec

@@ -101,4 +101,5 @@ def _spec_part(spec) -> str:
     if spec is None or not spec.target_passes:
         return ""
     return (f" | speculative: {spec.accepted}/{spec.drafted} drafts accepted ({spec.acceptance_rate:.0%}), "
-            f"{spec.tokens_per_pass:.2f} tokens per target pass")
+            f"{spec.tokens_per_pass:.2f} tokens per target pass"
+            + (f", paused {spec.paused}x (slower than plain steps)" if spec.paused else ""))

@@ -280,8 +280,10 @@ class Engine:
 
     def _sample(self, s: Sample) -> StepOutput:
         """Sample s's pending logits (verifying its drafts, if any), apply the finish rules."""
+        t0 = time.perf_counter()
         rows, drafts = s.logits, s.drafts
         s.logits, s.drafts = None, []
+        n_kept = 0
         if drafts:
             if s.constraint is not None:
                 _mask_rows(s.constraint, rows, drafts)
@@ -295,6 +297,9 @@ class Engine:
                 logits = np.array(logits, copy=True)
                 s.constraint.mask(logits)
             tokens = [s.sampler.step(logits, s.history)]
+        if s.proposer is not None and s.pass_seconds is not None:  # (None: the prompt's pass)
+            s.proposer.timed(len(drafts), n_kept, s.pass_seconds + time.perf_counter() - t0)  # (+ its sampling)
+        s.pass_seconds = None
         text = []
         for t in tokens:
             s.history.append(t.token_id)
@@ -312,7 +317,9 @@ class Engine:
         samples whose context is full and cannot shift finish here instead."""
         rows, finished = [], []
         for s in list(self.scheduler.running):
+            t0 = time.perf_counter()
             drafts, probs = self._propose(s)
+            s.pass_seconds = time.perf_counter() - t0
             if s.kv.n + 1 + len(drafts) > self.n_ctx:
                 drafts, probs = [], []
             max_rows = self.kv.pool.max_rows  # (a sliding-window pool is sized for passes of this many rows)
@@ -335,10 +342,13 @@ class Engine:
         token_lists = [[s.history[-1]] + s.drafts for s in rows] + [chunk for _, chunk in chunks]
         wanted = [len(s.drafts) + 1 for s in rows] + \
                  [int(len(req.pending) == 0) for req, _ in chunks]  # a prompt's last row, once it is all in
+        t0 = time.perf_counter()
         logits = self.runner.forward([s.kv for s in rows] + [req.kv for req, _ in chunks], token_lists, wanted)
+        per_row = (time.perf_counter() - t0) / sum(len(t) for t in token_lists)
         start = 0
         for s, n in zip(rows, wanted):
             s.logits, start = logits[start:start + n], start + n
+            s.pass_seconds += per_row * n  # its drafting, and its rows' share of the pass
         for req, _ in chunks:
             if len(req.pending) == 0:
                 self.scheduler.prefilling.remove(req)
@@ -351,8 +361,8 @@ class Engine:
 
     def _propose(self, s: Sample) -> tuple[list[int], list]:
         """Drafts for s's next verify, within what it may still generate and what its context holds."""
-        if s.proposer is None or not s.out.stop_tokens_allowed:  # (while EOG is forbidden: plain steps)
-            return [], []
+        if s.proposer is None or not s.out.stop_tokens_allowed or not s.proposer.drafting:
+            return [], []  # (plain steps while EOG is forbidden, or while drafting does not pay)
         k = min(s.proposer.k, s.out.remaining, self.n_ctx - s.kv.n - 1)  # (a kept last draft ends it)
         if k < 1:
             return [], []

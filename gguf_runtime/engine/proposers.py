@@ -12,7 +12,8 @@ Two proposers: a smaller model sharing the vocabulary (`DraftModelProposer`, its
 draft model's pool), and prompt lookup (`NgramProposer`), which copies what followed the latest earlier
 occurrence of the last n tokens: free, and good when the output repeats the input (code edits,
 summaries). Deterministic drafts have a one-hot q. Each sequence has its own proposer, with its own
-adaptive k (grown after a full accept, cut to just past the first rejection otherwise).
+adaptive k (grown after a full accept, cut to just past the first rejection otherwise), and its own
+`DraftPayoff`, which stops drafting while the measured time per token says it does not pay.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class SpecStats:
     drafted: int = 0
     accepted: int = 0
     k_history: list[int] | None = None
+    paused: int = 0  # times drafting stopped for a while because it was slower than plain steps
 
     @property
     def acceptance_rate(self) -> float:
@@ -110,10 +112,67 @@ def accept_drafts(target_logits: np.ndarray, drafts: Sequence[int], draft_probs:
     return out
 
 
-class Proposer:
-    """Drafts tokens for one sequence and keeps its adaptive k and acceptance stats."""
+class DraftPayoff:
+    """Whether drafting pays for one sequence, measured: the seconds per generated token of its verify passes
+    (its drafting plus its share of each pass) against those of its plain steps.
 
-    def __init__(self, draft_max: int = 16, draft_min: int = 1, p_min: float = 0.75):
+    Acceptance alone cannot tell. A verify row costs what this machine's small-batch matmul makes it cost,
+    and a draft token what the draft model costs here: on the 2-core VM a Qwen2.5-Coder-1.5B verify row adds
+    about a third of a plain step, and a 0.5B draft step another third, so drafts accepted 80 % of the time
+    made decoding 0.87x as fast. A sequence's first PROBES steps are plain, to measure that side; then every
+    WINDOW verify passes give a verdict. Drafting that lost stops for `backoff` plain steps (doubled, up to
+    MAX_BACKOFF, each time it loses again; back to MIN_BACKOFF when it wins), which measure the plain side
+    again; a winning verdict is followed by one plain step, since a step's cost grows with the context.
+
+    Output does not depend on it at temperature 0 (greedy output is the target's, drafted or not); sampled
+    output keeps the target's distribution either way, but which tokens a seed draws then depends on when
+    drafting ran, and so on the machine's timing."""
+
+    WINDOW = 4
+    PROBES = 2
+    MIN_BACKOFF, MAX_BACKOFF = 16, 256
+
+    def __init__(self):
+        self.plain_seconds: float | None = None  # moving average: seconds per plain step
+        self.plain_due = self.PROBES  # plain steps to run before drafting (again)
+        self.backoff = self.MIN_BACKOFF
+        self._window()
+
+    def _window(self) -> None:
+        self.spec_seconds, self.spec_tokens, self.spec_passes = 0.0, 0, 0
+
+    @property
+    def drafting(self) -> bool:
+        return self.plain_due == 0
+
+    def plain_step(self, seconds: float) -> None:
+        self.plain_seconds = seconds if self.plain_seconds is None else 0.75 * self.plain_seconds + 0.25 * seconds
+        self.plain_due = max(0, self.plain_due - 1)
+
+    def verify_pass(self, seconds: float, tokens: int) -> bool:
+        """Record one verify pass that gave `tokens` tokens; True when this verdict stops drafting."""
+        self.spec_seconds += seconds
+        self.spec_tokens += tokens
+        self.spec_passes += 1
+        if self.spec_passes < self.WINDOW:
+            return False
+        if self.plain_seconds is None:  # no plain step was timed (e.g. the probes ran as the prompt's pass)
+            self.plain_due = self.PROBES
+            return False
+        lost = self.spec_seconds / self.spec_tokens > self.plain_seconds
+        if lost:
+            self.plain_due, self.backoff = self.backoff, min(2 * self.backoff, self.MAX_BACKOFF)
+        else:
+            self.plain_due, self.backoff = 1, self.MIN_BACKOFF
+        self._window()
+        return lost
+
+
+class Proposer:
+    """Drafts tokens for one sequence and keeps its adaptive k, acceptance stats and, with adaptive=True, the
+    `DraftPayoff` that pauses drafting while it is slower than plain decoding."""
+
+    def __init__(self, draft_max: int = 16, draft_min: int = 1, p_min: float = 0.75, adaptive: bool = True):
         if not 1 <= draft_min <= draft_max:
             raise ValueError(f"need 1 <= draft_min <= draft_max, got {draft_min}, {draft_max}")
         self.draft_max = draft_max
@@ -121,6 +180,22 @@ class Proposer:
         self.p_min = p_min
         self.k = min(max(4, draft_min), draft_max)
         self.stats = SpecStats(k_history=[])
+        self.payoff = DraftPayoff() if adaptive else None
+
+    @property
+    def drafting(self) -> bool:
+        """False while the payoff has paused drafting (the engine then runs plain steps)."""
+        return self.payoff is None or self.payoff.drafting
+
+    def timed(self, n_drafted: int, n_kept: int, seconds: float) -> None:
+        """One pass of this sequence took `seconds` (its drafting and its share of the pass): a verify pass
+        of n_drafted drafts keeping n_kept, or (n_drafted 0) a plain step."""
+        if self.payoff is None:
+            return
+        if not n_drafted:
+            self.payoff.plain_step(seconds)
+        elif self.payoff.verify_pass(seconds, n_kept + 1):
+            self.stats.paused += 1
 
     def propose(self, history: list[int], k: int, sampler: Sampler) -> tuple[list[int], list[np.ndarray | None]]:
         """Up to k drafts following history, with the distribution each was drawn from (None: deterministic)."""
@@ -149,8 +224,8 @@ class DraftModelProposer(Proposer):
     nothing (the target goes on alone, unchanged)."""
 
     def __init__(self, runner: ModelRunner, pool: KVPool, n_ctx: int, draft_max: int = 16, draft_min: int = 1,
-                 p_min: float = 0.75):
-        super().__init__(draft_max, draft_min, p_min)
+                 p_min: float = 0.75, adaptive: bool = True):
+        super().__init__(draft_max, draft_min, p_min, adaptive)
         self.runner = runner
         self.kv = KVCache(pool, n_ctx)
         self.draft_sampler: Sampler | None = None
@@ -192,8 +267,9 @@ class NgramProposer(Proposer):
     """Prompt lookup: find the latest earlier occurrence of the last n tokens (n from ngram_max down to
     ngram_min) and propose the tokens that followed it."""
 
-    def __init__(self, ngram_min: int = 2, ngram_max: int = 4, draft_max: int = 16, draft_min: int = 1):
-        super().__init__(draft_max, draft_min, p_min=0.0)
+    def __init__(self, ngram_min: int = 2, ngram_max: int = 4, draft_max: int = 16, draft_min: int = 1,
+                 adaptive: bool = True):
+        super().__init__(draft_max, draft_min, p_min=0.0, adaptive=adaptive)
         self.ngram_min = ngram_min
         self.ngram_max = ngram_max
 
