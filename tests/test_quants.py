@@ -223,7 +223,7 @@ def test_matmul_matches_matvec_per_token(t):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_gemm_bit_identical_to_matvec(t, threads):
     """The integer GEMM gives every (token, row) exactly matvec's bits: across two row blocks, from its first
-    token count on, in groups of 8 and 4 and single tokens, a full token panel plus a remainder, zero and
+    token count on, in groups of 8, 4 and 2 and single tokens, a full token panel plus a remainder, zero and
     outlier activations, 1 or 2 threads."""
     rng = np.random.default_rng(30 + t)
     k = 512
@@ -237,7 +237,7 @@ def test_gemm_bit_identical_to_matvec(t, threads):
     expected = np.stack([m.matvec(x) for x in X])
     try:
         set_threads(threads)
-        for n_tokens in (GEMM_MIN_TOKENS[t], 7, 8, 13, X.shape[0]):
+        for n_tokens in (GEMM_MIN_TOKENS[t], 6, 7, 8, 13, X.shape[0]):  # remainders of 2, 3, 0 and 1
             assert same_bits(m.matmul_integer(X[:n_tokens]), expected[:n_tokens])
     finally:
         set_threads(2)

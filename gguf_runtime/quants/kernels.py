@@ -308,6 +308,30 @@ def _superblock_totals4(code, q, s, qo, so, xq, xs, xo, bo):
 
 
 @njit(cache=True, fastmath=False, inline="always")
+def _superblock_totals2(code, q, s, qo, so, xq, xs, xo, bo):
+    """_superblock_totals4 for two tokens: a panel's last one or two tokens (a verify pass of one draft is
+    two rows) then pay for two, not four."""
+    per_scale, per_chunk = scale_groups(code), chunk_groups(code)
+    t0, t1 = izero(), izero()
+    for c in range(64 // per_chunk):
+        g = c * per_chunk
+        v = load_u8x32(q, qo + 32 * g)
+        p0, p1 = maddubs_v(v, broadcast4(xq, xo[0] + 4 * g)), maddubs_v(v, broadcast4(xq, xo[1] + 4 * g))
+        for h in range(g + 1, g + per_chunk):
+            v = load_u8x32(q, qo + 32 * h)
+            p0 = dots_add(p0, maddubs_v(v, broadcast4(xq, xo[0] + 4 * h)))
+            p1 = dots_add(p1, maddubs_v(v, broadcast4(xq, xo[1] + 4 * h)))
+        scale = load_i16x16(s, so + 16 * (g // per_scale))
+        t0, t1 = iadd(t0, madd_v(p0, scale)), iadd(t1, madd_v(p1, scale))
+    s0, s1 = izero(), izero()
+    for p in range(8):
+        w = load_i16x16(s, so + 16 * (64 // per_scale + p))
+        s0 = iadd(s0, madd_v(w, broadcast_pair(xs, bo[0] + 2 * p)))
+        s1 = iadd(s1, madd_v(w, broadcast_pair(xs, bo[1] + 2 * p)))
+    return t0, t1, s0, s1
+
+
+@njit(cache=True, fastmath=False, inline="always")
 def _token_update(acc, total, sums, f, i, dx):
     """dot_row's two float steps of super-block i for one token (dx its scale), on 8 rows' lanes."""
     return fma_i(fma_i(acc, total, fmul_s(load_f32x8(f, 16 * i), dx)), sums, fmul_s(load_f32x8(f, 16 * i + 8), dx))
@@ -337,14 +361,30 @@ def _four_tokens_eight_rows(code, q, s, f, n_super, xqf, xdf, xsf, kd, ts, lanes
 
 
 @njit(cache=True, fastmath=False)
+def _two_tokens_eight_rows(code, q, s, f, n_super, xqf, xdf, xsf, kd, ts, lanes):
+    """_four_tokens_eight_rows for two tokens, into lanes[0:16]: the same lanes' arithmetic, bit for bit."""
+    stride = 16 * (64 // scale_groups(code) + 8)
+    kq, ks = 256 * n_super, 16 * n_super
+    a0, a1 = fzero(), fzero()
+    for i in range(n_super):
+        xo = (ts[0] * kq + 256 * i, ts[1] * kq + 256 * i)
+        bo = (ts[0] * ks + 16 * i, ts[1] * ks + 16 * i)
+        t0, t1, s0, s1 = _superblock_totals2(code, q, s, 2048 * i, stride * i, xqf, xsf, xo, bo)
+        a0 = _token_update(a0, t0, s0, f, i, xdf[ts[0] * kd + i])
+        a1 = _token_update(a1, t1, s1, f, i, xdf[ts[1] * kd + i])
+    store_f32x8(lanes, 0, a0)
+    store_f32x8(lanes, 8, a1)
+
+
+@njit(cache=True, fastmath=False)
 def _panel_superblocks(code, W, xq, xd, xs, out, r0, r1, t0, t1, q, s, f):
     """out[t, r] for rows r0..r1 and tokens t0..t1, by 8 rows at a time: their super-blocks interleaved once
     (interleave_superblock: one row per 32-bit lane, in L1/L2), then every token of the panel passes over
     them, each 4-value group of its activation broadcast to all 8 lanes, four tokens per weight vector
     loaded. Per (row, super-block) that is 64 byte dots (vpmaddubsw) for 8 rows at once and one scale
     multiply per sub-block (vpmaddwd), where a row at a time paid for the scale per row and ran the float
-    steps per row. The last group of rows repeats the last row where fewer than 8 are left, and the last
-    group of tokens the last token. Lanes are dot_row's own arithmetic in its order, so results match it
+    steps per row. The last group of rows repeats the last row where fewer than 8 are left; a last group of
+    one or two tokens goes two at a time, one of three repeats the last token. Lanes are dot_row's own arithmetic in its order, so results match it
     bitwise. q, s, f: scratch of panel_scratch."""
     n_super = xq.shape[1] // 256
     type_size = W.shape[1] // n_super
@@ -361,8 +401,11 @@ def _panel_superblocks(code, W, xq, xd, xs, out, r0, r1, t0, t1, q, s, f):
         for i in range(n_super):
             interleave_superblock(code, flat, rows, i * type_size, q, 2048 * i, s, stride * i, f, 16 * i)
         for t in range(t0, t1, 4):
-            ts = (t, min(t + 1, t1 - 1), min(t + 2, t1 - 1), min(t + 3, t1 - 1))  # a short last four repeat t1 - 1
-            _four_tokens_eight_rows(code, q, s, f, n_super, xqf, xdf, xsf, xd.shape[1], ts, lanes)
+            if t1 - t <= 2:  # the last one or two tokens: two at a time
+                _two_tokens_eight_rows(code, q, s, f, n_super, xqf, xdf, xsf, xd.shape[1], (t, t1 - 1), lanes)
+            else:  # (a short last four repeats t1 - 1)
+                ts = (t, min(t + 1, t1 - 1), min(t + 2, t1 - 1), min(t + 3, t1 - 1))
+                _four_tokens_eight_rows(code, q, s, f, n_super, xqf, xdf, xsf, xd.shape[1], ts, lanes)
             for g in range(min(4, t1 - t)):
                 for j in range(min(8, r1 - r)):
                     out[t + g, r + j] = lanes[8 * g + j]
