@@ -15,7 +15,7 @@ from . import runtime
 from .catalog import resolve_model
 from .config import ModelConfig
 from .engine import Engine, EngineMetrics, Generation, GenerationStats
-from .engine.proposers import DraftModelProposer, NgramProposer, Proposer, check_vocab_compatible
+from .engine.proposers import DraftModelProposer, NgramProposer, PayoffMemory, Proposer, check_vocab_compatible
 from .engine.runner import ModelRunner
 from .gguf_file import GGUFFile
 from .model import Model
@@ -152,9 +152,10 @@ class LLM:
             raise ValueError("speculative='draft' needs draft_model")
         self.speculative = "draft" if draft_model is not None and speculative is None else speculative
         new_proposer = None
+        memory = PayoffMemory()  # what drafting's pause rule learnt, for this LLM's later sequences
         if self.speculative == "ngram":
             new_proposer = lambda: NgramProposer(draft_max=draft_max, draft_min=draft_min,  # noqa: E731
-                                                 adaptive=adaptive_drafting)
+                                                 adaptive=adaptive_drafting, memory=memory)
             Proposer(draft_max, draft_min)  # validates the draft lengths now
         elif self.speculative == "draft":
             draft_path = resolve_model(draft_model)
@@ -167,7 +168,7 @@ class LLM:
             # a draft sequence mirrors a target sequence: a pool as large as the target's holds them all
             draft_pool = draft.new_pool(pool_tokens, "f32")
             new_proposer = lambda: DraftModelProposer(draft_runner, draft_pool, self.n_ctx, draft_max,  # noqa: E731
-                                                      draft_min, draft_p_min, adaptive_drafting)
+                                                      draft_min, draft_p_min, adaptive_drafting, memory)
         self.engine = Engine(ModelRunner(self.model, n_batch, n_threads), pool, self.tokenizer, self.n_ctx,
                              max_num_seqs, new_proposer)
         self.seed = seed

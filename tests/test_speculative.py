@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from gguf_runtime.api import CONVERSATION, LLM
-from gguf_runtime.engine.proposers import DraftPayoff, NgramProposer
+from gguf_runtime.engine.proposers import DraftPayoff, NgramProposer, PayoffMemory
 from gguf_runtime.errors import VocabMismatchError
 from gguf_runtime.sampling import Sampler, SamplingParams
 
@@ -190,27 +190,47 @@ def test_draft_model_requests_run_together_and_equal_plain_greedy(tiny_pair):
         assert out.outputs[0].token_ids == _run(plain, prompt, GREEDY).token_ids
 
 
+PASSES = DraftPayoff.WINDOW + 1  # verify passes after plain steps to a verdict: the first is not judged
+
+
 def test_drafting_pauses_while_it_is_slower_than_plain_steps():
     """DraftPayoff's verdicts on made-up timings: 100 ms a token drafted against 50 ms plain loses, and pauses
-    drafting for 16 plain steps, then 32 after a second loss; a win keeps drafting, after one plain step."""
+    drafting for 16 plain steps, then 32 after a second loss; a win keeps drafting, after one plain step. The
+    first verify pass after plain steps is not judged (a draft model's catch-up)."""
     pay = DraftPayoff()
     assert not pay.drafting  # the first steps are plain: they measure that side
     for _ in range(DraftPayoff.PROBES):
         pay.plain_step(0.05)
     assert pay.drafting
-    verdicts = [pay.verify_pass(0.2, 2) for _ in range(DraftPayoff.WINDOW)]
-    assert verdicts == [False] * (DraftPayoff.WINDOW - 1) + [True]
+    verdicts = [pay.verify_pass(0.2, 2) for _ in range(PASSES)]
+    assert verdicts == [False] * (PASSES - 1) + [True]
     for backoff in (16, 32):
         for _ in range(backoff):
             assert not pay.drafting
             pay.plain_step(0.05)
         assert pay.drafting
         if backoff == 16:
-            assert [pay.verify_pass(0.2, 2) for _ in range(DraftPayoff.WINDOW)][-1]
-    assert not any(pay.verify_pass(0.06, 3) for _ in range(DraftPayoff.WINDOW))  # 20 ms a token: a win
+            assert [pay.verify_pass(0.2, 2) for _ in range(PASSES)][-1]
+    assert not any(pay.verify_pass(0.06, 3) for _ in range(PASSES))  # 20 ms a token: a win
     assert not pay.drafting
     pay.plain_step(0.05)
     assert pay.drafting and pay.backoff == DraftPayoff.MIN_BACKOFF
+
+
+def test_a_new_sequence_starts_from_what_the_last_ones_learnt():
+    """Sequences of one LLM share a PayoffMemory: after a win the next one drafts at once (no probes), after a
+    loss it starts paused; one without the memory probes first."""
+    memory = PayoffMemory()
+    first = DraftPayoff(memory)
+    for _ in range(DraftPayoff.PROBES):
+        first.plain_step(0.05)
+    [first.verify_pass(0.06, 3) for _ in range(PASSES)]  # a win
+    assert DraftPayoff(memory).drafting and DraftPayoff(memory).plain_seconds == pytest.approx(0.05)
+    first.plain_step(0.05)
+    assert [first.verify_pass(0.2, 2) for _ in range(PASSES)][-1]  # a loss
+    later = DraftPayoff(memory)
+    assert not later.drafting and later.plain_due == DraftPayoff.MIN_BACKOFF and later.backoff == first.backoff
+    assert not DraftPayoff().drafting and DraftPayoff().plain_due == DraftPayoff.PROBES
 
 
 def test_a_draft_as_costly_as_the_target_gets_paused_and_output_is_unchanged(smollm2_path):

@@ -124,6 +124,10 @@ class DraftPayoff:
     MAX_BACKOFF, each time it loses again; back to MIN_BACKOFF when it wins), which measure the plain side
     again; a winning verdict is followed by one plain step, since a step's cost grows with the context.
 
+    The sequences of one LLM share a `PayoffMemory`: a new sequence starts from the plain step's last
+    measure (no probes) and, where the last verdict lost, paused, so each request of a chat or a server does
+    not pay again to learn what the last one learnt.
+
     Output does not depend on it at temperature 0 (greedy output is the target's, drafted or not); sampled
     output keeps the target's distribution either way, but which tokens a seed draws then depends on when
     drafting ran, and so on the machine's timing."""
@@ -132,14 +136,18 @@ class DraftPayoff:
     PROBES = 2
     MIN_BACKOFF, MAX_BACKOFF = 16, 256
 
-    def __init__(self):
-        self.plain_seconds: float | None = None  # moving average: seconds per plain step
-        self.plain_due = self.PROBES  # plain steps to run before drafting (again)
-        self.backoff = self.MIN_BACKOFF
+    def __init__(self, memory: PayoffMemory | None = None):
+        self.memory = memory if memory is not None else PayoffMemory()
+        self.plain_seconds: float | None = self.memory.plain_seconds  # moving average: seconds per plain step
+        self.backoff = self.memory.backoff
+        # plain steps to run before drafting (again): probes where the plain side is unmeasured, a pause where
+        # drafting lost last time
+        self.plain_due = self.PROBES if self.plain_seconds is None else self.MIN_BACKOFF if self.memory.lost else 0
         self._window()
 
     def _window(self) -> None:
         self.spec_seconds, self.spec_tokens, self.spec_passes = 0.0, 0, 0
+        self.resuming = False
 
     @property
     def drafting(self) -> bool:
@@ -147,10 +155,17 @@ class DraftPayoff:
 
     def plain_step(self, seconds: float) -> None:
         self.plain_seconds = seconds if self.plain_seconds is None else 0.75 * self.plain_seconds + 0.25 * seconds
+        self.memory.plain_seconds = self.plain_seconds
         self.plain_due = max(0, self.plain_due - 1)
+        self.resuming = True
 
     def verify_pass(self, seconds: float, tokens: int) -> bool:
-        """Record one verify pass that gave `tokens` tokens; True when this verdict stops drafting."""
+        """Record one verify pass that gave `tokens` tokens; True when this verdict stops drafting. The first
+        pass after plain steps is left out: a draft model catches up on the tokens it missed in it, a cost of
+        resuming, paid once, not of drafting."""
+        if self.resuming:
+            self.resuming = False
+            return False
         self.spec_seconds += seconds
         self.spec_tokens += tokens
         self.spec_passes += 1
@@ -164,15 +179,25 @@ class DraftPayoff:
             self.plain_due, self.backoff = self.backoff, min(2 * self.backoff, self.MAX_BACKOFF)
         else:
             self.plain_due, self.backoff = 1, self.MIN_BACKOFF
+        self.memory.lost, self.memory.backoff = lost, self.backoff
         self._window()
         return lost
+
+
+@dataclass
+class PayoffMemory:
+    """What the last DraftPayoff verdicts of an LLM's sequences learnt, for its next sequences."""
+    plain_seconds: float | None = None
+    lost: bool = False
+    backoff: int = DraftPayoff.MIN_BACKOFF
 
 
 class Proposer:
     """Drafts tokens for one sequence and keeps its adaptive k, acceptance stats and, with adaptive=True, the
     `DraftPayoff` that pauses drafting while it is slower than plain decoding."""
 
-    def __init__(self, draft_max: int = 16, draft_min: int = 1, p_min: float = 0.75, adaptive: bool = True):
+    def __init__(self, draft_max: int = 16, draft_min: int = 1, p_min: float = 0.75, adaptive: bool = True,
+                 memory: PayoffMemory | None = None):
         if not 1 <= draft_min <= draft_max:
             raise ValueError(f"need 1 <= draft_min <= draft_max, got {draft_min}, {draft_max}")
         self.draft_max = draft_max
@@ -180,7 +205,7 @@ class Proposer:
         self.p_min = p_min
         self.k = min(max(4, draft_min), draft_max)
         self.stats = SpecStats(k_history=[])
-        self.payoff = DraftPayoff() if adaptive else None
+        self.payoff = DraftPayoff(memory) if adaptive else None
 
     @property
     def drafting(self) -> bool:
@@ -224,8 +249,8 @@ class DraftModelProposer(Proposer):
     nothing (the target goes on alone, unchanged)."""
 
     def __init__(self, runner: ModelRunner, pool: KVPool, n_ctx: int, draft_max: int = 16, draft_min: int = 1,
-                 p_min: float = 0.75, adaptive: bool = True):
-        super().__init__(draft_max, draft_min, p_min, adaptive)
+                 p_min: float = 0.75, adaptive: bool = True, memory: PayoffMemory | None = None):
+        super().__init__(draft_max, draft_min, p_min, adaptive, memory)
         self.runner = runner
         self.kv = KVCache(pool, n_ctx)
         self.draft_sampler: Sampler | None = None
@@ -268,8 +293,8 @@ class NgramProposer(Proposer):
     ngram_min) and propose the tokens that followed it."""
 
     def __init__(self, ngram_min: int = 2, ngram_max: int = 4, draft_max: int = 16, draft_min: int = 1,
-                 adaptive: bool = True):
-        super().__init__(draft_max, draft_min, p_min=0.0, adaptive=adaptive)
+                 adaptive: bool = True, memory: PayoffMemory | None = None):
+        super().__init__(draft_max, draft_min, p_min=0.0, adaptive=adaptive, memory=memory)
         self.ngram_min = ngram_min
         self.ngram_max = ngram_max
 
