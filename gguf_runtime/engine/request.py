@@ -45,6 +45,6 @@ class Sample:
     drafts: list[int] = field(default_factory=list)  # the drafts `logits` verifies
     draft_probs: list = field(default_factory=list)
     t_first: float = 0.0
-    pass_seconds: float | None = None  # of the pass `logits` came from: its drafting + its share by rows (None: prefill)
+    pass_seconds: float | None = None  # of the pass `logits` came from: drafting + its rows' share (None: prefill)
     reported: int = 0  # tokens already returned in StepOutputs
     reported_logprobs: int = 0

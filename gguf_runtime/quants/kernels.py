@@ -384,8 +384,8 @@ def _panel_superblocks(code, W, xq, xd, xs, out, r0, r1, t0, t1, q, s, f):
     loaded. Per (row, super-block) that is 64 byte dots (vpmaddubsw) for 8 rows at once and one scale
     multiply per sub-block (vpmaddwd), where a row at a time paid for the scale per row and ran the float
     steps per row. The last group of rows repeats the last row where fewer than 8 are left; a last group of
-    one or two tokens goes two at a time, one of three repeats the last token. Lanes are dot_row's own arithmetic in its order, so results match it
-    bitwise. q, s, f: scratch of panel_scratch."""
+    one or two tokens goes two at a time, one of three repeats the last token. Lanes are dot_row's own
+    arithmetic in its order, so results match it bitwise. q, s, f: scratch of panel_scratch."""
     n_super = xq.shape[1] // 256
     type_size = W.shape[1] // n_super
     stride = 16 * (64 // scale_groups(code) + 8)
