@@ -11,7 +11,6 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-
 from .catalog import CATALOG, CatalogModel, models_dir
 from .errors import FetchError  # noqa: F401  (re-exported: its old home)
 

@@ -310,7 +310,9 @@ def _superblock_totals4(code, q, s, qo, so, xq, xs, xo, bo):
 @njit(cache=True, fastmath=False, inline="always")
 def _superblock_totals2(code, q, s, qo, so, xq, xs, xo, bo):
     """_superblock_totals4 for two tokens: a panel's last one or two tokens (a verify pass of one draft is
-    two rows) then pay for two, not four."""
+    two rows) then pay for two, not four. A copy, not a building block: _superblock_totals4 made of two of
+    these runs two loops that each load the weights (bench_kernels.py, Q4_K 8960x1536, 1 thread, 256 tokens:
+    194 -> 162 GF/s)."""
     per_scale, per_chunk = scale_groups(code), chunk_groups(code)
     t0, t1 = izero(), izero()
     for c in range(64 // per_chunk):
