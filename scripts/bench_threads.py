@@ -190,7 +190,12 @@ def run(carried: Path, out: Path, threads: list[int], models: list[str], reps: i
         t0 = time.perf_counter()
         f16, q = work / f"{name}.f16.gguf", work / f"{name}.gguf"
         build_f16(spec, f16)
-        check = quantize(spec, f16, q)
+        # in a child: a process that has loaded llama.cpp makes the children it starts afterwards slower (our
+        # Qwen 1.5B prefill at one thread, the box, 2026-12-07: 45-47 tok/s from a clean parent, 32-38 from one
+        # that had imported llama_cpp, 27 in this script when it quantized in-process), so this one never loads it
+        made = subprocess.run([sys.executable, __file__, "quantize", str(carried), name, str(f16), str(q)],
+                              check=True, capture_output=True, text=True, env=llama_env)
+        check = json.loads(made.stdout.strip().splitlines()[-1])
         f16.unlink()
         files[name] = q
         vocab = next(len(kv["value"]) for kv in spec["kv"] if kv["key"] == "tokenizer.ggml.tokens")
@@ -296,8 +301,16 @@ def main() -> None:
     r.add_argument("--no-ttft", action="store_true", help="skip the time-to-first-token runs")
     r.add_argument("--code", action="append", default=[], metavar="NAME=DIR",
                    help="a gguf_runtime version to measure (DIR relative to CARRIED; repeatable)")
+    qz = sub.add_parser("quantize")  # run's child: quantize one model with llama.cpp, print the type check
+    qz.add_argument("carried", type=Path)
+    qz.add_argument("name")
+    qz.add_argument("f16", type=Path)
+    qz.add_argument("out", type=Path)
     args = ap.parse_args()
-    if args.cmd == "carry":
+    if args.cmd == "quantize":
+        spec = json.loads(gzip.open(args.carried / "specs" / f"{args.name}.json.gz", "rt").read())
+        print(json.dumps(quantize(spec, args.f16, args.out)))
+    elif args.cmd == "carry":
         sys.path.insert(0, str(ROOT))
         carry(args.dest.resolve(), args.llama)
     else:
