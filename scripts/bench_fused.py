@@ -17,8 +17,6 @@ every batch while measuring (up to fused.MAX_ROWS rows).
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import statistics
 import sys
 import time
@@ -31,15 +29,14 @@ def built_model(carried: Path, name: str) -> Path:
     """bench_threads.py's random-weight file of this shape, built once under /tmp/bench-fused."""
     import bench_threads
 
-    sys.path.insert(1, str(bench_threads.pick_llama(carried)))
     work = Path("/tmp/bench-fused")
     work.mkdir(exist_ok=True)
     out = work / f"{name}.gguf"
     if not out.exists():
-        spec = json.loads(gzip.open(carried / "specs" / f"{name}.json.gz", "rt").read())
+        spec = bench_threads.read_spec(carried, name)
         f16 = work / f"{name}.f16.gguf"
         bench_threads.build_f16(spec, f16)
-        bench_threads.quantize(spec, f16, out)
+        bench_threads.quantize_in_child(carried, name, f16, out)  # this process, which measures, never loads it
         f16.unlink()
     return out
 

@@ -143,6 +143,23 @@ def quantize(spec: dict, f16: Path, out: Path) -> dict:
     return {"types_match": made == types, "mismatched": sorted(n for n in types if made.get(n) != types[n])}
 
 
+def read_spec(carried: Path, name: str) -> dict:
+    """A model's spec as `carry` wrote it (write_spec)."""
+    return json.loads(gzip.open(carried / "specs" / f"{name}.json.gz", "rt").read())
+
+
+def quantize_in_child(carried: Path, name: str, f16: Path, out: Path) -> dict:
+    """quantize(), in a process of its own. A process that has loaded llama.cpp makes the children it starts
+    afterwards slower, and itself too (our Qwen 1.5B prefill at one thread, the box, 2026-12-07: 45-47 tok/s
+    from a clean parent, 32-38 from one that had imported llama_cpp, 27 in `run` when it quantized in-process),
+    so the measuring processes never load it. llama.cpp's log goes to stderr as it comes."""
+    wheels = [str(w) for w in sorted((carried / "wheels").glob("*.whl"))]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(pick_llama(carried)), *wheels]))
+    made = subprocess.run([sys.executable, str(Path(__file__).resolve()), "quantize", str(carried), name, str(f16),
+                           str(out)], check=True, stdout=subprocess.PIPE, text=True, env=env)
+    return json.loads(made.stdout.strip().splitlines()[-1])
+
+
 def pick_llama(carried: Path) -> Path:
     flags = set()
     try:
@@ -186,16 +203,11 @@ def run(carried: Path, out: Path, threads: list[int], models: list[str], reps: i
               "llama_build": llama.name, "variants": list(code), "models": {}, "cells": []}
     files = {}
     for name in models:
-        spec = json.loads(gzip.open(carried / "specs" / f"{name}.json.gz", "rt").read())
+        spec = read_spec(carried, name)
         t0 = time.perf_counter()
         f16, q = work / f"{name}.f16.gguf", work / f"{name}.gguf"
         build_f16(spec, f16)
-        # in a child: a process that has loaded llama.cpp makes the children it starts afterwards slower (our
-        # Qwen 1.5B prefill at one thread, the box, 2026-12-07: 45-47 tok/s from a clean parent, 32-38 from one
-        # that had imported llama_cpp, 27 in this script when it quantized in-process), so this one never loads it
-        made = subprocess.run([sys.executable, __file__, "quantize", str(carried), name, str(f16), str(q)],
-                              check=True, capture_output=True, text=True, env=llama_env)
-        check = json.loads(made.stdout.strip().splitlines()[-1])
+        check = quantize_in_child(carried, name, f16, q)
         f16.unlink()
         files[name] = q
         vocab = next(len(kv["value"]) for kv in spec["kv"] if kv["key"] == "tokenizer.ggml.tokens")
@@ -308,8 +320,7 @@ def main() -> None:
     qz.add_argument("out", type=Path)
     args = ap.parse_args()
     if args.cmd == "quantize":
-        spec = json.loads(gzip.open(args.carried / "specs" / f"{args.name}.json.gz", "rt").read())
-        print(json.dumps(quantize(spec, args.f16, args.out)))
+        print(json.dumps(quantize(read_spec(args.carried, args.name), args.f16, args.out)))
     elif args.cmd == "carry":
         sys.path.insert(0, str(ROOT))
         carry(args.dest.resolve(), args.llama)
