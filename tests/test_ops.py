@@ -5,7 +5,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from gguf_runtime.attention import _dot_f32, _softmax
+from gguf_runtime.attention import _capped, _dot_f32, _dots4_f32, _softmax, _task
 from gguf_runtime.ops import exp_f32, gated, rms_norm, rope
 
 
@@ -112,6 +112,39 @@ def test_attention_sums_have_one_order():
         for v in [_lanes_in_ggml_order(e[i:i + 8]) for i in range(0, n - n % 8, 8)] + list(e[n - n % 8:]):
             total += float(v)
         assert np.array_equal(sc, e * np.float32(1.0 / total))
+
+
+@nb.njit(cache=False)
+def _scores_one_by_one(a, B, scale, cap, out):
+    for k in range(B.shape[0]):
+        out[k] = _capped(_dot_f32(a, B[k]) * scale, cap)
+
+
+def test_four_dots_at_once_give_each_dots_bits():
+    """attend_task_f32 scores four cached rows per call (_dots4_f32); each score must be the very float of
+    _dot_f32 on that row alone, so a row's attention does not depend on how its positions are grouped."""
+    rng = np.random.default_rng(5)
+    for n in (1, 5, 8, 31, 64, 72, 80, 128, 256):
+        for cap in (0.0, 30.0):
+            a = rng.standard_normal(n).astype(np.float32)
+            B = (rng.standard_normal((9, n)) * 3).astype(np.float32)
+            want, got = np.empty(9, np.float32), np.full(11, np.nan, np.float32)
+            _scores_one_by_one(a, B, np.float32(0.125), np.float32(cap), want)
+            _dots4_f32(a, B, 1, got, 2, np.float32(0.125), np.float32(cap))  # rows 1..4 into got[2:6]
+            _dots4_f32(a, B, 5, got, 6, np.float32(0.125), np.float32(cap))  # rows 5..8 into got[6:10]
+            assert np.array_equal(got[2:10].view(np.uint32), want[1:9].view(np.uint32))
+            assert np.isnan(got[:2]).all() and np.isnan(got[10:]).all()
+
+
+def test_attention_tasks_cover_every_row_and_head_once():
+    """_task hands rows out from both ends in turn (balanced prange shares); every (row, KV head, first query
+    head) is still one task, for prefill-sized tasks of a whole group and decode-sized ones of one head."""
+    for n_tok in range(1, 10):
+        for n_kv, group, per in ((3, 3, 3), (3, 3, 1), (2, 6, 6), (2, 6, 1), (4, 1, 1)):
+            jobs = [_task(j, n_tok, n_kv, group, per) for j in range(n_tok * n_kv * group // per)]
+            assert sorted(jobs) == sorted((t, kv, kv * group + s * per) for t in range(n_tok)
+                                          for kv in range(n_kv) for s in range(group // per))
+            assert [t for t, _, _ in jobs[::n_kv * group // per]][:3] == [0, n_tok - 1, 1][:n_tok]
 
 
 def _lanes_in_ggml_order(v: np.ndarray) -> np.float32:
