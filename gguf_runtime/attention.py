@@ -18,7 +18,7 @@ depend on what else is in the call. Drivers are compiled per KV type like the ma
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import get_num_threads, njit, prange
 from numba.extending import overload
 
 from .ops import exp_f32
@@ -79,10 +79,11 @@ def _gather(code, K, table, n_pos, out):
 
 
 @njit(**_JIT)
-def _heads_per_task(n_tok, n_kv, group):
-    """Many rows (prefill, big batches): a task per (row, KV head), whose query heads share each cached row;
-    few (decode): a task per query head, so every thread has work. A head's sums are the same either way."""
-    return group if n_tok * n_kv >= 8 else 1
+def _heads_per_task(n_tok, n_kv, group, threads):
+    """A task per (row, KV head), whose query heads share each cached row, wherever that gives every thread
+    a task (up to 8: prefill, big batches, decode on few threads); otherwise a task per query head, so every
+    thread has work. A head's sums are the same either way."""
+    return group if n_tok * n_kv >= min(threads, 8) else 1
 
 
 @njit(**_JIT)
@@ -294,7 +295,7 @@ def _attend(code, q, K, V, tables, seq, pos, scale, window, cap, qq, qd, qs, out
     Every head's sums run in position order, whatever T, the batch or the task split.
     """
     n_tok, n_head, _ = q.shape
-    per = _heads_per_task(n_tok, K.shape[1], n_head // K.shape[1])
+    per = _heads_per_task(n_tok, K.shape[1], n_head // K.shape[1], get_num_threads())
     for job in prange(n_tok * n_head // per):
         attend_task(code, np.int64(job), per, q, K, V, tables, seq, pos, scale, window, cap, qq, qd, qs, out)
     return out
@@ -304,7 +305,7 @@ def _attend(code, q, K, V, tables, seq, pos, scale, window, cap, qq, qd, qs, out
 def _attend_f32(q, K, V, tables, seq, pos, scale, window, cap, out):
     """_attend for an F32 cache, K and V viewed as float32. Same task split."""
     n_tok, n_head, _ = q.shape
-    per = _heads_per_task(n_tok, K.shape[1], n_head // K.shape[1])
+    per = _heads_per_task(n_tok, K.shape[1], n_head // K.shape[1], get_num_threads())
     for job in prange(n_tok * n_head // per):
         attend_task_f32(np.int64(job), per, q, K, V, tables, seq, pos, scale, window, cap, out)
     return out

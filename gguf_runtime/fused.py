@@ -299,7 +299,7 @@ def _thread(cq, ck, cv, co, cg, cu, cd, cout, ckv, act, gelu, tid, shared,
     n_ff = wg[l0].shape[0]
     width = max(d, n_head * hd, n_ff)  # the widest input a matmul takes
     n_down = hq.shape[1]
-    per = _heads_per_task(n_tok, n_kv, n_head // n_kv)
+    per = _heads_per_task(n_tok, n_kv, n_head // n_kv, threads)
     n_qkv = (n_head + 2 * n_kv) * hd
     none = np.zeros(0, np.float32)
     xp = np.empty((n_tok, d), np.float32)  # (T, D) this thread's residual stream
