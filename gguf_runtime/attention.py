@@ -284,28 +284,29 @@ def attend_task_f32(job, per, q, K, V, tables, seq, pos, scale, window, cap, out
 
 
 @njit(parallel=True, **_JIT)
-def _attend(code, q, K, V, tables, seq, pos, scale, window, cap, qq, qd, qs, out):
+def _attend(code, q, K, V, tables, seq, pos, scale, window, cap, qq, qd, qs, out, threads):
     """Causal attention of T query rows, each over its own sequence's positions 0..pos[t], or only the last
     `window` of them (a sliding-window layer; 0 = all). cap > 0 soft-caps scores: cap · tanh(score / cap).
 
     q: (T, H, hd), rounded in place for an F16 cache   K, V: one layer's blocks
     tables: (B, max_blocks) int32   seq, pos: (T,)
     qq, qd, qs: the queries quantized as the key type's dot wants them (T, H, ...)
-    out: (T, H, hd)
+    out: (T, H, hd)   threads: numba's thread count (numba.get_num_threads() compiled in would keep this
+    kernel out of the disk cache: it reads a ctypes pointer)
     Every head's sums run in position order, whatever T, the batch or the task split.
     """
     n_tok, n_head, _ = q.shape
-    per = _heads_per_task(n_tok, K.shape[1], n_head // K.shape[1], get_num_threads())
+    per = _heads_per_task(n_tok, K.shape[1], n_head // K.shape[1], threads)
     for job in prange(n_tok * n_head // per):
         attend_task(code, np.int64(job), per, q, K, V, tables, seq, pos, scale, window, cap, qq, qd, qs, out)
     return out
 
 
 @njit(parallel=True, **_JIT)
-def _attend_f32(q, K, V, tables, seq, pos, scale, window, cap, out):
+def _attend_f32(q, K, V, tables, seq, pos, scale, window, cap, out, threads):
     """_attend for an F32 cache, K and V viewed as float32. Same task split."""
     n_tok, n_head, _ = q.shape
-    per = _heads_per_task(n_tok, K.shape[1], n_head // K.shape[1], get_num_threads())
+    per = _heads_per_task(n_tok, K.shape[1], n_head // K.shape[1], threads)
     for job in prange(n_tok * n_head // per):
         attend_task_f32(np.int64(job), per, q, K, V, tables, seq, pos, scale, window, cap, out)
     return out
@@ -318,7 +319,8 @@ attend_rows = Specialized(_attend)
 
 def attend(code, q, K, V, tables, seq, pos, scale, window, cap, q_act, out):
     """Attention of every row (see _attend) through the kernel for the cache type `code`."""
-    window, cap = np.int64(window), np.float32(cap)
+    window, cap, threads = np.int64(window), np.float32(cap), np.int64(get_num_threads())
     if code == F32:
-        return _attend_f32(q, K.view(np.float32), V.view(np.float32), tables, seq, pos, scale, window, cap, out)
-    return attend_rows(code, q, K, V, tables, seq, pos, scale, window, cap, *q_act, out)
+        return _attend_f32(q, K.view(np.float32), V.view(np.float32), tables, seq, pos, scale, window, cap, out,
+                           threads)
+    return attend_rows(code, q, K, V, tables, seq, pos, scale, window, cap, *q_act, out, threads)
