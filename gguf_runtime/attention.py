@@ -256,6 +256,14 @@ def _add_scaled(out, w, row):
 
 
 @njit(**_JIT)
+def _block_slots(blk, bt, first, n):
+    """The slots lo..hi-1 of cache block blk (bt positions a block) that hold positions first..n-1; position
+    blk·bt + s is the task's score index base + s."""
+    base = blk * bt - first
+    return base, max(-base, 0), min(n - blk * bt, bt)
+
+
+@njit(**_JIT)
 def attend_task_f32(job, per, q, K, V, tables, seq, pos, scale, window, cap, out):
     """Task `job` of _attend_f32: K, V read as float32 (blocks, H_kv, block_tokens, hd) straight from the
     cache by _dot_f32 and _add_scaled (the generic path's per-row dequantize and calls cost ~3x at decode);
@@ -264,8 +272,8 @@ def attend_task_f32(job, per, q, K, V, tables, seq, pos, scale, window, cap, out
     t, kv, h0, table, first, n = _span(job, per, q.shape[1], K.shape[1], tables, seq, pos, window)
     sc, acc, _ = _private_rows(per, n - first, q.shape[2])
     for blk in range(first // bt, (n - 1) // bt + 1):  # block by block: no division per position
-        Kb, base = K[table[blk], kv], blk * bt - first  # (block_tokens, hd); position blk·bt + s is sc[:, base + s]
-        lo, hi = max(-base, 0), min(n - blk * bt, bt)
+        Kb = K[table[blk], kv]  # (block_tokens, hd)
+        base, lo, hi = _block_slots(blk, bt, first, n)
         for j in range(per):
             s = lo
             while s + 4 <= hi:
@@ -276,8 +284,9 @@ def attend_task_f32(job, per, q, K, V, tables, seq, pos, scale, window, cap, out
     for j in range(per):
         _softmax(sc[j])
     for blk in range(first // bt, (n - 1) // bt + 1):
-        Vb, base = V[table[blk], kv], blk * bt - first
-        for s in range(max(-base, 0), min(n - blk * bt, bt)):
+        Vb = V[table[blk], kv]
+        base, lo, hi = _block_slots(blk, bt, first, n)
+        for s in range(lo, hi):
             for j in range(per):
                 _add_scaled(acc[j], sc[j, base + s], Vb[s])
     out[t, h0:h0 + per] = acc
